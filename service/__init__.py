@@ -1,0 +1,1 @@
+"""Serving side: BentoML + onnxruntime over the model registry. Never imports TensorFlow."""

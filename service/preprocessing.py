@@ -1,0 +1,340 @@
+"""Preprocessing shared by training and serving, so the two can never disagree.
+
+Training (TensorFlow) and the service (onnxruntime only) both import this module,
+and it imports neither framework: tokenisation and vectorisation of reviews, image
+decoding and resizing, feature scaling. Everything a transform needs is saved next
+to the model (vocab.json, scaler.json, the image block of metadata.json) and loaded
+back with `load_preprocessor`.
+
+Errors caused by the input (an undecodable image, a review with no text, a missing
+feature) raise `InputError`, whose message is meant for the client.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+VOCABULARY_FILE = "vocab.json"
+SCALER_FILE = "scaler.json"
+
+# ---------------------------------------------------------------- errors
+
+
+class InputError(ValueError):
+    """The client's input cannot be processed; the message says why."""
+
+
+# ---------------------------------------------------------------- text
+
+_TAG_RE = re.compile(r"<[^>]{0,200}>")
+# Words with an optional internal apostrophe ("don't", "isn't"): negations matter for sentiment.
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+TextMode = Literal["multi_hot", "tfidf"]
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, unescape HTML entities and drop tags such as IMDB's `<br />`."""
+    return _TAG_RE.sub(" ", html.unescape(text)).lower()
+
+
+def tokenize(text: str, ngram_max: int = 1) -> list[str]:
+    """Word tokens, plus space-joined n-grams up to `ngram_max`."""
+    words = _TOKEN_RE.findall(normalize_text(text))
+    tokens = list(words)
+    for n in range(2, ngram_max + 1):
+        tokens.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    return tokens
+
+
+@dataclass
+class TextVectorizer:
+    """Bag-of-n-grams vectoriser: multi-hot (the seed) or TF-IDF (the stronger variant).
+
+    TF-IDF follows scikit-learn's `TfidfVectorizer(sublinear_tf=True)`: tf = 1 + ln(count),
+    idf = ln((1 + n_docs) / (1 + df)) + 1, rows L2-normalised.
+    """
+
+    vocabulary: dict[str, int]
+    ngram_max: int = 1
+    mode: TextMode = "multi_hot"
+    idf: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.vocabulary)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Iterable[str],
+        max_tokens: int,
+        ngram_max: int = 1,
+        mode: TextMode = "multi_hot",
+        min_df: int = 2,
+    ) -> TextVectorizer:
+        """Keep the `max_tokens` most frequent n-grams seen in at least `min_df` texts."""
+        counts: Counter[str] = Counter()
+        doc_freq: Counter[str] = Counter()
+        n_docs = 0
+        for text in texts:
+            tokens = tokenize(text, ngram_max)
+            counts.update(tokens)
+            doc_freq.update(set(tokens))
+            n_docs += 1
+        candidates = [t for t in counts if doc_freq[t] >= min_df]
+        candidates.sort(key=lambda t: (-counts[t], t))  # frequency, then alphabetical: deterministic
+        vocabulary = {token: i for i, token in enumerate(candidates[:max_tokens])}
+        idf = None
+        if mode == "tfidf":
+            df = np.array([doc_freq[t] for t in vocabulary], dtype=np.float64)
+            idf = (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
+        return cls(vocabulary=vocabulary, ngram_max=ngram_max, mode=mode, idf=idf)
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.size), dtype=np.float32)
+        for row, text in enumerate(texts):
+            ids = [i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None]
+            if not ids:
+                continue
+            if self.mode == "multi_hot":
+                out[row, ids] = 1.0
+                continue
+            unique, counts = np.unique(np.asarray(ids), return_counts=True)
+            assert self.idf is not None
+            weights = (1.0 + np.log(counts)) * self.idf[unique]
+            out[row, unique] = weights / np.linalg.norm(weights)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "ngram_max": self.ngram_max,
+            "tokens": sorted(self.vocabulary, key=self.vocabulary.__getitem__),
+            "idf": None if self.idf is None else [float(v) for v in self.idf],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TextVectorizer:
+        tokens = data["tokens"]
+        idf = None if data.get("idf") is None else np.asarray(data["idf"], dtype=np.float32)
+        return cls({t: i for i, t in enumerate(tokens)}, int(data["ngram_max"]), data["mode"], idf)
+
+
+def check_text(text: Any, max_chars: int) -> str:
+    """Validate one review: a non-empty string no longer than `max_chars`."""
+    if not isinstance(text, str):
+        raise InputError(f"must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError("is empty")
+    if len(text) > max_chars:
+        raise InputError(f"has {len(text):,} characters, more than the limit of {max_chars:,}")
+    return text
+
+
+# ---------------------------------------------------------------- images
+
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a picture
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image becomes model input: decoded, upright, RGB, resized to width x height."""
+
+    width: int = 224
+    height: int = 224
+    resample: str = "bilinear"
+    background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels become this
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "image",
+            "width": self.width,
+            "height": self.height,
+            "resample": self.resample,
+            "color": "RGB",
+            "alpha_background": list(self.background),
+            "exif_orientation": "applied",
+            "animated": "first frame",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "formats": list(IMAGE_FORMATS),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageSpec:
+        return cls(int(data["width"]), int(data["height"]), data["resample"], tuple(data["alpha_background"]))
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float grayscale: scale to 8 bits instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        top = float(array.max()) or 1.0
+        image = Image.fromarray((array * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
+
+
+def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes of a JPEG/PNG/WebP/BMP/GIF -> uint8 array (height, width, 3).
+
+    The pixel count is checked from the header before anything is decoded, so a
+    decompression bomb costs nothing. JPEGs are decoded at a reduced scale when the
+    target is much smaller (Pillow's draft mode): several times faster, and the same
+    in training and serving because both call this function.
+    """
+    if not data:
+        raise InputError("is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise InputError(f"is not a supported image ({', '.join(IMAGE_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"has more than {max_pixels:,} pixels") from None
+    except Exception as exc:  # Pillow raises many types for mangled headers
+        raise InputError(f"could not be read as an image: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(f"is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}")
+    try:
+        if image.format == "JPEG":
+            image.draft("RGB", (spec.width, spec.height))
+        image.load()  # GIF/WebP: the first frame
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image, spec.background)
+        resample = Image.Resampling[spec.resample.upper()]
+        if image.size != (spec.width, spec.height):
+            image = image.resize((spec.width, spec.height), resample)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"is truncated or corrupt ({image.format}: {exc})") from None
+    return np.asarray(image, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- tabular features
+
+BOSTON_FEATURES = (
+    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
+)  # fmt: skip
+
+
+@dataclass
+class StandardScaler:
+    """Per-feature normalisation with the training set's mean and standard deviation."""
+
+    feature_names: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, feature_names: Sequence[str]) -> StandardScaler:
+        std = x.std(axis=0)
+        std[std == 0] = 1.0
+        return cls(tuple(feature_names), x.mean(axis=0), std)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(self.feature_names), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StandardScaler:
+        return cls(tuple(data["features"]), np.asarray(data["mean"]), np.asarray(data["std"]))
+
+
+def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
+    """One row as an object {name: value} (names case-insensitive) or a list in feature order."""
+    if isinstance(row, Mapping):
+        by_name = {str(k).upper(): v for k, v in row.items()}
+        wanted = [n.upper() for n in feature_names]
+        unknown = sorted(set(by_name) - set(wanted))
+        missing = [n for n, w in zip(feature_names, wanted) if w not in by_name]
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing features {missing}")
+            if unknown:
+                parts.append(f"unknown features {unknown}")
+            raise InputError("; ".join(parts) + f" (expected {list(feature_names)})")
+        values = [by_name[w] for w in wanted]
+    elif isinstance(row, Sequence) and not isinstance(row, (str, bytes)):
+        if len(row) != len(feature_names):
+            raise InputError(f"has {len(row)} values, expected {len(feature_names)} ({', '.join(feature_names)})")
+        values = list(row)
+    else:
+        raise InputError(f"must be an object of named features or a list of {len(feature_names)} numbers")
+    out = np.empty(len(feature_names), dtype=np.float64)
+    for i, (name, value) in enumerate(zip(feature_names, values)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"feature {name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
+        out[i] = value
+    return out
+
+
+# ---------------------------------------------------------------- loading from a version directory
+
+
+@dataclass
+class TextPreprocessor:
+    vectorizer: TextVectorizer
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return self.vectorizer.transform(texts)
+
+
+@dataclass
+class ImagePreprocessor:
+    spec: ImageSpec
+
+    def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(images).astype(np.uint8, copy=False)
+
+
+@dataclass
+class TabularPreprocessor:
+    scaler: StandardScaler
+
+    def transform(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        return self.scaler.transform(np.stack(rows))
+
+
+Preprocessor = TextPreprocessor | ImagePreprocessor | TabularPreprocessor
+
+
+def load_preprocessor(version_dir: Path, metadata: Mapping[str, Any]) -> Preprocessor:
+    """Build the preprocessor a model version was trained with, from its saved assets."""
+    block = metadata["preprocessing"]
+    kind = block["kind"]
+    if kind == "text":
+        return TextPreprocessor(TextVectorizer.from_json(json.loads((version_dir / block["vocabulary_file"]).read_text())))
+    if kind == "image":
+        return ImagePreprocessor(ImageSpec.from_json(block))
+    if kind == "tabular":
+        return TabularPreprocessor(StandardScaler.from_json(json.loads((version_dir / block["scaler_file"]).read_text())))
+    raise ValueError(f"unknown preprocessing kind {kind!r}")

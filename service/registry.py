@@ -1,0 +1,279 @@
+"""The on-disk model registry: `models/<name>/<version>/` plus a `CURRENT` pointer.
+
+Laid out the way Triton and TF Serving users know it. A version directory is
+written under a hidden staging name and renamed into place when complete, so a
+reader never sees half a version; after that it is never modified. Which version
+is served is a separate, explicit decision: `CURRENT` is rewritten atomically
+(write a temporary file, then `os.replace`), and every promotion is appended to
+`HISTORY` so that a rollback knows what was served before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "HISTORY"
+STAGING_PREFIX = ".staging-"
+METADATA_SCHEMA_VERSION = 1
+
+# Keys every metadata.json must carry (checked by `validate_metadata`).
+REQUIRED_METADATA_KEYS: dict[str, type] = {
+    "schema_version": int,
+    "name": str,
+    "version": int,
+    "task": str,
+    "created_at": str,
+    "model_file": str,
+    "sha256": str,
+    "onnx_opset": int,
+    "inputs": list,
+    "outputs": list,
+    "labels": list,
+    "preprocessing": dict,
+    "metrics": dict,
+    "parity": dict,
+    "data": dict,
+    "library_versions": dict,
+    "architecture": dict,
+    "training": dict,
+    "assets": dict,
+}
+TASKS = ("binary_classification", "multiclass_classification", "regression")
+
+
+class RegistryError(Exception):
+    """The registry is missing something or a version is not usable."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One immutable version directory of one model."""
+
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def read_metadata(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / METADATA_FILE).read_text())
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.name} v{self.version}: no {METADATA_FILE}") from exc
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{self.name} v{self.version}: {METADATA_FILE} is not valid JSON: {exc}") from exc
+
+    def verify(self) -> dict[str, Any]:
+        """Check metadata and the model's checksum; return the metadata."""
+        metadata = self.read_metadata()
+        problems = validate_metadata(metadata)
+        if problems:
+            raise RegistryError(f"{self.name} v{self.version}: invalid metadata: {'; '.join(problems)}")
+        if not self.model_path.is_file():
+            raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} is missing")
+        actual = sha256_file(self.model_path)
+        if actual != metadata["sha256"]:
+            raise RegistryError(
+                f"{self.name} v{self.version}: checksum mismatch for {MODEL_FILE} "
+                f"(metadata says {metadata['sha256'][:12]}..., file is {actual[:12]}...)"
+            )
+        return metadata
+
+
+@dataclass
+class StagedVersion:
+    """A version being written: `path` is a hidden staging directory until published."""
+
+    name: str
+    version: int
+    path: Path
+    published: ModelVersion | None = None
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def validate_metadata(metadata: dict[str, Any]) -> list[str]:
+    """Return a list of problems with a metadata document (empty when valid)."""
+    problems = []
+    for key, kind in REQUIRED_METADATA_KEYS.items():
+        if key not in metadata:
+            problems.append(f"missing key {key!r}")
+        elif not isinstance(metadata[key], kind):
+            problems.append(f"{key!r} should be {kind.__name__}, is {type(metadata[key]).__name__}")
+    if metadata.get("task") not in TASKS:
+        problems.append(f"task should be one of {TASKS}")
+    for io_key in ("inputs", "outputs"):
+        for spec in metadata.get(io_key) or []:
+            if not {"name", "dtype", "shape"} <= set(spec):
+                problems.append(f"each of {io_key!r} needs name, dtype and shape")
+    return problems
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Registry:
+    """Read and change a model registry rooted at `root`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        path = self.root / name / str(version)
+        if not path.is_dir():
+            raise RegistryError(f"{name}: no version {version} (have {self.versions(name) or 'none'})")
+        return ModelVersion(name, version, path)
+
+    def current_version(self, name: str) -> int | None:
+        pointer = self.root / name / CURRENT_FILE
+        try:
+            text = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            raise RegistryError(f"{pointer}: expected a version number, found {text!r}")
+        return int(text)
+
+    def current(self, name: str) -> ModelVersion:
+        version = self.current_version(name)
+        if version is None:
+            raise RegistryError(f"{name}: no {CURRENT_FILE} (nothing promoted yet); versions: {self.versions(name)}")
+        return self.get(name, version)
+
+    def served_models(self) -> list[str]:
+        """Models that have a CURRENT pointer, i.e. that a server should load."""
+        return [n for n in self.model_names() if (self.root / n / CURRENT_FILE).is_file()]
+
+    @contextlib.contextmanager
+    def new_version(self, name: str) -> Iterator[StagedVersion]:
+        """Yield a staging directory; publish it as the next version on clean exit.
+
+        The number is provisional: if another writer published it meanwhile, the
+        staging directory is renamed to the next free number and metadata.json is
+        corrected. After the block, `staged.published` is the final version.
+        """
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staged = StagedVersion(name, self._next_version(name), Path(tempfile.mkdtemp(dir=model_dir, prefix=STAGING_PREFIX)))
+        try:
+            yield staged
+            staged.published = self.get(name, self._publish(name, staged.path))
+        except BaseException:
+            shutil.rmtree(staged.path, ignore_errors=True)
+            raise
+
+    def _next_version(self, name: str) -> int:
+        return max(self.versions(name), default=0) + 1
+
+    def _publish(self, name: str, staging: Path) -> int:
+        for _ in range(100):
+            version = self._next_version(name)
+            metadata_path = staging / METADATA_FILE
+            if metadata_path.exists():
+                metadata = json.loads(metadata_path.read_text())
+                if metadata.get("version") != version:
+                    metadata["version"] = version
+                    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+            try:
+                os.rename(staging, self.root / name / str(version))
+                return version
+            except OSError:
+                continue  # lost a race for this number; take the next one
+        raise RegistryError(f"{name}: could not allocate a version number")
+
+    def promote(self, name: str, version: int, *, rollback: bool = False) -> int | None:
+        """Point CURRENT at `version` after verifying it; return the previous version."""
+        self.get(name, version).verify()
+        previous = self.current_version(name)
+        _atomic_write_text(self.root / name / CURRENT_FILE, f"{version}\n")
+        with open(self.root / name / HISTORY_FILE, "a") as handle:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            kind = "rollback" if rollback else "promote"
+            handle.write(f"{stamp} {kind} {previous if previous is not None else '-'} {version}\n")
+        return previous
+
+    def _served_stack(self, name: str) -> list[int]:
+        """Replay HISTORY: a promotion pushes a version, a rollback pops one."""
+        history = self.root / name / HISTORY_FILE
+        stack: list[int] = []
+        if not history.is_file():
+            return stack
+        for line in history.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 4 or not parts[3].isdigit():
+                continue
+            if parts[1] == "rollback" and stack:
+                stack.pop()
+            elif parts[1] == "promote":
+                if not stack and parts[2].isdigit():
+                    stack.append(int(parts[2]))  # what was served before HISTORY began
+                stack.append(int(parts[3]))
+        return stack
+
+    def previous_version(self, name: str) -> int:
+        """The version served before the current one.
+
+        From HISTORY when it records one, else the highest existing version below
+        the current (a fresh clone has no history).
+        """
+        current = self.current_version(name)
+        if current is None:
+            raise RegistryError(f"{name}: nothing is served, nothing to roll back")
+        stack = [v for v in self._served_stack(name) if v in self.versions(name)]
+        if len(stack) >= 2 and stack[-1] == current:
+            return stack[-2]
+        older = [v for v in self.versions(name) if v < current]
+        if not older:
+            raise RegistryError(f"{name}: v{current} is the oldest version, nothing to roll back to")
+        return older[-1]
+
+    def rollback(self, name: str) -> tuple[int, int]:
+        """Point CURRENT back at the previous version; return (from, to)."""
+        current = self.current_version(name)
+        target = self.previous_version(name)
+        self.promote(name, target, rollback=True)
+        assert current is not None
+        return current, target

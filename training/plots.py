@@ -1,0 +1,73 @@
+"""Training curves and confusion matrices as PNG files, drawn as the seeds draw them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]],
+    metric: str,
+    path: Path,
+    title: str,
+    phase_boundaries: Sequence[int] = (),
+) -> Path:
+    """Loss and `metric` per epoch, training as dots and validation as a line (the seeds' 'bo' / 'b')."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("loss", metric)):
+        values = history.get(key, [])
+        epochs = range(1, len(values) + 1)
+        ax.plot(epochs, values, "bo", label=f"Training {key}")
+        if f"val_{key}" in history:
+            ax.plot(range(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], "b", label=f"Validation {key}")
+        for boundary in phase_boundaries:
+            ax.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"Training and validation {key}")
+        ax.set_xlabel("Epochs")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_kfold(fold_histories: Sequence[Mapping[str, Sequence[float]]], metric: str, path: Path, title: str) -> Path:
+    """Mean validation metric per epoch across folds (the seed's K-fold curve)."""
+    key = f"val_{metric}"
+    curves = np.array([h[key] for h in fold_histories])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, curves.shape[1] + 1), curves.mean(axis=0), "b")
+    ax.fill_between(range(1, curves.shape[1] + 1), curves.min(axis=0), curves.max(axis=0), alpha=0.2)
+    ax.set_xlabel("Epochs")
+    ax.set_ylabel(f"Validation {metric.upper()}")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,113 @@
+"""Turn a trained Keras model into a new, immutable registry version.
+
+Export and parity happen inside the registry's staging directory: if either fails,
+the staging directory is removed and the registry is as it was. Publishing never
+touches CURRENT; promotion is a separate command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import keras
+from service.registry import METADATA_FILE, METADATA_SCHEMA_VERSION, MODEL_FILE, ModelVersion, Registry, sha256_file
+from training.export import OPSET, TensorSpec, check_parity, export_onnx
+from training.plots import plot_confusion_matrix, plot_history
+
+MAX_MODEL_BYTES = 20 * 1024 * 1024
+LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "pillow", "scikit-learn")
+
+
+@dataclass
+class TrainingResult:
+    """Everything a trainer hands over to be exported and recorded."""
+
+    name: str
+    task: str
+    model: keras.Model  # the inference model (no augmentation layers)
+    input_spec: TensorSpec
+    output_name: str
+    labels: list[str]
+    preprocessing: dict[str, Any]  # the metadata block load_preprocessor() reads
+    assets: dict[str, Any]  # file name -> JSON document (vocab.json, scaler.json)
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    history_metric: str
+    parity_inputs: np.ndarray
+    data: dict[str, Any]
+    architecture: dict[str, Any]
+    training: dict[str, Any]
+    confusion_matrix: np.ndarray | None = None
+    phase_boundaries: list[int] = field(default_factory=list)
+    extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
+    """Export, check parity, write assets, plots and metadata; return the new version."""
+    with registry.new_version(result.name) as staged:
+        version, staging = staged.version, staged.path
+        print(f"[export] {result.name}: Keras -> ONNX (opset {OPSET})", flush=True)
+        model_path = staging / MODEL_FILE
+        outputs = export_onnx(result.model, result.input_spec, result.output_name, model_path)
+        size = model_path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            print(f"[export] warning: model.onnx is {size / 1e6:.1f} MB, over the {MAX_MODEL_BYTES / 1e6:.0f} MB budget", flush=True)
+        parity = check_parity(result.model, model_path, result.parity_inputs)
+        print(f"[parity] max |keras - onnx| = {parity['max_abs_diff']:.2e} on {parity['samples']} test inputs (<= {parity['tolerance']:g})", flush=True)
+
+        assets = {}
+        for file_name, document in result.assets.items():
+            (staging / file_name).write_text(json.dumps(document) + "\n")
+            assets[file_name] = sha256_file(staging / file_name)
+        plots = [plot_history(result.history, result.history_metric, staging / "history.png", f"{result.name}: training curves", result.phase_boundaries).name]
+        if result.confusion_matrix is not None:
+            plots.append(plot_confusion_matrix(result.confusion_matrix, result.labels, staging / "confusion_matrix.png", f"{result.name}: test set").name)
+        for file_name, writer in result.extra_plots.items():
+            plots.append(writer(staging / file_name).name)
+
+        metadata = {
+            "schema_version": METADATA_SCHEMA_VERSION,
+            "name": result.name,
+            "version": version,
+            "task": result.task,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model_file": MODEL_FILE,
+            "sha256": sha256_file(model_path),
+            "model_bytes": size,
+            "onnx_opset": OPSET,
+            "inputs": [result.input_spec.to_json()],
+            "outputs": [o.to_json() for o in outputs],
+            "labels": result.labels,
+            "preprocessing": result.preprocessing,
+            "metrics": result.metrics,
+            "parity": parity,
+            "data": result.data,
+            "library_versions": library_versions(),
+            "architecture": result.architecture,
+            "training": result.training | {"history": result.history},
+            "assets": assets,
+            "plots": plots,
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    assert staged.published is not None
+    staged.published.verify()
+    return staged.published
