@@ -216,7 +216,7 @@ def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMA
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"has more than {max_pixels:,} pixels") from None
     except Exception as exc:  # Pillow raises many types for mangled headers
-        raise InputError(f"could not be read as an image: {exc}") from None
+        raise InputError(f"is truncated or corrupt ({exc})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(f"is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from service.registry import Registry, RegistryError
+from training.datasets import DataError
 
 MODELS = {
     "imdb_sentiment": "training.imdb_sentiment",
@@ -28,7 +29,7 @@ MODELS = {
 DEFAULT_REGISTRY = os.environ.get("MODELSERVE_MODEL_ROOT", "models")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*MODELS, "list", "promote", "rollback"]) + "}")
     for name, module_name in MODELS.items():
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--registry", default=DEFAULT_REGISTRY, help="model registry root (default: %(default)s)")
         sub.add_argument("--seed", type=int, default=0)
         sub.set_defaults(module=module_name)
-        _add_model_arguments(sub, module_name)
+        if argv and argv[0] == name:  # import a trainer (and TensorFlow) only when it runs
+            importlib.import_module(module_name).add_arguments(sub)
     listing = commands.add_parser("list", help="versions per model, * marks CURRENT")
     listing.add_argument("--registry", default=DEFAULT_REGISTRY)
     promote = commands.add_parser("promote", help="point CURRENT at a version (atomic)")
@@ -47,13 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("model")
     rollback.add_argument("--registry", default=DEFAULT_REGISTRY)
     return parser
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser, module_name: str) -> None:
-    # Each trainer declares its own options; importing it pulls in TensorFlow, so do
-    # that only when this model's command is the one being run.
-    if len(sys.argv) > 1 and MODELS.get(sys.argv[1]) == module_name:
-        importlib.import_module(module_name).add_arguments(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -78,7 +73,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
     try:
         if args.command in MODELS:
             return _train(args)
@@ -95,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             old, new = registry.rollback(args.model)
             print(f"{args.model}: CURRENT {old} -> {new} (rollback)")
         return 0
-    except RegistryError as exc:
+    except (RegistryError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,10 @@ PARITY_TOLERANCE = 1e-4
 PARITY_MIN_SAMPLES = 100
 
 
+class ExportError(RuntimeError):
+    """tf2onnx produced a graph that does not have the expected interface."""
+
+
 class ParityError(RuntimeError):
     """ONNX and Keras disagree on the same inputs."""
 
@@ -50,6 +54,9 @@ def export_onnx(model: keras.Model, input_spec: TensorSpec, output_name: str, pa
     model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
     model_proto.producer_name = "modelserve (tf2onnx)"
     onnx.checker.check_model(model_proto)
+    graph_inputs = [i.name for i in model_proto.graph.input]
+    if graph_inputs != [input_spec.name]:
+        raise ExportError(f"tf2onnx produced graph inputs {graph_inputs}, expected exactly [{input_spec.name!r}]")
     path.write_bytes(model_proto.SerializeToString())
     return [_spec_from_value_info(v) for v in model_proto.graph.output]
 

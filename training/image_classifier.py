@@ -35,13 +35,36 @@ from training.publish import TrainingResult
 NAME = "image_classifier"
 
 
+# Each base's own input scaling, written with plain keras.ops so that tf2onnx converts it
+# cleanly (keras.applications.vgg16.preprocess_input leaves a stray graph input behind).
+# tests/test_training.py checks these against keras.applications' preprocess_input.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def scale_tf(x: Any) -> Any:
+    """mobilenet, mobilenet_v2: [0, 255] -> [-1, 1]."""
+    return x / 127.5 - 1.0
+
+
+def scale_caffe(x: Any) -> Any:
+    """vgg16: RGB -> BGR, minus the ImageNet mean per channel."""
+    # A NumPy constant becomes part of the traced graph; a tensor made here would be
+    # captured by the export's tf.function and turn into a stray graph input.
+    return keras.ops.flip(x, axis=-1) - np.asarray(CAFFE_BGR_MEAN, dtype=np.float32)
+
+
+def scale_none(x: Any) -> Any:
+    """efficientnet_b0: the model rescales and normalises inside."""
+    return x
+
+
 def _bases() -> dict[str, tuple[Callable[..., keras.Model], Callable[[Any], Any]]]:
     apps = keras.applications
     return {
-        "mobilenet_v2": (apps.MobileNetV2, apps.mobilenet_v2.preprocess_input),
-        "mobilenet": (apps.MobileNet, apps.mobilenet.preprocess_input),
-        "vgg16": (apps.VGG16, apps.vgg16.preprocess_input),
-        "efficientnet_b0": (apps.EfficientNetB0, apps.efficientnet.preprocess_input),
+        "mobilenet_v2": (apps.MobileNetV2, scale_tf),
+        "mobilenet": (apps.MobileNet, scale_tf),
+        "vgg16": (apps.VGG16, scale_caffe),
+        "efficientnet_b0": (apps.EfficientNetB0, scale_none),
     }
 
 
@@ -90,7 +113,9 @@ def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model,
 
     head_input = keras.Input(size, name="pixels_float")
     x = preprocess(head_input)
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also while fine-tuning
+    # A pretrained base keeps BatchNorm in inference mode, also while fine-tuning (keras-io's
+    # transfer-learning advice); a base trained from scratch needs its statistics to learn.
+    x = base(x, training=False) if pretrained else base(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(args.dropout)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)

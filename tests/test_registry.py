@@ -1,0 +1,79 @@
+"""The registry on real files: versions, atomic publish, CURRENT, HISTORY, rollback, checksums."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
+
+
+def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes") -> int:
+    with registry.new_version(name) as staged:
+        (staged.path / MODEL_FILE).write_bytes(payload)
+        metadata = {
+            "schema_version": 1, "name": name, "version": staged.version, "task": "regression", "created_at": "now",
+            "model_file": MODEL_FILE, "sha256": sha256_file(staged.path / MODEL_FILE), "onnx_opset": 17,
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 1]}], "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 1]}],
+            "labels": [], "preprocessing": {}, "metrics": {}, "parity": {}, "data": {}, "library_versions": {},
+            "architecture": {}, "training": {}, "assets": {},
+        }  # fmt: skip
+        (staged.path / METADATA_FILE).write_text(json.dumps(metadata))
+    assert staged.published is not None
+    return staged.published.version
+
+
+def test_versions_are_numbered_and_published_whole(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    assert [write_version(registry, "m") for _ in range(3)] == [1, 2, 3]
+    assert registry.versions("m") == [1, 2, 3]
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")], "no staging directory left behind"
+    assert registry.current_version("m") is None, "publishing never promotes"
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    with pytest.raises(RuntimeError), registry.new_version("m") as staged:
+        (staged.path / MODEL_FILE).write_bytes(b"half")
+        raise RuntimeError("export failed")
+    assert registry.versions("m") == []
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_promote_rollback_history(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    for _ in range(3):
+        write_version(registry, "m")
+    assert registry.promote("m", 1) is None
+    assert registry.promote("m", 3) == 1
+    assert (tmp_path / "m" / CURRENT_FILE).read_text() == "3\n"
+    assert registry.rollback("m") == (3, 1), "rollback returns to what was served before, not to v2"
+    with pytest.raises(RegistryError, match="oldest"):
+        registry.rollback("m")
+    assert registry.current_version("m") == 1
+
+
+def test_rollback_without_history_uses_next_older(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    write_version(registry, "m")
+    write_version(registry, "m")
+    (tmp_path / "m" / CURRENT_FILE).write_text("2\n")  # as shipped in git, no HISTORY
+    assert registry.rollback("m") == (2, 1)
+
+
+def test_promote_refuses_a_corrupted_version(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    write_version(registry, "m")
+    (tmp_path / "m" / "1" / MODEL_FILE).write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="checksum mismatch"):
+        registry.promote("m", 1)
+    assert registry.current_version("m") is None
+
+
+def test_metadata_validation_names_problems() -> None:
+    problems = validate_metadata({"task": "dreaming", "inputs": [{"name": "x"}]})
+    assert any("missing key 'sha256'" in p for p in problems)
+    assert any("task should be one of" in p for p in problems)
+    assert any("needs name, dtype and shape" in p for p in problems)

@@ -1,0 +1,155 @@
+"""Training end to end on small generated problems: learn, export, parity, registry, no promotion.
+
+Everything runs through the CLI entry point (`training.__main__.main`), in this
+process so TensorFlow is imported once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("tensorflow")
+
+import keras  # noqa: E402
+from service.registry import Registry, validate_metadata  # noqa: E402
+from service.runtime import load_model  # noqa: E402
+from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv  # noqa: E402
+from training.__main__ import main  # noqa: E402
+
+SCHEMA_EXTRAS = ("model_bytes", "plots")
+
+
+def trained_version(registry_root: Path, name: str) -> tuple[Registry, dict]:
+    registry = Registry(registry_root)
+    assert registry.versions(name) == [1]
+    version = registry.get(name, 1)
+    metadata = version.verify()  # schema + sha256 of model.onnx
+    assert validate_metadata(metadata) == []
+    for key in SCHEMA_EXTRAS:
+        assert key in metadata
+    for plot in metadata["plots"]:
+        assert (version.path / plot).stat().st_size > 5_000, f"{plot} is a real PNG"
+    assert metadata["parity"]["samples"] >= 100 and metadata["parity"]["max_abs_diff"] <= 1e-4
+    assert metadata["onnx_opset"] <= 18
+    assert metadata["data"]["fingerprint"] and metadata["data"]["samples"]["train"] > 0
+    assert registry.current_version(name) is None, "training must not change what is served"
+    return registry, metadata
+
+
+def onnx_session(registry: Registry, name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(registry.get(name, 1).model_path), providers=["CPUExecutionProvider"])
+
+
+def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_reviews_csv(tmp_path / "reviews.csv", n=600)
+    assert main(["imdb_sentiment", "--data", str(data), "--registry", str(tmp_path / "models"), "--epochs", "2", "--max-tokens", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "recall" in out, "prints a classification report"
+    registry, metadata = trained_version(tmp_path / "models", "imdb_sentiment")
+    assert metadata["metrics"]["test"]["accuracy"] > 0.9
+    assert metadata["labels"] == ["negative", "positive"]
+    assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
+    session = onnx_session(registry, "imdb_sentiment")
+    assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
+
+    model = load_model(registry.get("imdb_sentiment", 1), ["CPUExecutionProvider"])
+    rng = np.random.default_rng(42)
+    answers = model.predict([review(rng, True), review(rng, False)])
+    assert [a["label"] for a in answers] == ["positive", "negative"]
+
+    assert main(["promote", "imdb_sentiment", "latest", "--registry", str(tmp_path / "models")]) == 0
+    assert registry.current_version("imdb_sentiment") == 1
+
+
+def test_seed_variant_is_selectable(tmp_path: Path) -> None:
+    data = write_reviews_csv(tmp_path / "reviews.csv", n=400)
+    assert main(["imdb_sentiment", "--variant", "seed", "--data", str(data), "--registry", str(tmp_path), "--epochs", "3", "--batch-size", "32"]) == 0
+    _, metadata = trained_version(tmp_path, "imdb_sentiment")
+    assert metadata["preprocessing"]["mode"] == "multi_hot" and metadata["preprocessing"]["ngram_max"] == 1
+    assert metadata["training"]["optimizer"] == "rmsprop" and metadata["architecture"]["variant"] == "seed"
+    assert metadata["metrics"]["test"]["accuracy"] > 0.9
+
+
+def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
+    data = write_housing_csv(tmp_path / "housing.csv", n=300)
+    assert main(["boston_housing", "--data", str(data), "--registry", str(tmp_path), "--epochs", "15", "--folds", "2", "--ensemble", "1"]) == 0
+    registry, metadata = trained_version(tmp_path, "boston_housing")
+    test = metadata["metrics"]["test"]
+    assert test["mae"] < 0.5 * test["baseline_mae_train_mean"], test
+    assert len(metadata["metrics"]["k_fold"]["val_mae_per_fold"]) == 2
+    scaler = json.loads((registry.get("boston_housing", 1).path / "scaler.json").read_text())
+    assert scaler["features"][0] == "CRIM" and len(scaler["mean"]) == 13
+
+    model = load_model(registry.get("boston_housing", 1), ["CPUExecutionProvider"])
+    x, y = housing_rows(50, seed=7)
+    predicted = np.array([a["price"] for a in model.predict(list(x))])
+    assert np.abs(predicted - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+
+def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
+    """Random VGG16 weights saved to a file stand in for ImageNet weights (none can be downloaded).
+
+    VGG16 has no BatchNorm, so its random features keep the colour signal; the run
+    exercises --weights FILE, the frozen phase, fine-tuning and the uint8 export.
+    """
+    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=64)
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "vgg16_random.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "vgg16", "--weights", str(weights),
+            "--image-size", "64", "--epochs", "3", "--fine-tune-epochs", "1", "--fine-tune-layers", "4", "--batch-size", "16", "--learning-rate", "0.05"]  # fmt: skip
+    assert main(args) == 0
+    registry, metadata = trained_version(tmp_path / "models", "image_classifier")
+    assert metadata["metrics"]["test"]["accuracy"] > 0.9
+    assert metadata["labels"] == ["blue", "red"]
+    assert metadata["architecture"]["pretrained"] is True and metadata["training"]["phase2"]["epochs"] == 1
+    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 64, 64, 3]}
+    assert (registry.get("image_classifier", 1).path / "confusion_matrix.png").is_file()
+
+
+def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path) -> None:
+    folders = write_image_folders(tmp_path / "images", {"train": 8, "validation": 4, "test": 50}, size=32)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path), "--base", "mobilenet", "--alpha", "0.25",
+            "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]  # fmt: skip
+    assert main(args) == 0
+    _, metadata = trained_version(tmp_path, "image_classifier")
+    assert metadata["architecture"]["pretrained"] is False
+    assert metadata["architecture"]["weights"].startswith("none")
+    assert metadata["training"]["phase2"]["epochs"] == 0
+
+
+def test_in_graph_scaling_matches_keras_applications() -> None:
+    from training.image_classifier import scale_caffe, scale_tf
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    assert np.allclose(keras.ops.convert_to_numpy(scale_tf(x)), keras.applications.mobilenet.preprocess_input(x.copy()), atol=1e-5)
+    assert np.allclose(keras.ops.convert_to_numpy(scale_caffe(x)), keras.applications.vgg16.preprocess_input(x.copy()), atol=1e-4)
+
+
+def test_parity_failure_stops_the_run_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.publish as publish_module
+    from training.export import ParityError, export_onnx
+
+    def export_a_different_model(model, input_spec, output_name, path):  # type: ignore[no-untyped-def]
+        other = keras.models.clone_model(model)  # same architecture, fresh random weights
+        return export_onnx(other, input_spec, output_name, path)
+
+    monkeypatch.setattr(publish_module, "export_onnx", export_a_different_model)
+    data = write_housing_csv(tmp_path / "housing.csv", n=200)
+    with pytest.raises(ParityError, match="differ"):
+        main(["boston_housing", "--data", str(data), "--registry", str(tmp_path / "models"), "--epochs", "2", "--folds", "2", "--ensemble", "1"])
+    assert Registry(tmp_path / "models").versions("boston_housing") == []
+    assert list((tmp_path / "models" / "boston_housing").iterdir()) == [], "no staging directory left behind"
+
+
+def test_bad_data_fails_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "reviews.csv"
+    bad.write_text("body,stars\nhello,5\n")
+    assert main(["imdb_sentiment", "--data", str(bad), "--registry", str(tmp_path)]) == 2
+    assert "no text column" in capsys.readouterr().err
+    assert Registry(tmp_path).versions("imdb_sentiment") == []
