@@ -141,7 +141,8 @@ class LoadedModel:
             shape = (pre.spec.height, pre.spec.width, 3)
             return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
         assert isinstance(pre, TabularPreprocessor)
-        return [pre.scaler.mean.copy(), pre.scaler.mean + pre.scaler.std]
+        typical = pre.scaler.inverse_example()
+        return [typical, typical * 1.1]
 
     def smoke_check(self) -> None:
         """Predict on smoke inputs (also warming the session); refuse nonsense."""

@@ -28,6 +28,7 @@ from service.preprocessing import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageSpec,
     InputError,
+    StandardScaler,
     check_text,
     decode_image,
     feature_row,
@@ -35,13 +36,13 @@ from service.preprocessing import (
 
 _settings = Settings()
 _image_spec: Callable[[], ImageSpec] = ImageSpec
-_feature_names: Callable[[], tuple[str, ...]] = lambda: BOSTON_FEATURES  # noqa: E731
+_scaler: Callable[[], StandardScaler] = lambda: StandardScaler(BOSTON_FEATURES, np.zeros(13), np.ones(13))  # noqa: E731
 
 
-def bind(settings: Settings, image_spec: Callable[[], ImageSpec], feature_names: Callable[[], tuple[str, ...]]) -> None:
-    """Use these limits, and ask the served models for image size and feature names."""
-    global _settings, _image_spec, _feature_names
-    _settings, _image_spec, _feature_names = settings, image_spec, feature_names
+def bind(settings: Settings, image_spec: Callable[[], ImageSpec], scaler: Callable[[], StandardScaler]) -> None:
+    """Use these limits, and ask the served models for image size and feature scaling."""
+    global _settings, _image_spec, _scaler
+    _settings, _image_spec, _scaler = settings, image_spec, scaler
 
 
 # ---------------------------------------------------------------- images
@@ -93,7 +94,8 @@ ReviewText = Annotated[str, BeforeValidator(_check_review)]
 
 
 def _feature_row(value: Any) -> np.ndarray:
-    return feature_row(value, _feature_names())
+    scaler = _scaler()
+    return scaler.check(feature_row(value, scaler.feature_names))
 
 
 _ROW_SCHEMA = {

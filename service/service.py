@@ -114,7 +114,7 @@ class ModelServe:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
         self.runtime.load_all()  # verified, session opened, smoke-tested and warm before /readyz says ready
-        bind(SETTINGS, self._image_spec, self._feature_names)
+        bind(SETTINGS, self._image_spec, self._scaler)
         _service = self
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch_current, name="current-watcher", daemon=True).start()
@@ -130,8 +130,8 @@ class ModelServe:
     def _image_spec(self) -> Any:
         return self._model(IMAGE_MODEL).preprocessor.spec
 
-    def _feature_names(self) -> tuple[str, ...]:
-        return self._model(TABULAR_MODEL).preprocessor.scaler.feature_names
+    def _scaler(self) -> Any:
+        return self._model(TABULAR_MODEL).preprocessor.scaler
 
     def _watch_current(self) -> None:
         """Follow CURRENT in every worker (the admin call reaches only one); never retry a refused version."""

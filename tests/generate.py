@@ -42,7 +42,7 @@ HOUSING_STDS = np.array([8.6, 23.0, 6.9, 0.25, 0.12, 0.7, 28.0, 2.1, 8.7, 168.0,
 def housing_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rows in the real features' ranges; MEDV is a linear function of them plus noise."""
     rng = np.random.default_rng(seed)
-    x = HOUSING_MEANS + rng.standard_normal((n, 13)) * HOUSING_STDS
+    x = np.abs(HOUSING_MEANS + rng.standard_normal((n, 13)) * HOUSING_STDS)  # real features are never negative
     x[:, 3] = (rng.random(n) < 0.07).astype(float)  # CHAS is 0/1
     y = 22.5 + ((x - HOUSING_MEANS) / HOUSING_STDS) @ HOUSING_WEIGHTS + rng.normal(0, 0.5, n)
     return x, y

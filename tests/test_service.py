@@ -287,3 +287,8 @@ def test_concurrent_burst_has_no_5xx(server: Server) -> None:
     codes = asyncio.run(burst())
     assert not [c for c in codes if c >= 500], codes
     assert codes.count(200) > 150
+
+
+def test_admin_api_is_off_without_a_token(client: httpx.Client) -> None:
+    response = client.post("/admin/reload", json={})
+    assert response.status_code == 403 and "MODELSERVE_ADMIN_TOKEN" in error_of(response)

@@ -27,7 +27,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 import keras
 from service.preprocessing import ImageSpec
-from training.datasets import load_image_folders
+from training.datasets import file_record, load_image_folders
 from training.export import TensorSpec
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
@@ -130,6 +130,7 @@ def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model,
         "alpha": args.alpha if args.base.startswith("mobilenet") else None,
         "pretrained": pretrained,
         "weights": "imagenet (keras.applications download)" if weights == "imagenet" else (weights or "none: trained from scratch"),
+        "weights_file": file_record(Path(weights)) if weights not in (None, "imagenet") else None,
         "input": f"uint8 RGB {args.image_size}x{args.image_size}, base preprocessing in the graph",
         "head": ["GlobalAveragePooling2D", f"Dropout({args.dropout})", f"Dense({n_classes}, softmax)"],
         "augmentation": ["RandomFlip(horizontal)", "RandomRotation(0.1)", "RandomZoom(0.2)"],
@@ -220,6 +221,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
                   "phase2": {"epochs": args.fine_tune_epochs if fine_tuned_layers else 0, "optimizer": "adam", "learning_rate": args.fine_tune_learning_rate,
                              "unfrozen_top_layers": args.fine_tune_layers, "unfrozen_layers_with_weights": fine_tuned_layers, "batchnorm": "frozen"},
                   "batch_size": args.batch_size, "seed": args.seed, "loss": "sparse_categorical_crossentropy"},
+        test_items=list(data.test.images),
+        test_targets=[data.class_names[int(y)] for y in truth],
         confusion_matrix=confusion_matrix(truth, predicted, labels=label_ids),
         phase_boundaries=boundaries if fine_tuned_layers else [],
     )

@@ -150,5 +150,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         training={"optimizer": "rmsprop", "learning_rate": config["learning_rate"], "loss": "binary_crossentropy", "epochs": config["epochs"],
                   "batch_size": config["batch_size"], "seed": args.seed, "validation_fraction": VALIDATION_FRACTION,
                   "final_fit": "all training reviews, same epochs (the seed's procedure)"},
+        test_items=list(data.test_texts),
+        test_targets=[SENTIMENT_LABELS[int(y)] for y in truth],
         confusion_matrix=confusion_matrix(truth, predicted, labels=[0, 1]),
     )

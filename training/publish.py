@@ -46,6 +46,10 @@ class TrainingResult:
     data: dict[str, Any]
     architecture: dict[str, Any]
     training: dict[str, Any]
+    # The held-out test set in raw form (texts, uint8 images, raw feature rows) and its
+    # targets (label names or prices): redeploy scores the served version on it too.
+    test_items: list[Any] = field(default_factory=list)
+    test_targets: list[Any] = field(default_factory=list)
     confusion_matrix: np.ndarray | None = None
     phase_boundaries: list[int] = field(default_factory=list)
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer

@@ -1,0 +1,90 @@
+"""Throughput of each served model's onnxruntime session per batch size: where batching stops paying.
+
+    python benchmarks/batch_sizes.py [--models models] [--seconds 3]
+
+The service's max_batch_size per endpoint (service/config.py) is the smallest
+batch that reaches 95% of the best items/s measured here: a larger batch only adds
+latency. Prints a table, writes benchmarks/results/batch_sizes.md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.config import Settings
+from service.runtime import ModelRuntime
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = {"image_classifier": [1, 2, 4, 8, 16, 32, 64], "imdb_sentiment": [1, 4, 16, 32, 64, 128, 256], "boston_housing": [1, 8, 32, 128, 256, 512, 1024]}
+KNEE = 0.95
+
+
+def measure(infer, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(items per second, median ms per call) for repeated calls on one batch."""
+    infer(batch)  # warm
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        infer(batch)
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return len(batch) / median, median * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    runtime = ModelRuntime(Settings(model_root=Path(args.models), reload_poll_s=0))
+    runtime.load_all()
+    rows = ["| model | batch | items/s | ms per call |", "|---|---|---|---|"]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for name, model in runtime.served().items():
+        single = model.preprocessor.transform(model.smoke_inputs()[:1])
+        for size in SIZES[name]:
+            batch = np.repeat(single, size, axis=0)
+            per_second, ms = measure(model.infer, batch, args.seconds)
+            curves.setdefault(name, []).append((size, per_second))
+            rows.append(f"| {name} v{model.version} | {size} | {per_second:,.0f} | {ms:.2f} |")
+            print(rows[-1], flush=True)
+    rows.append("")
+    rows.append(f"Smallest batch reaching {KNEE:.0%} of the best throughput (the chosen max_batch_size):")
+    for name, points in curves.items():
+        best = max(p for _, p in points)
+        knee = next(size for size, p in points if p >= KNEE * best)
+        rows.append(f"- {name}: {knee} ({best:,.0f} items/s at best)")
+    text = "\n".join(rows)
+    print("\n".join(rows[-len(curves) - 1 :]))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "batch_sizes.md").write_text(f"# onnxruntime throughput per batch size\n\nCPU: {runtime.providers}\n\n{text}\n")
+    _plot(curves, RESULTS / "batch_sizes.png")
+
+
+def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8))
+    for ax, (name, points) in zip(np.atleast_1d(axes), curves.items()):
+        sizes, rates = zip(*points)
+        ax.plot(sizes, rates, "o-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("items/s")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`bentoml build` on the project: the bento carries the registry and serving requirements, no TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+from tests.server import BENTOML, ROOT
+
+
+def _names(requirements: list[str]) -> dict[str, str]:
+    """name -> full requirement line, for lines such as 'pillow==13.0.0; marker'."""
+    return {re.split(r"[=<>;\[ ]", line, maxsplit=1)[0].lower(): line.replace('"', "'") for line in requirements}
+
+
+def test_bento_requirements_match_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    expected = _names(project["dependencies"] + project["optional-dependencies"]["serve"])
+    lines = [l.strip() for l in (ROOT / "requirements" / "serve.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert _names(lines) == {k: v for k, v in expected.items()}, "requirements/serve.txt must list exactly the serve extra"
+
+
+def test_service_never_imports_tensorflow() -> None:
+    for path in (ROOT / "service").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(tensorflow|keras|tf2onnx)\b", text, re.MULTILINE), path
+
+
+def test_bentoml_build(tmp_path: Path) -> None:
+    env = os.environ | {"BENTOML_HOME": str(tmp_path / "bentoml")}
+    build = subprocess.run([str(BENTOML), "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout + build.stderr
+    bentos = list((tmp_path / "bentoml" / "bentos" / "modelserve").glob("*/"))
+    bentos = [b for b in bentos if (b / "bento.yaml").is_file()]
+    assert len(bentos) == 1
+    src = bentos[0] / "src"
+    for name in ("image_classifier", "imdb_sentiment", "boston_housing"):
+        current = (src / "models" / name / "CURRENT").read_text().strip()
+        assert (src / "models" / name / current / "model.onnx").is_file()
+    assert (src / "service" / "service.py").is_file() and not (src / "training").exists()
+    requirements = "\n".join(p.read_text() for p in (bentos[0] / "env" / "python").rglob("requirements*.txt"))
+    assert "onnxruntime" in requirements and "bentoml" in requirements
+    assert "tensorflow" not in requirements.lower() and "keras" not in requirements.lower()

@@ -1,0 +1,272 @@
+"""Retrain and redeploy in one command: train, export, gate, promote, reload, smoke-test.
+
+    python -m training.redeploy imdb_sentiment --data new_reviews.csv [trainer options]
+    python -m training.redeploy imdb_sentiment --data new_reviews.csv --force     # skip the gate, say so
+    python -m training.redeploy rollback imdb_sentiment
+
+Every step is printed. Production is what CURRENT points at and what the service
+serves; a failure at any step leaves both as they were:
+
+1. train a new version (the training CLI's code) and 2. export it with the parity
+   check; a failure here never touched the registry's served version;
+3. score the new version and the served one on the same held-out test set through
+   onnxruntime (the serving path); promote only if the new one is not worse by
+   more than --tolerance (accuracy for classifiers, MAE for regression);
+4. point CURRENT at the new version (atomically);
+5. ask the running service to reload (POST /admin/reload with the admin token),
+   wait until GET /models reports the new version, and send it a few test inputs
+   over HTTP. If the service refuses or the smoke test fails, CURRENT is put back
+   and the service told to reload the old version.
+
+The service also follows CURRENT by itself every MODELSERVE_RELOAD_POLL_S seconds;
+the explicit reload makes the result (or the reason for a refusal) visible here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.registry import Registry, RegistryError
+from service.runtime import LoadedModel, load_model
+from training.__main__ import DEFAULT_REGISTRY, MODELS
+from training.datasets import DataError
+
+DEFAULT_URL = os.environ.get("MODELSERVE_URL", "http://127.0.0.1:3000")
+DEFAULT_TOLERANCE = {"accuracy": 0.01, "mae": 0.1}
+RELOAD_WAIT_S = 120
+SMOKE_ITEMS = 4
+EVAL_CHUNK = 256
+ENDPOINTS = {"imdb_sentiment": ("sentiment", "texts"), "image_classifier": ("classify_image", "images"), "boston_housing": ("predict_price", "rows")}
+
+
+class DeployError(RuntimeError):
+    """A step failed; the message says which and why."""
+
+
+def step(number: int | str, message: str) -> None:
+    print(f"[{number}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _conform(model: LoadedModel, items: Sequence[Any]) -> list[Any]:
+    """Images decoded at one version's size, resized for another version's input if they differ."""
+    spec = getattr(model.preprocessor, "spec", None)
+    if spec is None:
+        return list(items)
+    from PIL import Image
+
+    size = (spec.width, spec.height)
+    return [x if x.shape[1::-1] == size else np.asarray(Image.fromarray(x).resize(size)) for x in items]
+
+
+def evaluate(model: LoadedModel, items: Sequence[Any], targets: Sequence[Any]) -> tuple[str, float]:
+    """('accuracy', value) for classifiers, ('mae', value) for regression, on the serving path."""
+    items = _conform(model, items)
+    answers = [a for i in range(0, len(items), EVAL_CHUNK) for a in model.predict(items[i : i + EVAL_CHUNK])]
+    if model.metadata["task"] == "regression":
+        return "mae", float(np.mean([abs(a["price"] - t) for a, t in zip(answers, targets)]))
+    return "accuracy", float(np.mean([a["label"] == t for a, t in zip(answers, targets)]))
+
+
+def gate(new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None) -> tuple[bool, str]:
+    """(promote?, explanation) comparing new and current on the same test set."""
+    metric, new_score = evaluate(new, items, targets)
+    if current is None:
+        return True, f"nothing served yet; new v{new.version} {metric} = {new_score:.4f}"
+    if current.labels != new.labels:
+        return False, f"labels changed ({current.labels} -> {new.labels}); the versions cannot be compared on one test set"
+    _, current_score = evaluate(current, items, targets)
+    allowed = DEFAULT_TOLERANCE[metric] if tolerance is None else tolerance
+    if metric == "accuracy":
+        ok = new_score >= current_score - allowed
+        relation = f"{new_score:.4f} vs {current_score:.4f} (may be at most {allowed} lower)"
+    else:
+        ok = new_score <= current_score + allowed
+        relation = f"{new_score:.4f} vs {current_score:.4f} (may be at most {allowed} higher)"
+    verdict = "not worse" if ok else "worse"
+    return ok, f"{metric} on {len(targets):,} held-out test items: new v{new.version} {relation}: {verdict}"
+
+
+# ---------------------------------------------------------------- talking to the service
+
+
+class ServiceClient:
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.url, self.token = url, token
+
+    def served_version(self, name: str) -> int | None:
+        models = self.http.get("/models").json()["models"]
+        return next((m["version"] for m in models if m["name"] == name), None)
+
+    def reload(self, name: str) -> dict[str, Any]:
+        try:
+            response = self.http.post("/admin/reload", json={"model": name}, headers={"Authorization": f"Bearer {self.token}"})
+        except httpx.HTTPError as exc:
+            raise DeployError(f"no service answered at {self.url} ({exc}); start it, or pass --no-reload") from exc
+        body = response.json()
+        if response.status_code != 200:
+            raise DeployError(f"service refused the reload ({response.status_code}): {body.get('error', body)}")
+        return body
+
+    def wait_for(self, name: str, version: int) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < RELOAD_WAIT_S:
+            if self.served_version(name) == version:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise DeployError(f"{name} v{version} did not appear on {self.url}/models within {RELOAD_WAIT_S}s")
+
+    def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
+        endpoint, field = ENDPOINTS[name]
+        if name == "image_classifier":
+            files = [("images", (f"smoke{i}.png", _png(x), "image/png")) for i, x in enumerate(items)]
+            response = self.http.post(f"/{endpoint}", files=files)
+        else:
+            payload = [x if isinstance(x, str) else [float(v) for v in x] for x in items]
+            response = self.http.post(f"/{endpoint}", json={field: payload})
+        if response.status_code != 200:
+            raise DeployError(f"smoke test: /{endpoint} answered {response.status_code}: {response.text[:300]}")
+        versions = {a["version"] for a in response.json()}
+        if versions != {version}:
+            raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any]) -> None:
+    result = client.reload(name)["results"][0]
+    waited = client.wait_for(name, version)
+    step(5, f"service at {client.url}: {result['status']} {name} v{result.get('previous_version')} -> v{version}, on /models after {waited:.1f}s")
+    client.smoke(name, version, smoke_items)
+    step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
+
+
+# ---------------------------------------------------------------- the two commands
+
+
+def redeploy(args: argparse.Namespace) -> int:
+    from training.publish import publish
+
+    registry = Registry(args.registry)
+    name = args.model
+    step(1, f"training {name} on {args.data}")
+    trainer = importlib.import_module(MODELS[name])
+    result = trainer.train(args)
+    step(2, "exporting to ONNX with the parity check")
+    new_ref = publish(result, registry)
+    step(2, f"wrote {new_ref.path} (parity max abs diff {new_ref.read_metadata()['parity']['max_abs_diff']:.2e})")
+
+    previous = registry.current_version(name)
+    new = load_model(new_ref, ["CPUExecutionProvider"])
+    current = load_model(registry.get(name, previous), ["CPUExecutionProvider"]) if previous is not None else None
+    ok, explanation = gate(new, current, result.test_items, result.test_targets, args.tolerance)
+    step(3, f"gate: {explanation}")
+    if not ok and not args.force:
+        raise DeployError(f"v{new_ref.version} is kept in the registry but not promoted; v{previous} stays in production (use --force to override)")
+    if not ok:
+        step(3, "--force given: promoting although the gate said no")
+
+    registry.promote(name, new_ref.version)
+    step(4, f"CURRENT: v{previous} -> v{new_ref.version}")
+
+    if args.no_reload:
+        step(5, "--no-reload: not contacting a service (a running one follows CURRENT within MODELSERVE_RELOAD_POLL_S)")
+    else:
+        client = ServiceClient(args.url, args.token)
+        try:
+            reload_and_check(client, name, new_ref.version, result.test_items[:SMOKE_ITEMS])
+        except DeployError as exc:
+            _restore(registry, client, name, previous)
+            raise DeployError(f"{exc}; CURRENT is back on v{previous}") from exc
+    if args.build:
+        step(6, "bentoml build")
+        subprocess.run(["bentoml", "build"], check=True)
+    print(f"done: {name} v{new_ref.version} is in production")
+    return 0
+
+
+def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> None:
+    if previous is None:
+        return
+    registry.promote(name, previous, rollback=True)
+    try:
+        client.reload(name)
+    except DeployError:
+        pass  # the service never left the old version, or is unreachable
+
+
+def rollback(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    old, target = registry.rollback(args.model)
+    step(1, f"CURRENT: v{old} -> v{target} (rollback)")
+    if not args.no_reload:
+        client = ServiceClient(args.url, args.token)
+        result = client.reload(args.model)["results"][0]
+        waited = client.wait_for(args.model, target)
+        step(2, f"service at {client.url}: {result['status']}, v{target} on /models after {waited:.1f}s")
+    print(f"done: {args.model} v{target} is in production")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", default=DEFAULT_REGISTRY)
+    parser.add_argument("--url", default=DEFAULT_URL, help="the running service (default: $MODELSERVE_URL or %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("MODELSERVE_ADMIN_TOKEN", ""), help="admin token (default: $MODELSERVE_ADMIN_TOKEN)")
+    parser.add_argument("--no-reload", action="store_true", help="only change the registry; do not contact a service")
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.redeploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in MODELS.items():
+        sub = commands.add_parser(name, help=f"retrain and redeploy {name}")
+        _common(sub)
+        sub.add_argument("--tolerance", type=float, help="how much worse the new version may be (default: 0.01 accuracy, 0.1 MAE)")
+        sub.add_argument("--force", action="store_true", help="promote even if the gate says the new version is worse")
+        sub.add_argument("--build", action="store_true", help="also run `bentoml build` for a container deployment")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.set_defaults(model=name, handler=redeploy)
+        if argv and argv[0] == name:
+            importlib.import_module(module_name).add_arguments(sub)
+    back = commands.add_parser("rollback", help="point CURRENT back at the previously served version and reload")
+    back.add_argument("model", choices=sorted(MODELS))
+    _common(back)
+    back.set_defaults(handler=rollback)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
+    if not args.no_reload and not args.token:
+        print("error: the service's admin token is needed to reload it: set MODELSERVE_ADMIN_TOKEN or pass --token (or --no-reload)", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except (DeployError, RegistryError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
