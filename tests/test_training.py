@@ -47,7 +47,7 @@ def onnx_session(registry: Registry, name: str) -> ort.InferenceSession:
 
 def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_reviews_csv(tmp_path / "reviews.csv", n=600)
-    assert main(["imdb_sentiment", "--data", str(data), "--registry", str(tmp_path / "models"), "--epochs", "2", "--max-tokens", "300"]) == 0
+    assert main(["imdb_sentiment", "--data", str(data), "--registry", str(tmp_path / "models"), "--epochs", "12", "--batch-size", "32", "--max-tokens", "300"]) == 0
     out = capsys.readouterr().out
     assert "precision" in out and "recall" in out, "prints a classification report"
     registry, metadata = trained_version(tmp_path / "models", "imdb_sentiment")

@@ -128,7 +128,10 @@ def train(args: argparse.Namespace) -> TrainingResult:
     print(classification_report(truth, predicted, labels=[0, 1], target_names=SENTIMENT_LABELS, digits=4, zero_division=0))
     accuracy = float((predicted == truth).mean())
 
-    parity_rows = np.random.RandomState(args.seed).choice(len(y_test), size=min(len(y_test), max(PARITY_MIN_SAMPLES, 200)), replace=False)
+    parity_rows = np.random.RandomState(args.seed).choice(len(y_test), size=min(len(y_test), 200), replace=False)
+    parity_inputs = x_test[parity_rows].toarray()
+    if len(parity_inputs) < PARITY_MIN_SAMPLES:  # tiny test sets: top up with training rows
+        parity_inputs = np.concatenate([parity_inputs, x_train[: PARITY_MIN_SAMPLES - len(parity_inputs)].toarray()])
     return TrainingResult(
         name=NAME,
         task="binary_classification",
@@ -143,7 +146,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
                  "validation_run": {k: float(v[-1]) for k, v in history.items()}},
         history={k: [float(x) for x in v] for k, v in history.items()},
         history_metric="accuracy",
-        parity_inputs=x_test[parity_rows].toarray(),
+        parity_inputs=parity_inputs,
         data={"dataset": "IMDB movie reviews", **data.source, "synthetic": False},
         architecture={"variant": args.variant, "layers": ["Dense(16, relu)", "Dense(16, relu)", "Dense(1, sigmoid)"],
                       "dropout": config["dropout"], "input": f"{config['mode']} n-grams 1..{config['ngram_max']}, {vectorizer.size} features"},
