@@ -137,6 +137,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a service running as another user must read it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -218,6 +219,7 @@ class Registry:
                     metadata["version"] = version
                     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
             try:
+                staging.chmod(0o755)  # mkdtemp makes it 0700: readable by a service running as another user
                 os.rename(staging, self.root / name / str(version))
                 return version
             except OSError:

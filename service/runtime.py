@@ -36,6 +36,7 @@ from service.registry import ModelVersion, Registry, RegistryError
 
 log = logging.getLogger("modelserve.runtime")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TENSORRT_LIBRARY = "libnvinfer.so.10"  # TensorRT 10, what onnxruntime-gpu 1.31's provider links
 SMOKE_TEXTS = ("An absolutely wonderful film, I loved every minute of it.", "A dull, boring and terrible waste of time.")
 
 
@@ -59,14 +60,29 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def _library_loads(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+        return True
+    except OSError:
+        return False
+
+
 def resolve_providers(preference: Sequence[str]) -> list[str]:
-    """Providers to request, in preference order: built into this onnxruntime and usable here."""
+    """Providers to request, in preference order: built into this onnxruntime and usable here.
+
+    onnxruntime-gpu lists TensorRT whether or not TensorRT is installed, and a session
+    that asks for it without the library logs an error before falling back.
+    """
     available = set(ort.get_available_providers())
     wanted = [PROVIDER_ALIASES[p] for p in preference]
     if any(p in GPU_PROVIDERS and p in available for p in wanted):
         if cuda_device_count() > 0:
             if hasattr(ort, "preload_dlls"):
                 ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
+            if not _library_loads(TENSORRT_LIBRARY):
+                log.info("TensorRT provider skipped: %s is not installed", TENSORRT_LIBRARY)
+                wanted = [p for p in wanted if p != "TensorrtExecutionProvider"]
         else:
             wanted = [p for p in wanted if p not in GPU_PROVIDERS]
     chosen = [p for p in wanted if p in available]

@@ -77,3 +77,12 @@ def test_metadata_validation_names_problems() -> None:
     assert any("missing key 'sha256'" in p for p in problems)
     assert any("task should be one of" in p for p in problems)
     assert any("needs name, dtype and shape" in p for p in problems)
+
+
+def test_published_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    """A container running as another user mounts the registry read-only: it must be able to read it."""
+    registry = Registry(tmp_path)
+    write_version(registry, "m")
+    registry.promote("m", 1)
+    assert (tmp_path / "m" / "1").stat().st_mode & 0o755 == 0o755
+    assert (tmp_path / "m" / CURRENT_FILE).stat().st_mode & 0o644 == 0o644

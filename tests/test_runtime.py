@@ -1,0 +1,41 @@
+"""Provider resolution and model loading on this (GPU-less) machine, with real sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from service.config import ConfigError, Settings
+from service.registry import Registry
+from service.runtime import ModelRuntime, cuda_device_count, load_model, resolve_providers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="checks the CPU-only path")
+def test_no_gpu_means_cpu_only_whatever_is_preferred() -> None:
+    assert resolve_providers(["tensorrt", "cuda", "cpu"]) == ["CPUExecutionProvider"]
+    assert resolve_providers(["cuda"]) == ["CPUExecutionProvider"], "CPU is always the last resort"
+
+
+def test_sessions_report_the_provider_they_really_use() -> None:
+    model = load_model(Registry(ROOT / "models").current("image_classifier"), resolve_providers(["cuda", "cpu"]))
+    assert model.providers == model.session.get_providers()
+    assert set(model.providers) <= set(ort.get_available_providers())
+
+
+def test_runtime_loads_every_shipped_model() -> None:
+    runtime = ModelRuntime(Settings(model_root=ROOT / "models"))
+    runtime.load_all()
+    assert set(runtime.served()) == {"image_classifier", "imdb_sentiment", "boston_housing"}
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown"):
+        Settings.from_env({"MODELSERVE_PROVIDERS": "cuda,openvino"})
+    with pytest.raises(ConfigError, match="at least 2"):
+        Settings.from_env({"MODELSERVE_TEXT_BATCH_SIZE": "1"})
+    with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
+        Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
