@@ -1,6 +1,6 @@
 """Throughput of each served model's onnxruntime session per batch size: where batching stops paying.
 
-    python benchmarks/batch_sizes.py [--models models] [--seconds 3]
+    python -m benchmarks.batch_sizes [--models models] [--seconds 3]
 
 The service's max_batch_size per endpoint (service/config.py) is the smallest
 batch that reaches 95% of the best items/s measured here: a larger batch only adds

@@ -38,11 +38,12 @@ class Settings:
     max_image_pixels: int = field(default=40_000_000, metadata={"doc": "largest image (width x height), checked before decoding"})
     max_items: int = field(default=64, metadata={"doc": "most images, texts or rows in one request"})
     max_text_chars: int = field(default=50_000, metadata={"doc": "longest review; longer is refused with 400, never truncated silently"})
-    image_batch_size: int = field(default=32, metadata={"doc": "largest onnxruntime batch for /classify_image"})
+    batch_max_delay_ms: int = field(default=2, metadata={"doc": "longest a request is held to build a batch (BentoML's learned wait is clamped to this; see service/batching.py)"})
+    image_batch_size: int = field(default=8, metadata={"doc": "largest onnxruntime batch for /classify_image (CPU throughput is flat from 1 to 64: benchmarks/results/batch_sizes.md)"})
     image_batch_wait_ms: int = field(default=30_000, metadata={"doc": "max_latency_ms for /classify_image: queue bound before 503"})
     text_batch_size: int = field(default=64, metadata={"doc": "largest onnxruntime batch for /sentiment"})
     text_batch_wait_ms: int = field(default=30_000, metadata={"doc": "max_latency_ms for /sentiment"})
-    tabular_batch_size: int = field(default=256, metadata={"doc": "largest onnxruntime batch for /predict_price"})
+    tabular_batch_size: int = field(default=512, metadata={"doc": "largest onnxruntime batch for /predict_price"})
     tabular_batch_wait_ms: int = field(default=30_000, metadata={"doc": "max_latency_ms for /predict_price"})
     reload_poll_s: int = field(default=2, metadata={"doc": "seconds between checks of CURRENT; a changed pointer is loaded, checked and swapped in (0: only POST /admin/reload)"})
     request_timeout_s: int = field(default=120, metadata={"doc": "BentoML request timeout"})
@@ -67,9 +68,9 @@ class Settings:
             raise ConfigError(f"{PREFIX}PROVIDERS: unknown {unknown}; use {', '.join(PROVIDER_ALIASES)}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and f.name not in ("intra_op_threads", "reload_poll_s") and value <= 0:
+            if isinstance(value, int) and f.name not in ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms") and value <= 0:
                 raise ConfigError(f"{PREFIX}{f.name.upper()} must be positive, got {value}")
-        for name in ("intra_op_threads", "reload_poll_s"):
+        for name in ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0")
         for name in ("image_batch_size", "text_batch_size", "tabular_batch_size"):

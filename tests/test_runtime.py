@@ -39,3 +39,18 @@ def test_bad_configuration_is_refused() -> None:
         Settings.from_env({"MODELSERVE_TEXT_BATCH_SIZE": "1"})
     with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
         Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
+
+
+def test_batcher_wait_is_bounded_after_a_burst() -> None:
+    """BentoML's optimizer learns a wait from observed waits; the bound keeps it from ratcheting up."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from service.batching import bound_queue_delay
+
+    bound_queue_delay(0.005)
+    bound_queue_delay(0.005)  # idempotent
+    optimizer = Optimizer(max_latency=30.0)
+    for n in range(60):
+        optimizer.log_outbound(n=8, wait=0.040, duration=0.002 + 0.0001 * (n % 5))  # a burst: 40 ms waits
+    optimizer.trigger_refresh()
+    assert optimizer.wait == 0.005
