@@ -76,6 +76,7 @@ class Result:
     tree_mib: float | None = None
     scoring_seconds: float | None = None  # the batch scorer's own summary: from model loaded to output written
     note: str = ""
+    memory_run: bool = False
 
     @property
     def rate(self) -> float:
@@ -276,7 +277,7 @@ def measure(args: argparse.Namespace) -> list[Result]:
         for name, source, n in (("imdb_sentiment", big_texts, TEXT_ROWS_MEMORY), ("image_classifier", big_images, IMAGES_MEMORY)):
             for executor, workers in MEMORY_CONFIGS if name in models else []:
                 result = run_batch(name, source, n, work, args.model_root, executor, workers, batch_size(models[name]))
-                result.note = "memory run"
+                result.memory_run = True
                 report(result)
     return results
 
@@ -313,7 +314,8 @@ def header() -> str:
 def format_row(r: Result) -> str:
     number = lambda v: f"{v:,.0f}" if v is not None else ""  # noqa: E731
     after_startup = r.inputs / r.scoring_seconds if r.scoring_seconds else None
-    return f"| {r.model} | {r.path} | {r.config} | {r.batch or ''} | {r.inputs:,} | {r.seconds:,.1f} | {r.rate:,.0f} | {number(after_startup)} | {number(r.peak_mib)} | {number(r.tree_mib)} | {r.note} |"
+    note = "; ".join(n for n in ("memory run" if r.memory_run else "", r.note) if n)
+    return f"| {r.model} | {r.path} | {r.config} | {r.batch or ''} | {r.inputs:,} | {r.seconds:,.1f} | {r.rate:,.0f} | {number(after_startup)} | {number(r.peak_mib)} | {number(r.tree_mib)} | {note} |"
 
 
 def write_markdown(results: list[Result], path: Path, command: str, load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> None:
@@ -327,12 +329,50 @@ def write_markdown(results: list[Result], path: Path, command: str, load_before:
         f"Load average (1 min) before the run {load_before[0]:.2f}, after it {load_after[0]:.2f}: the machine is shared, so the comparison rows are "
         "the fastest of --repeat interleaved runs; compare rows within one run.",
         "",
+        *summary(results),
+        "",
+        "## All measurements",
+        "",
         header(),
         *(format_row(r) for r in results),
+        "",
+        "How to read it: *batch scorer* rows time `python -m service.batch` end to end (interpreter start, model load with checksum and smoke",
+        "check, input scan, scoring, output assembly); *inputs/s after start-up* counts from the loaded model to the written output, worker",
+        "processes' start included. *raw onnxruntime session* rows time `session.run` alone on inputs vectorised or decoded beforehand, with",
+        "one session using all cores or two runs at once on one thread each (as the scorer's two thread workers do): the ceiling, without",
+        "the preprocessing a real job must do. *HTTP service* rows are `bentoml serve` (tests/server.py) driven by 32 async httpx clients",
+        "sending one input per request for 20 s, the clients running on the same cores. Peak RSS: GNU time's maximum resident set size",
+        "(the largest single process) and the sum over the scorer and its worker processes sampled every 0.1 s.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def summary(results: list[Result]) -> list[str]:
+    """The comparison per model and the memory check, in sentences computed from the rows."""
+    lines = ["## Summary", ""]
+    for model in dict.fromkeys(r.model for r in results):
+        scorer = [r for r in results if r.model == model and r.path == "batch scorer" and not r.memory_run]
+        raw = [r for r in results if r.model == model and r.path == "raw onnxruntime session"]
+        service = [r for r in results if r.model == model and r.path == "HTTP service"]
+        if not scorer:
+            continue
+        best = max(scorer, key=lambda r: r.rate)
+        line = f"- **{model}**: batch scorer {best.rate:,.0f} inputs/s end to end at its best ({best.config}, batch {best.batch})"
+        if service:
+            line += f", {best.rate / service[0].rate:.1f}x the HTTP service at saturation ({service[0].rate:,.0f}/s)"
+        if raw:
+            top = max(raw, key=lambda r: r.rate)
+            line += f"; the raw session on pre-decoded inputs does {top.rate:,.0f}/s ({top.config}), inference alone"
+        lines.append(line + ".")
+    for big in (r for r in results if r.memory_run):
+        small = next((r for r in results if r.model == big.model and r.config == big.config and r.path == big.path and not r.memory_run), None)
+        line = f"- Memory, {big.model} {big.config}: {big.inputs:,} inputs peak at {big.tree_mib:,.0f} MiB (all processes; largest {big.peak_mib:,.0f} MiB)"
+        if small and small.tree_mib:
+            line += f", against {small.tree_mib:,.0f} MiB for {small.inputs:,} inputs: {big.inputs / small.inputs:.0f}x the input, {big.tree_mib - small.tree_mib:+,.0f} MiB"
+        lines.append(line + ".")
+    return lines
 
 
 def write_png(results: list[Result], path: Path) -> None:
@@ -344,10 +384,12 @@ def write_png(results: list[Result], path: Path) -> None:
     models = list(dict.fromkeys(r.model for r in results))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4))
     for ax, model in zip(np.atleast_1d(axes), models):
-        rows = [r for r in results if r.model == model and r.note != "memory run"]
-        ax.barh([f"{r.path}\n{r.config}" for r in rows], [r.rate for r in rows], color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows])
+        rows = [r for r in results if r.model == model and not r.memory_run]
+        bars = ax.barh([f"{r.path}\n{r.config}" for r in rows], [r.rate for r in rows], color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows])
+        ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
+        ax.set_xscale("log")
         ax.set_title(model)
-        ax.set_xlabel("inputs/s")
+        ax.set_xlabel("inputs/s (log scale)")
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,304 @@
+"""The offline batch scorer: answers equal the HTTP service's, failures are listed, a killed job resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from service import batch
+from service.preprocessing import BOSTON_FEATURES
+from service.registry import Registry
+from service.runtime import load_model
+from tests.generate import class_image, housing_rows, image_bytes, review
+from tests.server import ROOT, Server, start_server
+
+MODEL_ROOT = ROOT / "models"
+FIXTURES = Path(__file__).parent / "fixtures"
+TOLERANCE = 1e-6
+HTTP_ITEMS = 16  # items per HTTP request, under the service's max_items
+IN_PROCESS = ["--model-root", str(MODEL_ROOT), "--executor", "thread", "--workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(MODEL_ROOT, tmp_path_factory.mktemp("serve") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+def score(*args: str) -> tuple[int, str]:
+    """Run the CLI in this process (threads: no worker start-up); return exit status and stderr."""
+    stream = io.StringIO()
+    status = batch.main([*args, *IN_PROCESS], stream=stream)
+    return status, stream.getvalue()
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def chunks(items: list[Any], size: int = HTTP_ITEMS) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------- images
+
+
+def write_image_tree(root: Path) -> tuple[list[str], dict[str, str]]:
+    """Valid images in nested folders, and corrupt ones with image suffixes; return (valid, corrupt: why)."""
+    rng = np.random.default_rng(7)
+    cat = (FIXTURES / "cat.jpg").read_bytes()
+    files: dict[str, bytes] = {
+        "cats/cat.jpg": cat,
+        "dogs/dog.jpg": (FIXTURES / "dog.jpg").read_bytes(),
+        "dogs/more/dog_gray.png": image_bytes(Image.open(FIXTURES / "dog.jpg").convert("L"), "PNG"),
+        "cats/cat_rgba.png": image_bytes(Image.open(FIXTURES / "cat.jpg").convert("RGBA"), "PNG"),
+        "Z_upper.JPG": image_bytes(class_image(rng, (200, 50, 40), 64), "JPEG"),
+        "misc/blue.webp": image_bytes(class_image(rng, (40, 60, 200), 80), "WEBP"),
+        "misc/red.bmp": image_bytes(class_image(rng, (200, 50, 40), 40), "BMP"),
+    }
+    corrupt = {
+        "cats/truncated.jpg": (cat[: len(cat) // 2], "is truncated or corrupt"),
+        "dogs/empty.png": (b"", "is empty"),
+        "misc/more/not_an_image.jpg": (b"just text in a file called .jpg\n", "is not a supported image"),
+    }
+    for relative, data in [*files.items(), *((k, v[0]) for k, v in corrupt.items())]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    (root / "misc" / "notes.txt").write_text("not an input: no image suffix\n")
+    return sorted(files), {k: v[1] for k, v in corrupt.items()}
+
+
+def test_image_folder_matches_the_service(tmp_path: Path, client: httpx.Client) -> None:
+    valid, corrupt = write_image_tree(tmp_path / "images")
+    out = tmp_path / "scores.jsonl"
+    status, log = score("image_classifier", str(tmp_path / "images"), "-o", str(out), "--batch-size", "3")
+    assert status == batch.EXIT_ROWS_FAILED, log
+    assert "skipping 1 non-image file(s), without an image suffix: misc/notes.txt" in log and "3 failed" in log
+
+    rows = read_table(out)
+    walked = [r["path"] for r in rows]
+    assert walked == sorted(walked, key=lambda p: p.split("/")), "sorted by path components"
+    assert sorted(walked) == valid
+    for row in rows:
+        response = client.post("/classify_image", files=[("images", (row["path"], (tmp_path / "images" / row["path"]).read_bytes()))])
+        assert response.status_code == 200, response.text
+        answer = response.json()[0]
+        assert row["label"] == answer["label"], row["path"]
+        assert row["score"] == pytest.approx(answer["score"], abs=TOLERANCE)
+        assert row["probabilities"] == pytest.approx(answer["probabilities"], abs=TOLERANCE)
+        assert (row["model"], row["version"]) == (answer["model"], answer["version"])
+
+    errors = {e["path"]: e["reason"] for e in read_table(tmp_path / "scores.errors.jsonl")}
+    assert set(errors) == set(corrupt)
+    for relative, why in corrupt.items():
+        response = client.post("/classify_image", files=[("images", (relative, (tmp_path / "images" / relative).read_bytes()))])
+        assert response.status_code == 400, "the service refuses exactly the inputs the batch lists as errors"
+        assert why in errors[relative] and why in response.json()["error"]
+
+
+# ---------------------------------------------------------------- texts
+
+
+def write_reviews(path: Path, n: int, empty_every: int, seed: int = 0) -> dict[int, str]:
+    """A CSV of id, review, sentiment with some empty and blank reviews; return {row: expected reason}."""
+    rng = np.random.default_rng(seed)
+    bad = {}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "Review", "sentiment"])
+        for i in range(n):
+            text = review(rng, positive=bool(i % 2))
+            if i % empty_every == empty_every - 1:
+                text, bad[i] = ("" if i % 2 else "   \n "), "text is empty"
+            writer.writerow([f"r{i}", text, "positive" if i % 2 else "negative"])
+    return bad
+
+
+def test_text_csv_matches_the_service(tmp_path: Path, client: httpx.Client) -> None:
+    source = tmp_path / "reviews.csv"
+    bad = write_reviews(source, 60, empty_every=20)
+    with open(source, "a", newline="") as handle:  # one review over the service's default limit of 50,000 characters
+        csv.writer(handle).writerow(["r60", "great " * 10_000, "positive"])
+    bad[60] = "more than the limit of 50,000"
+    out = tmp_path / "scores.csv"
+    status, log = score("imdb_sentiment", str(source), "-o", str(out), "--keep-columns", "--chunk-size", "16")
+    assert status == batch.EXIT_ROWS_FAILED, log
+
+    rows = read_table(out)
+    texts = {int(r["row"]): r["input_Review"] for r in rows}
+    assert [int(r["row"]) for r in rows] == [i for i in range(61) if i not in bad]
+    assert all(r["input_id"] == f"r{r['row']}" for r in rows), "kept columns stay with their row"
+    keys = list(texts)
+    answers = [a for part in chunks(keys) for a in client.post("/sentiment", json={"texts": [texts[k] for k in part]}).json()]
+    for row, answer in zip(rows, answers, strict=True):
+        assert row["label"] == answer["label"]
+        assert float(row["probability_positive"]) == pytest.approx(answer["probability_positive"], abs=TOLERANCE)
+        assert (row["model"], int(row["version"])) == (answer["model"], answer["version"])
+
+    errors = read_table(tmp_path / "scores.errors.csv")
+    assert [int(e["row"]) for e in errors] == sorted(bad)
+    for error in errors:
+        assert bad[int(error["row"])] in error["reason"]
+
+
+# ---------------------------------------------------------------- features
+
+
+def test_feature_parquet_matches_the_service(tmp_path: Path, client: httpx.Client) -> None:
+    x, _ = housing_rows(40, seed=3)
+    columns: dict[str, list[float | None]] = {name.lower() if i % 2 else name: list(map(float, x[:, i])) for i, name in enumerate(BOSTON_FEATURES)}
+    columns["NOX"][5] = math.nan
+    columns["rm"][9] = None
+    columns["id"] = [f"house-{i}" for i in range(40)]  # not a feature: ignored
+    source = tmp_path / "houses.parquet"
+    pq.write_table(pa.table(columns), source)
+    out = tmp_path / "prices.parquet"
+    status, log = score("boston_housing", str(source), "-o", str(out))
+    assert status == batch.EXIT_ROWS_FAILED and "2 failed" in log, log
+
+    rows = read_table(out)
+    assert [r["row"] for r in rows] == [i for i in range(40) if i not in (5, 9)]
+    features = [{name: x[r["row"], i] for i, name in enumerate(BOSTON_FEATURES)} for r in rows]
+    answers = [a for part in chunks(features) for a in client.post("/predict_price", json={"rows": part}).json()]
+    for row, answer in zip(rows, answers, strict=True):
+        assert row["price"] == pytest.approx(answer["price"], abs=TOLERANCE)
+        assert (row["unit"], row["model"], row["version"]) == (answer["unit"], answer["model"], answer["version"])
+
+    errors = {e["row"]: e["reason"] for e in read_table(tmp_path / "prices.errors.jsonl")}
+    assert set(errors) == {5, 9}
+    assert "feature NOX is nan" in errors[5] and "missing features ['RM']" in errors[9]
+
+
+def test_all_rows_scored_exits_0_with_progress_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = housing_rows(30, seed=1)
+    source = tmp_path / "houses.jsonl"
+    source.write_text("".join(json.dumps(dict(zip(BOSTON_FEATURES, map(float, row)))) + "\n" for row in x))
+    monkeypatch.setattr(batch, "PROGRESS_EVERY_S", 0.0)
+    out = tmp_path / "prices.jsonl"
+    status, log = score("boston_housing", str(source), "-o", str(out), "--chunk-size", "10")
+    assert status == batch.EXIT_OK, log
+    assert "boston_housing v" in log and "30/30 rows (100.0%)" in log and "rows/s" in log
+    model = load_model(Registry(MODEL_ROOT).current("boston_housing"), ["CPUExecutionProvider"])
+    expected = model.predict(list(x))
+    assert [r["price"] for r in read_table(out)] == pytest.approx([e["price"] for e in expected], abs=TOLERANCE)
+    assert (tmp_path / "prices.errors.jsonl").read_text() == ""
+    assert not (tmp_path / ".prices.jsonl.batch").exists(), "the work folder is removed after success"
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    source = tmp_path / "reviews.csv"
+    write_reviews(source, 5, empty_every=100)
+    out = str(tmp_path / "out.csv")
+    assert score("no_such_model", str(source), "-o", out)[0] == batch.EXIT_USAGE
+    assert score("imdb_sentiment", str(tmp_path / "missing.csv"), "-o", out)[0] == batch.EXIT_USAGE
+    assert score("imdb_sentiment", str(source), "-o", out, "--version", "999")[0] == batch.EXIT_USAGE
+    status, log = score("imdb_sentiment", str(source), "-o", out, "--text-column", "summary")
+    assert status == batch.EXIT_USAGE and "no column 'summary'" in log
+    status, log = score("boston_housing", str(source), "-o", out)
+    assert status == batch.EXIT_USAGE and "no column for features" in log
+    assert score("imdb_sentiment", str(source), "-o", out)[0] == batch.EXIT_OK
+    status, log = score("imdb_sentiment", str(source), "-o", out)
+    assert status == batch.EXIT_USAGE and "--overwrite" in log
+    assert score("imdb_sentiment", str(source), "-o", out, "--overwrite")[0] == batch.EXIT_OK
+
+
+# ---------------------------------------------------------------- resume
+
+
+def start_job(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """The CLI as a user runs it, in its own process."""
+    command = [sys.executable, "-m", "service.batch", *args, "--model-root", str(MODEL_ROOT)]
+    return subprocess.Popen(command, cwd=ROOT, stderr=open(log, "wb"), env=os.environ | {"PYTHONPATH": str(ROOT)})
+
+
+def wait_for_progress(job: subprocess.Popen[bytes], state: Path, position: int, log: Path) -> None:
+    """Block until at least `position` inputs are committed, with the job still running."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert job.poll() is None, f"the job ended ({job.returncode}) before it could be stopped:\n{log.read_text()}"
+        try:
+            if json.loads(state.read_text())["position"] >= position:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.02)
+    job.kill()
+    raise AssertionError(f"no progress to {position} in 120 s:\n{log.read_text()}")
+
+
+def test_killed_job_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
+    n = 3000
+    source = tmp_path / "reviews.csv"
+    bad = write_reviews(source, n, empty_every=250)
+    out = tmp_path / "scores.parquet"
+    args = ["imdb_sentiment", str(source), "-o", str(out), "--batch-size", "16", "--chunk-size", "32", "--executor", "process"]
+    work = tmp_path / ".scores.parquet.batch"
+    log = tmp_path / "job.log"
+
+    job = start_job(args, log)
+    wait_for_progress(job, work / "state.json", 160, log)
+    workers = psutil.Process(job.pid).children()
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "worker processes leave when their job is killed"
+    state = json.loads((work / "state.json").read_text())
+    assert 0 < state["position"] < n and not out.exists()
+    # A part written after the last commit, as a kill between writing it and recording it leaves it.
+    (work / f"part-{state['parts']:06d}.parquet").write_bytes(b"PAR1 torn, no footer")
+
+    status, message = score(*args, "--keep-columns")
+    assert status == batch.EXIT_USAGE and "keep_columns: False -> True" in message and "--restart" in message
+
+    job = start_job(args, log)  # the same command again; this time stopped with Ctrl-C
+    wait_for_progress(job, work / "state.json", state["position"] + 160, log)
+    job.send_signal(signal.SIGINT)
+    assert job.wait(60) == batch.EXIT_INTERRUPTED, log.read_text()
+    assert "run the same command again to resume" in log.read_text()
+
+    job = start_job(args, log)
+    assert job.wait(120) == batch.EXIT_ROWS_FAILED, log.read_text()
+    assert "resuming" in log.read_text()
+
+    rows = read_table(out)
+    errors = read_table(tmp_path / "scores.errors.jsonl")
+    assert [r["row"] for r in rows] == [i for i in range(n) if i not in bad], "every valid row once, in order"
+    assert [e["row"] for e in errors] == sorted(bad) and all(e["reason"] == "text is empty" for e in errors)
+    with open(source, newline="") as handle:
+        texts = [r["Review"] for r in csv.DictReader(handle)]
+    model = load_model(Registry(MODEL_ROOT).current("imdb_sentiment"), ["CPUExecutionProvider"])
+    expected = model.predict([texts[r["row"]] for r in rows])
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    assert [r["probability_positive"] for r in rows] == pytest.approx([e["probability_positive"] for e in expected], abs=TOLERANCE)
+    assert not work.exists()
