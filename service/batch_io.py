@@ -49,14 +49,18 @@ class Unreadable:
 Row = dict[str, Any] | Unreadable
 
 
-def table_format(path: Path, explicit: str | None = None) -> str:
+def _format_of(path: Path, explicit: str | None, what: str, hint: str) -> str:
     """csv, jsonl or parquet, from `explicit` or the file suffix."""
     if explicit:
         return explicit
     fmt = TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise BatchInputError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use one of {sorted(TABLE_FORMATS)} or pass the format explicitly")
+        raise BatchInputError(f"{path}: cannot tell the {what} from the suffix {path.suffix!r}; {hint}")
     return fmt
+
+
+def table_format(path: Path, explicit: str | None = None) -> str:
+    return _format_of(path, explicit, "format", f"use one of {sorted(TABLE_FORMATS)} or --input-format")
 
 
 # ---------------------------------------------------------------- tables: CSV, JSONL, Parquet
@@ -316,12 +320,7 @@ def write_part(table: pa.Table, path: Path) -> None:
 
 
 def output_format(path: Path, explicit: str | None = None) -> str:
-    if explicit:
-        return explicit
-    fmt = TABLE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise BatchInputError(f"{path}: cannot tell the output format from the suffix {path.suffix!r}; use .csv, .jsonl or .parquet, or --format")
-    return fmt
+    return _format_of(path, explicit, "output format", "use .csv, .jsonl or .parquet, or --format")
 
 
 def assemble(parts: Sequence[Path], schema: pa.Schema, fmt: str, destination: Path) -> int:
