@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import psutil
@@ -44,6 +43,7 @@ from service.config import Settings  # noqa: E402
 from service.preprocessing import BOSTON_FEATURES, ImagePreprocessor, TextPreprocessor, decode_image  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.runtime import LoadedModel, load_model  # noqa: E402
+from benchmarks.load import run_hey, run_load  # noqa: E402
 from tests.server import start_server  # noqa: E402
 
 DATA = Path("/work/shared/data")
@@ -188,33 +188,14 @@ def run_raw(model: LoadedModel, items: Sequence[Any], batch: int, threads: int, 
 
 
 def run_service(model: str, requests: Callable[[int], dict[str, Any]], url: str, path: str, seconds: float) -> Result:
-    """CONCURRENCY async clients, one input per request, for about `seconds`; the adaptive batcher merges them."""
-
-    async def drive() -> tuple[int, int, float]:
-        ok = failed = 0
-        stop = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=CONCURRENCY)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-            async def client_loop(index: int) -> None:
-                nonlocal ok, failed
-                i = index
-                while time.perf_counter() < stop:
-                    try:
-                        response = await client.post(path, **requests(i))
-                        ok, failed = (ok + 1, failed) if response.status_code == 200 else (ok, failed + 1)
-                    except httpx.TransportError:
-                        failed += 1
-                    i += CONCURRENCY
-
-            await client.post(path, **requests(0))  # warm-up
-            started = time.perf_counter()
-            await asyncio.gather(*(client_loop(i) for i in range(CONCURRENCY)))
-            return ok, failed, time.perf_counter() - started
-
-    ok, failed, elapsed = asyncio.run(drive())
-    note = f"{failed} failed or non-200" if failed else ""
-    return Result(model, "HTTP service", f"{CONCURRENCY} async clients, 1 input/request", 0, ok, elapsed, note=note)
+    """CONCURRENCY clients, one input per request, for `seconds`, with benchmarks.load's client (hey, else httpx)."""
+    runner = run_hey if shutil.which("hey") else run_load
+    asyncio.run(run_load(url, path.lstrip("/"), 1, 1.0, requests))  # warm-up
+    run = asyncio.run(runner(url, path.lstrip("/"), CONCURRENCY, seconds, requests))
+    ok = run.codes.get(200, 0)
+    failed = sum(run.codes.values()) - ok + run.transport_errors
+    client = "hey" if runner is run_hey else "async httpx"
+    return Result(model, "HTTP service", f"{CONCURRENCY} {client} clients, 1 input/request", 0, ok, seconds, note=f"{failed} failed or non-200" if failed else "")
 
 
 # ---------------------------------------------------------------- the run
@@ -340,8 +321,9 @@ def write_markdown(results: list[Result], path: Path, command: str, load_before:
         "check, input scan, scoring, output assembly); *inputs/s after start-up* counts from the loaded model to the written output, worker",
         "processes' start included. *raw onnxruntime session* rows time `session.run` alone on inputs vectorised or decoded beforehand, with",
         "one session using all cores or two runs at once on one thread each (as the scorer's two thread workers do): the ceiling, without",
-        "the preprocessing a real job must do. *HTTP service* rows are `bentoml serve` (tests/server.py) driven by 32 async httpx clients",
-        "sending one input per request for 20 s, the clients running on the same cores. Peak RSS: GNU time's maximum resident set size",
+        "the preprocessing a real job must do. *HTTP service* rows are `bentoml serve` (tests/server.py) driven by 32 clients (benchmarks.load's:",
+        "hey when installed, else async httpx; see the configuration column) sending one input per request (the same one, with hey) for",
+        "20 s, the clients running on the same cores. Peak RSS: GNU time's maximum resident set size",
         "(the largest single process) and the sum over the scorer and its worker processes sampled every 0.1 s.",
         "",
     ]
@@ -387,9 +369,13 @@ def write_png(results: list[Result], path: Path) -> None:
         rows = [r for r in results if r.model == model and not r.memory_run]
         bars = ax.barh([f"{r.path}\n{r.config}" for r in rows], [r.rate for r in rows], color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows])
         ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
-        ax.set_xscale("log")
+        rates = [r.rate for r in rows]
+        log = max(rates) > 20 * min(rates)  # a log axis only where the rates span orders of magnitude
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(model)
-        ax.set_xlabel("inputs/s (log scale)")
+        ax.set_xlabel("inputs/s (log scale)" if log else "inputs/s")
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

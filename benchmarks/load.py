@@ -147,7 +147,7 @@ def parse_hey(run: Run, report: str) -> None:
     run.percentiles_ms = (percentiles.get(50, float("nan")), percentiles.get(99, float("nan")))
 
 
-async def _hey(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict]) -> Run:
+async def run_hey(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict]) -> Run:
     content_type, body = request_body(endpoint, make)
     run = Run(endpoint, clients, seconds)
     with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
@@ -189,7 +189,7 @@ def main() -> None:
     try:
         for endpoint in args.endpoints.split(","):
             for clients in (int(c) for c in args.clients.split(",")):
-                runner = _hey if args.client == "hey" else run_load
+                runner = run_hey if args.client == "hey" else run_load
                 runs.append(asyncio.run(runner(url, endpoint, clients, args.seconds, makers[endpoint])))
                 print(runs[-1].row(), flush=True)
     finally:
