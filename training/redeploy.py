@@ -156,7 +156,11 @@ def _png(pixels: np.ndarray) -> bytes:
 def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any]) -> None:
     result = client.reload(name)["results"][0]
     waited = client.wait_for(name, version)
-    step(5, f"service at {client.url}: {result['status']} {name} v{result.get('previous_version')} -> v{version}, on /models after {waited:.1f}s")
+    if result["status"] == "unchanged":  # its CURRENT watcher got there before the admin call
+        done = f"already serving {name} v{version} (it follows CURRENT by itself)"
+    else:
+        done = f"{result['status']} {name} v{result.get('previous_version')} -> v{version}"
+    step(5, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
     client.smoke(name, version, smoke_items)
     step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
 
