@@ -14,6 +14,7 @@ import gc
 import hmac
 import logging
 import threading
+import time
 from typing import Annotated, Any
 
 import bentoml
@@ -148,8 +149,8 @@ class ModelServe:
         from service.runtime import ReloadRefused
 
         refused: dict[str, int | None] = {}
-        stop = threading.Event()
-        while not stop.wait(SETTINGS.reload_poll_s):
+        while True:
+            time.sleep(SETTINGS.reload_poll_s)
             for name in self.runtime.pending_changes():
                 current = self.runtime.registry.current_version(name)
                 if refused.get(name) == current:

@@ -25,6 +25,7 @@ import pytest
 
 from service.preprocessing import BOSTON_FEATURES
 from service.registry import Registry
+from tests.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +53,6 @@ def daemon_problem() -> str | None:
     if info.returncode != 0 or not info.stdout.strip():
         return f"no Docker daemon reachable ({(info.stderr.strip().splitlines() or ['docker info failed'])[-1]})"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
