@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.config import Settings  # noqa: E402
-from service.preprocessing import BOSTON_FEATURES, ImagePreprocessor, TextPreprocessor, decode_image  # noqa: E402
-from service.registry import Registry  # noqa: E402
-from service.runtime import LoadedModel, load_model  # noqa: E402
+from benchmarks.launch import start_server  # noqa: E402
 from benchmarks.load import run_hey, run_load  # noqa: E402
-from tests.server import start_server  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.core.preprocessing import decode_image  # noqa: E402
+from service.core.registry import Registry  # noqa: E402
+from service.core.runtime import LoadedModel, load_model, max_batch_size  # noqa: E402
+from training.datasets import BOSTON_FEATURES  # noqa: E402
 
 DATA = Path("/work/shared/data")
 TEXT_ROWS_MEMORY = 100_000  # the big runs: memory must not grow with the input
@@ -178,7 +180,7 @@ def run_raw(model: LoadedModel, items: Sequence[Any], batch: int, threads: int, 
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model.version_ref.model_path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    batches = [model.preprocessor.transform(items[i : i + batch]) for i in range(0, len(items), batch)] * RAW_REPEAT
+    batches = [model.task.to_tensor(items[i : i + batch], model.assets) for i in range(0, len(items), batch)] * RAW_REPEAT
     session.run(None, {name: batches[0]})  # warm-up
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrent) as pool:
@@ -195,7 +197,15 @@ def run_service(model: str, requests: Callable[[int], dict[str, Any]], url: str,
     ok = run.codes.get(200, 0)
     failed = sum(run.codes.values()) - ok + run.transport_errors
     client = "hey" if runner is run_hey else "async httpx"
-    return Result(model, "HTTP service", f"{CONCURRENCY} {client} clients, 1 input/request", 0, ok, seconds, note=f"{failed} failed or non-200" if failed else "")
+    return Result(
+        model,
+        "HTTP service",
+        f"{CONCURRENCY} {client} clients, 1 input/request",
+        0,
+        ok,
+        seconds,
+        note=f"{failed} failed or non-200" if failed else "",
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -224,12 +234,12 @@ def measure(args: argparse.Namespace) -> list[Result]:
         if name == "imdb_sentiment":
             items: Sequence[Any] = real_reviews()[:RAW_TEXT_ROWS]
         elif name == "image_classifier":
-            items = [decode_image(p.read_bytes(), model.preprocessor.spec) for p in real_images()[:RAW_IMAGES]]
+            items = [decode_image(p.read_bytes(), model.assets) for p in real_images()[:RAW_IMAGES]]
         else:
             items = [np.array([row[f] for f in BOSTON_FEATURES]) for row in itertools.islice(itertools.cycle(housing_table()), 8192)]
         runs: list[Callable[[], Result]] = [
-            *(lambda e=executor, w=workers: run_batch(name, source, n, work, args.model_root, e, w, batch) for executor, workers in CONFIGS),
-            *(lambda t=threads, c=concurrent: run_raw(model, items, batch, t, c) for threads, concurrent in RAW_CONFIGS),
+            *(partial(run_batch, name, source, n, work, args.model_root, executor, workers, batch) for executor, workers in CONFIGS),
+            *(partial(run_raw, model, items, batch, threads, concurrent) for threads, concurrent in RAW_CONFIGS),
         ]
         for result in best_of(runs, args.repeat):
             report(result)
@@ -248,7 +258,7 @@ def measure(args: argparse.Namespace) -> list[Result]:
             for name in args.models:
                 path, make = requests[name]
                 seconds = SERVICE_SECONDS * min(1.0, args.scale * 10)
-                report(best_of([lambda: run_service(name, make, server.url, path, seconds)], args.repeat)[0])
+                report(best_of([partial(run_service, name, make, server.url, path, seconds)], args.repeat)[0])
         finally:
             server.stop()
 
@@ -277,12 +287,7 @@ def best_of(runs: Sequence[Callable[[], Result]], repeat: int) -> list[Result]:
 
 def batch_size(model: LoadedModel) -> int:
     """The service's batch size for the model (what the scorer uses by default)."""
-    settings = Settings()
-    if isinstance(model.preprocessor, ImagePreprocessor):
-        return settings.image_batch_size
-    if isinstance(model.preprocessor, TextPreprocessor):
-        return settings.text_batch_size
-    return settings.tabular_batch_size
+    return max_batch_size(Settings(), model.name, model.task, model.requested_providers)
 
 
 def header() -> str:
@@ -299,7 +304,9 @@ def format_row(r: Result) -> str:
     return f"| {r.model} | {r.path} | {r.config} | {r.batch or ''} | {r.inputs:,} | {r.seconds:,.1f} | {r.rate:,.0f} | {number(after_startup)} | {number(r.peak_mib)} | {number(r.tree_mib)} | {note} |"
 
 
-def write_markdown(results: list[Result], path: Path, command: str, load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> None:
+def write_markdown(
+    results: list[Result], path: Path, command: str, load_before: tuple[float, float, float], load_after: tuple[float, float, float]
+) -> None:
     lines = [
         "# Batch scoring: throughput and memory",
         "",
@@ -349,7 +356,9 @@ def summary(results: list[Result]) -> list[str]:
             line += f"; the raw session on pre-decoded inputs does {top.rate:,.0f}/s ({top.config}), inference alone"
         lines.append(line + ".")
     for big in (r for r in results if r.memory_run):
-        small = next((r for r in results if r.model == big.model and r.config == big.config and r.path == big.path and not r.memory_run), None)
+        small = next(
+            (r for r in results if r.model == big.model and r.config == big.config and r.path == big.path and not r.memory_run), None
+        )
         line = f"- Memory, {big.model} {big.config}: {big.inputs:,} inputs peak at {big.tree_mib:,.0f} MiB (all processes; largest {big.peak_mib:,.0f} MiB)"
         if small and small.tree_mib:
             line += f", against {small.tree_mib:,.0f} MiB for {small.inputs:,} inputs: {big.inputs / small.inputs:.0f}x the input, {big.tree_mib - small.tree_mib:+,.0f} MiB"
@@ -367,7 +376,11 @@ def write_png(results: list[Result], path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4))
     for ax, model in zip(np.atleast_1d(axes), models):
         rows = [r for r in results if r.model == model and not r.memory_run]
-        bars = ax.barh([f"{r.path}\n{r.config}" for r in rows], [r.rate for r in rows], color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows])
+        bars = ax.barh(
+            [f"{r.path}\n{r.config}" for r in rows],
+            [r.rate for r in rows],
+            color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows],
+        )
         ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
         rates = [r.rate for r in rows]
         log = max(rates) > 20 * min(rates)  # a log axis only where the rates span orders of magnitude
@@ -386,10 +399,14 @@ def main() -> None:
     parser.add_argument("--model-root", type=Path, default=ROOT / "models")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the comparison input sizes")
-    parser.add_argument("--memory", action="store_true", help=f"also score {TEXT_ROWS_MEMORY:,} texts and {IMAGES_MEMORY:,} images for peak RSS")
+    parser.add_argument(
+        "--memory", action="store_true", help=f"also score {TEXT_ROWS_MEMORY:,} texts and {IMAGES_MEMORY:,} images for peak RSS"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each comparison measurement; the fastest is reported (default 2)")
     parser.add_argument("--no-service", action="store_true")
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "modelserve-batch-bench"), help="generated inputs and outputs")
+    parser.add_argument(
+        "--work", default=os.path.join(tempfile.gettempdir(), "modelserve-batch-bench"), help="generated inputs and outputs"
+    )
     parser.add_argument("--out", type=Path, help="Markdown results file (e.g. benchmarks/results/batch.md); a PNG is written beside it")
     args = parser.parse_args()
     load_before = os.getloadavg()

@@ -2,9 +2,8 @@
 
     python -m benchmarks.batch_sizes [--models models] [--seconds 3]
 
-The service's max_batch_size per endpoint (service/config.py) is the smallest
-batch that reaches 95% of the best items/s measured here: a larger batch only adds
-latency. Prints a table, writes benchmarks/results/batch_sizes.md and .png.
+Each task's CPU batch size (service/core/tasks) is the smallest batch that reaches
+95% of the best items/s measured here: a larger batch only adds latency. Prints a table, writes benchmarks/results/batch_sizes.md and .png.
 """
 
 from __future__ import annotations
@@ -15,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.config import Settings
-from service.runtime import ModelRuntime
+from service.core.config import Settings
+from service.core.runtime import ModelRuntime
 
 RESULTS = Path(__file__).parent / "results"
-SIZES = {"image_classifier": [1, 2, 4, 8, 16, 32, 64], "imdb_sentiment": [1, 4, 16, 32, 64, 128, 256], "boston_housing": [1, 8, 32, 128, 256, 512, 1024]}
+SIZES = {
+    "image_classifier": [1, 2, 4, 8, 16, 32, 64],
+    "imdb_sentiment": [1, 4, 16, 32, 64, 128, 256],
+    "boston_housing": [1, 8, 32, 128, 256, 512, 1024],
+}
 KNEE = 0.95
 
 
@@ -46,7 +49,7 @@ def main() -> None:
     rows = ["| model | batch | items/s | ms per call |", "|---|---|---|---|"]
     curves: dict[str, list[tuple[int, float]]] = {}
     for name, model in runtime.served().items():
-        single = model.preprocessor.transform(model.smoke_inputs()[:1])
+        single = model.task.to_tensor(model.task.smoke_items(model.assets)[:1], model.assets)
         for size in SIZES[name]:
             batch = np.repeat(single, size, axis=0)
             per_second, ms = measure(model.infer, batch, args.seconds)

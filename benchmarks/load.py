@@ -154,7 +154,22 @@ async def run_hey(url: str, endpoint: str, clients: int, seconds: float, make: C
         handle.write(body)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         before = await batch_counters(client)
-        command = ["hey", "-z", f"{seconds:.0f}s", "-c", str(clients), "-t", "120", "-m", "POST", "-T", content_type, "-D", handle.name, f"{url}/{endpoint}"]
+        command = [
+            "hey",
+            "-z",
+            f"{seconds:.0f}s",
+            "-c",
+            str(clients),
+            "-t",
+            "120",
+            "-m",
+            "POST",
+            "-T",
+            content_type,
+            "-D",
+            handle.name,
+            f"{url}/{endpoint}",
+        ]
         result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=True)
         after = await batch_counters(client)
     Path(handle.name).unlink()
@@ -177,7 +192,7 @@ def main() -> None:
     server = None
     url = args.url
     if url is None:
-        from tests.server import start_server
+        from benchmarks.launch import start_server
 
         server = start_server(Path(args.models), Path(tempfile.mkdtemp()) / "server.log")
         url = server.url
@@ -197,8 +212,10 @@ def main() -> None:
             server.stop()
     RESULTS.mkdir(exist_ok=True)
     table = "\n".join(header + [r.row() for r in runs])
-    note = (f"{args.seconds:.0f} s per row, one item per request, closed loop, client: {args.client} on the same machine. "
-            "A client count that comes again (the last 1) runs right after the burst before it.")
+    note = (
+        f"{args.seconds:.0f} s per row, one item per request, closed loop, client: {args.client} on the same machine. "
+        "A client count that comes again (the last 1) runs right after the burst before it."
+    )
     (RESULTS / f"{args.out}.md").write_text(f"# Load test\n\n{note}\n\n{table}\n")
     _plot(runs, RESULTS / f"{args.out}.png")
 

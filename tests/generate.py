@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.preprocessing import BOSTON_FEATURES
+from training.datasets import BOSTON_FEATURES
 
 POSITIVE_WORDS = ["wonderful", "brilliant", "moving", "superb", "delightful", "masterpiece", "loved", "beautiful", "excellent", "charming"]
 NEGATIVE_WORDS = ["awful", "boring", "terrible", "dull", "waste", "horrible", "worst", "stupid", "mess", "annoying"]

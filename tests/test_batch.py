@@ -23,12 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from service import batch
-from service.preprocessing import BOSTON_FEATURES
-from service.registry import Registry
-from service.runtime import load_model
+from benchmarks.launch import ROOT
+from service.batch import cli, run
+from service.core import errors as codes
+from service.core.registry import Registry
+from service.core.runtime import load_model
 from tests.generate import class_image, housing_rows, image_bytes, review
-from tests.server import ROOT, Server, start_server
+from training.datasets import BOSTON_FEATURES
 
 MODEL_ROOT = ROOT / "models"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -37,23 +38,10 @@ HTTP_ITEMS = 16  # items per HTTP request, under the service's max_items
 IN_PROCESS = ["--model-root", str(MODEL_ROOT), "--executor", "thread", "--workers", "2"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(MODEL_ROOT, tmp_path_factory.mktemp("serve") / "server.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        yield client
-
-
 def score(*args: str) -> tuple[int, str]:
     """Run the CLI in this process (threads: no worker start-up); return exit status and stderr."""
     stream = io.StringIO()
-    status = batch.main([*args, *IN_PROCESS], stream=stream)
+    status = cli.main([*args, *IN_PROCESS], stream=stream)
     return status, stream.getvalue()
 
 
@@ -103,8 +91,8 @@ def test_image_folder_matches_the_service(tmp_path: Path, client: httpx.Client) 
     valid, corrupt = write_image_tree(tmp_path / "images")
     out = tmp_path / "scores.jsonl"
     status, log = score("image_classifier", str(tmp_path / "images"), "-o", str(out), "--batch-size", "3")
-    assert status == batch.EXIT_ROWS_FAILED, log
-    assert "skipping 1 non-image file(s), without an image suffix: misc/notes.txt" in log and "3 failed" in log
+    assert status == codes.EXIT_ROWS_FAILED, log
+    assert "skipping 1 file(s) without an input suffix: misc/notes.txt" in log and "3 failed" in log
 
     rows = read_table(out)
     walked = [r["path"] for r in rows]
@@ -140,7 +128,7 @@ def write_reviews(path: Path, n: int, empty_every: int, seed: int = 0) -> dict[i
         for i in range(n):
             text = review(rng, positive=bool(i % 2))
             if i % empty_every == empty_every - 1:
-                text, bad[i] = ("" if i % 2 else "   \n "), "text is empty"
+                text, bad[i] = ("" if i % 2 else "   \n "), "text: is empty"
             writer.writerow([f"r{i}", text, "positive" if i % 2 else "negative"])
     return bad
 
@@ -153,7 +141,7 @@ def test_text_csv_matches_the_service(tmp_path: Path, client: httpx.Client) -> N
     bad[60] = "more than the limit of 50,000"
     out = tmp_path / "scores.csv"
     status, log = score("imdb_sentiment", str(source), "-o", str(out), "--keep-columns", "--chunk-size", "16")
-    assert status == batch.EXIT_ROWS_FAILED, log
+    assert status == codes.EXIT_ROWS_FAILED, log
 
     rows = read_table(out)
     texts = {int(r["row"]): r["input_Review"] for r in rows}
@@ -177,7 +165,9 @@ def test_text_csv_matches_the_service(tmp_path: Path, client: httpx.Client) -> N
 
 def test_feature_parquet_matches_the_service(tmp_path: Path, client: httpx.Client) -> None:
     x, _ = housing_rows(40, seed=3)
-    columns: dict[str, list[float | None]] = {name.lower() if i % 2 else name: list(map(float, x[:, i])) for i, name in enumerate(BOSTON_FEATURES)}
+    columns: dict[str, list[float | None]] = {
+        name.lower() if i % 2 else name: list(map(float, x[:, i])) for i, name in enumerate(BOSTON_FEATURES)
+    }
     columns["NOX"][5] = math.nan
     columns["rm"][9] = None
     columns["id"] = [f"house-{i}" for i in range(40)]  # not a feature: ignored
@@ -185,7 +175,7 @@ def test_feature_parquet_matches_the_service(tmp_path: Path, client: httpx.Clien
     pq.write_table(pa.table(columns), source)
     out = tmp_path / "prices.parquet"
     status, log = score("boston_housing", str(source), "-o", str(out))
-    assert status == batch.EXIT_ROWS_FAILED and "2 failed" in log, log
+    assert status == codes.EXIT_ROWS_FAILED and "2 failed" in log, log
 
     rows = read_table(out)
     assert [r["row"] for r in rows] == [i for i in range(40) if i not in (5, 9)]
@@ -204,10 +194,10 @@ def test_all_rows_scored_exits_0_with_progress_lines(tmp_path: Path, monkeypatch
     x, _ = housing_rows(30, seed=1)
     source = tmp_path / "houses.jsonl"
     source.write_text("".join(json.dumps(dict(zip(BOSTON_FEATURES, map(float, row)))) + "\n" for row in x))
-    monkeypatch.setattr(batch, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(run, "PROGRESS_EVERY_S", 0.0)
     out = tmp_path / "prices.jsonl"
     status, log = score("boston_housing", str(source), "-o", str(out), "--chunk-size", "10")
-    assert status == batch.EXIT_OK, log
+    assert status == codes.EXIT_OK, log
     assert "boston_housing v" in log and "30/30 rows (100.0%)" in log and "rows/s" in log
     model = load_model(Registry(MODEL_ROOT).current("boston_housing"), ["CPUExecutionProvider"])
     expected = model.predict(list(x))
@@ -220,17 +210,17 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
     write_reviews(source, 5, empty_every=100)
     out = str(tmp_path / "out.csv")
-    assert score("no_such_model", str(source), "-o", out)[0] == batch.EXIT_USAGE
-    assert score("imdb_sentiment", str(tmp_path / "missing.csv"), "-o", out)[0] == batch.EXIT_USAGE
-    assert score("imdb_sentiment", str(source), "-o", out, "--version", "999")[0] == batch.EXIT_USAGE
+    assert score("no_such_model", str(source), "-o", out)[0] == codes.EXIT_USAGE
+    assert score("imdb_sentiment", str(tmp_path / "missing.csv"), "-o", out)[0] == codes.EXIT_USAGE
+    assert score("imdb_sentiment", str(source), "-o", out, "--version", "999")[0] == codes.EXIT_USAGE
     status, log = score("imdb_sentiment", str(source), "-o", out, "--text-column", "summary")
-    assert status == batch.EXIT_USAGE and "no column 'summary'" in log
+    assert status == codes.EXIT_USAGE and "no column 'summary'" in log
     status, log = score("boston_housing", str(source), "-o", out)
-    assert status == batch.EXIT_USAGE and "no column for features" in log
-    assert score("imdb_sentiment", str(source), "-o", out)[0] == batch.EXIT_OK
+    assert status == codes.EXIT_USAGE and "no column for features" in log
+    assert score("imdb_sentiment", str(source), "-o", out)[0] == codes.EXIT_OK
     status, log = score("imdb_sentiment", str(source), "-o", out)
-    assert status == batch.EXIT_USAGE and "--overwrite" in log
-    assert score("imdb_sentiment", str(source), "-o", out, "--overwrite")[0] == batch.EXIT_OK
+    assert status == codes.EXIT_USAGE and "--overwrite" in log
+    assert score("imdb_sentiment", str(source), "-o", out, "--overwrite")[0] == codes.EXIT_OK
 
 
 # ---------------------------------------------------------------- resume
@@ -279,22 +269,22 @@ def test_killed_job_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
     (work / f"part-{state['parts']:06d}.parquet").write_bytes(b"PAR1 torn, no footer")
 
     status, message = score(*args, "--keep-columns")
-    assert status == batch.EXIT_USAGE and "keep_columns: False -> True" in message and "--restart" in message
+    assert status == codes.EXIT_USAGE and "keep_columns: False -> True" in message and "--restart" in message
 
     job = start_job(args, log)  # the same command again; this time stopped with Ctrl-C
     wait_for_progress(job, work / "state.json", state["position"] + 160, log)
     job.send_signal(signal.SIGINT)
-    assert job.wait(60) == batch.EXIT_INTERRUPTED, log.read_text()
+    assert job.wait(60) == codes.EXIT_INTERRUPTED, log.read_text()
     assert "run the same command again to resume" in log.read_text()
 
     job = start_job(args, log)
-    assert job.wait(120) == batch.EXIT_ROWS_FAILED, log.read_text()
+    assert job.wait(120) == codes.EXIT_ROWS_FAILED, log.read_text()
     assert "resuming" in log.read_text()
 
     rows = read_table(out)
     errors = read_table(tmp_path / "scores.errors.jsonl")
     assert [r["row"] for r in rows] == [i for i in range(n) if i not in bad], "every valid row once, in order"
-    assert [e["row"] for e in errors] == sorted(bad) and all(e["reason"] == "text is empty" for e in errors)
+    assert [e["row"] for e in errors] == sorted(bad) and all(e["reason"] == "text: is empty" for e in errors)
     with open(source, newline="") as handle:
         texts = [r["Review"] for r in csv.DictReader(handle)]
     model = load_model(Registry(MODEL_ROOT).current("imdb_sentiment"), ["CPUExecutionProvider"])
@@ -302,3 +292,26 @@ def test_killed_job_resumes_without_duplicates_or_gaps(tmp_path: Path) -> None:
     assert [r["label"] for r in rows] == [e["label"] for e in expected]
     assert [r["probability_positive"] for r in rows] == pytest.approx([e["probability_positive"] for e in expected], abs=TOLERANCE)
     assert not work.exists()
+
+
+def test_the_same_bad_row_gets_the_same_reason_over_http_and_in_batch(tmp_path: Path, client: httpx.Client) -> None:
+    """One implementation of each rule: a row HTTP refuses is refused by batch scoring, for the same reason."""
+    good = dict(zip(BOSTON_FEATURES, map(float, housing_rows(1, seed=2)[0][0]), strict=True))
+    bad_rows = [
+        good | {"CRIM": -1.0},  # log-scaled feature below zero (round 1: batch scored it, HTTP said 400)
+        good | {"RM": "seven"},
+        good | {"NOX": math.nan},
+        {k: v for k, v in good.items() if k != "LSTAT"},
+    ]
+    source = tmp_path / "houses.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in [good, *bad_rows]))  # json writes NaN as NaN, as pandas does
+    status, log = score("boston_housing", str(source), "-o", str(tmp_path / "prices.jsonl"))
+    assert status == codes.EXIT_ROWS_FAILED, log
+    reasons = {e["row"]: e["reason"] for e in read_table(tmp_path / "prices.errors.jsonl")}
+    assert sorted(reasons) == [1, 2, 3, 4]
+    for number, row in enumerate(bad_rows, 1):
+        response = client.post("/predict_price", content=json.dumps({"rows": [row]}), headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        http_reason = response.json()["error"].removeprefix("rows[0]: ")
+        assert reasons[number] == f"row: {http_reason}", (reasons[number], http_reason)
+    assert "NaN" not in (tmp_path / "prices.jsonl").read_text(), "NaN is never written into JSON"

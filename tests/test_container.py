@@ -23,11 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.preprocessing import BOSTON_FEATURES
-from service.registry import Registry
-from tests.server import free_port
-
-pytestmark = pytest.mark.slow
+from benchmarks.launch import free_port
+from service.core.registry import Registry
+from training.datasets import BOSTON_FEATURES
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = (ROOT / "tests" / "fixtures" / "cat.jpg").read_bytes()
@@ -35,7 +33,21 @@ IMAGE = os.environ.get("MODELSERVE_TEST_IMAGE", "")
 BUILD_TIMEOUT_S = 840
 READY_TIMEOUT_S = 120
 POSITIVE = "One of the best films I have seen in years: moving, funny and beautifully acted. I loved it."
-HOUSE = {"CRIM": 0.06, "ZN": 0.0, "INDUS": 2.46, "CHAS": 0, "NOX": 0.488, "RM": 7.8, "AGE": 53.6, "DIS": 3.2, "RAD": 3, "TAX": 193, "PTRATIO": 17.8, "B": 392.6, "LSTAT": 3.0}
+HOUSE = {
+    "CRIM": 0.06,
+    "ZN": 0.0,
+    "INDUS": 2.46,
+    "CHAS": 0,
+    "NOX": 0.488,
+    "RM": 7.8,
+    "AGE": 53.6,
+    "DIS": 3.2,
+    "RAD": 3,
+    "TAX": 193,
+    "PTRATIO": 17.8,
+    "B": 392.6,
+    "LSTAT": 3.0,
+}
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:

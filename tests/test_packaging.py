@@ -8,7 +8,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from tests.server import BENTOML, ROOT
+from benchmarks.launch import BENTOML, ROOT
 
 
 def _names(requirements: list[str]) -> dict[str, str]:
@@ -19,12 +19,14 @@ def _names(requirements: list[str]) -> dict[str, str]:
 def test_bento_requirements_match_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     expected = _names(project["dependencies"] + project["optional-dependencies"]["serve"])
-    lines = [l.strip() for l in (ROOT / "requirements" / "serve.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip() for line in (ROOT / "requirements" / "serve.txt").read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert _names(lines) == {k: v for k, v in expected.items()}, "requirements/serve.txt must list exactly the serve extra"
 
 
 def test_service_never_imports_tensorflow() -> None:
-    for path in (ROOT / "service").glob("*.py"):
+    for path in (ROOT / "service").rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(tensorflow|keras|tf2onnx)\b", text, re.MULTILINE), path
 
@@ -40,7 +42,8 @@ def test_bentoml_build(tmp_path: Path) -> None:
     for name in ("image_classifier", "imdb_sentiment", "boston_housing"):
         current = (src / "models" / name / "CURRENT").read_text().strip()
         assert (src / "models" / name / current / "model.onnx").is_file()
-    assert (src / "service" / "service.py").is_file() and not (src / "training").exists()
+    assert (src / "service" / "http" / "service.py").is_file() and (src / "service" / "core" / "tasks").is_dir()
+    assert not (src / "training").exists() and not (src / "service" / "batch").exists(), "the bento carries what serving needs, no more"
     requirements = "\n".join(p.read_text() for p in (bentos[0] / "env" / "python").rglob("requirements*.txt"))
     assert "onnxruntime" in requirements and "bentoml" in requirements
     assert "tensorflow" not in requirements.lower() and "keras" not in requirements.lower()

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocessing import (
-    BOSTON_FEATURES,
+from service.core.errors import InputError
+from service.core.preprocessing import (
     ImageSpec,
-    InputError,
     StandardScaler,
     TextVectorizer,
     decode_image,
@@ -19,6 +18,7 @@ from service.preprocessing import (
     tokenize,
 )
 from tests.generate import image_bytes
+from training.datasets import BOSTON_FEATURES
 
 SPEC = ImageSpec(64, 48)
 
@@ -110,9 +110,9 @@ def test_feature_rows_by_name_or_position() -> None:
     with pytest.raises(InputError, match="missing features"):
         feature_row({k: v for k, v in by_name.items() if k != "rm"}, BOSTON_FEATURES)
     with pytest.raises(InputError, match="finite"):
-        feature_row(values[:12] + [float("inf")], BOSTON_FEATURES)
+        feature_row([*values[:12], float("inf")], BOSTON_FEATURES)
     with pytest.raises(InputError, match="must be a number"):
-        feature_row(values[:12] + ["12"], BOSTON_FEATURES)
+        feature_row([*values[:12], "12"], BOSTON_FEATURES)
 
 
 def test_scaler_roundtrip() -> None:

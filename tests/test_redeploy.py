@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from service.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file  # noqa: E402
-from tests.generate import review, write_reviews_csv  # noqa: E402
-from tests.server import Server, start_server  # noqa: E402
-from training.__main__ import main as train_main  # noqa: E402
-from training.redeploy import main as redeploy_main  # noqa: E402
+from benchmarks.launch import Server, start_server
+from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file
+from tests.generate import review, write_reviews_csv
+from training.__main__ import main as train_main
+from training.redeploy import main as redeploy_main
 
 TOKEN = "test-admin-token"
 NAME = "imdb_sentiment"
@@ -92,6 +92,7 @@ def test_reload_under_load_drops_nothing(client: httpx.Client, server: Server, r
 
     async def load(stop: asyncio.Event, seen: list[tuple[float, int, int | None]]) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+
             async def worker(k: int) -> None:
                 i = k
                 while not stop.is_set():
@@ -155,7 +156,20 @@ def test_gate_refuses_a_worse_model_unless_forced(registry_root: Path, tmp_path:
         csv.writer(handle).writerows([rows[0]] + [[r[0], y] for r, y in zip(rows[1:], labels)])
     # The gate scores both versions on the held-out split of the new data: use the
     # correctly labelled file as test data, so "worse" is measured on the truth.
-    args = [NAME, "--data", str(shuffled), "--test-data", str(good), "--registry", str(registry_root), "--epochs", "1", "--max-tokens", "300", "--no-reload"]
+    args = [
+        NAME,
+        "--data",
+        str(shuffled),
+        "--test-data",
+        str(good),
+        "--registry",
+        str(registry_root),
+        "--epochs",
+        "1",
+        "--max-tokens",
+        "300",
+        "--no-reload",
+    ]
 
     assert redeploy_main(args) == 1
     captured = capsys.readouterr()
@@ -171,7 +185,9 @@ def test_gate_refuses_a_worse_model_unless_forced(registry_root: Path, tmp_path:
     registry.promote(NAME, served)
 
 
-def test_retrain_promote_reload_then_rollback(client: httpx.Client, server: Server, registry_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_retrain_promote_reload_then_rollback(
+    client: httpx.Client, server: Server, registry_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     registry = Registry(registry_root)
     before = served_version(client)
     data = write_reviews_csv(tmp_path / "new_reviews.csv", n=600, seed=11)

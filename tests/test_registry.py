@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
+from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
 
 
 def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes") -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.config import ConfigError, Settings
-from service.registry import Registry
-from service.runtime import ModelRuntime, cuda_device_count, load_model, resolve_providers
+from service.core.config import ConfigError, Settings
+from service.core.registry import Registry
+from service.core.runtime import ModelRuntime, cuda_device_count, load_model, resolve_providers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,11 +32,20 @@ def test_runtime_loads_every_shipped_model() -> None:
     assert set(runtime.served()) == {"image_classifier", "imdb_sentiment", "boston_housing"}
 
 
+def test_batch_sizes_come_from_the_task_unless_configured() -> None:
+    settings = Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "imdb_sentiment=16"})
+    runtime = ModelRuntime(settings)
+    assert runtime.batch_size("imdb_sentiment") == 16
+    assert runtime.batch_size("image_classifier") == 8, "the image task's CPU size"
+
+
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown"):
         Settings.from_env({"MODELSERVE_PROVIDERS": "cuda,openvino"})
     with pytest.raises(ConfigError, match="at least 2"):
-        Settings.from_env({"MODELSERVE_TEXT_BATCH_SIZE": "1"})
+        Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "imdb_sentiment=1"})
+    with pytest.raises(ConfigError, match="name=value"):
+        Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "16"})
     with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
         Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
 
@@ -45,7 +54,7 @@ def test_batcher_wait_is_bounded_after_a_burst() -> None:
     """BentoML's optimizer learns a wait from observed waits; the bound keeps it from ratcheting up."""
     from bentoml._internal.marshal.dispatcher import Optimizer
 
-    from service.batching import bound_queue_delay
+    from service.http.batching import bound_queue_delay
 
     bound_queue_delay(0.005)
     bound_queue_delay(0.005)  # idempotent

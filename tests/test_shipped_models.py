@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.preprocessing import ImageSpec, decode_image
-from service.registry import Registry
-from service.runtime import LoadedModel, load_model
+from service.core.preprocessing import ImageSpec, decode_image
+from service.core.registry import Registry
+from service.core.runtime import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = Registry(ROOT / "models")
@@ -65,9 +65,9 @@ def test_house_prices_are_plausible() -> None:
 @pytest.mark.parametrize(("file", "label"), [("cat.jpg", "cats"), ("dog.jpg", "dogs")])
 def test_real_photos(file: str, label: str) -> None:
     model = served("image_classifier")
-    pixels = decode_image((FIXTURES / file).read_bytes(), model.preprocessor.spec)
+    pixels = decode_image((FIXTURES / file).read_bytes(), model.assets)
     flipped = np.ascontiguousarray(pixels[:, ::-1])
     answers = model.predict([pixels, flipped])
     assert [a["label"] for a in answers] == [label, label]
     assert answers[0]["score"] > 0.8
-    assert model.preprocessor.spec == ImageSpec(224, 224)
+    assert model.assets == ImageSpec(224, 224)

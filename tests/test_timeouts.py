@@ -7,7 +7,7 @@ from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from service.timeouts import cancel_finished_request_timers
+from service.http.timeouts import cancel_finished_request_timers
 
 
 async def _call(app: Any) -> list[dict[str, Any]]:

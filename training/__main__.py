@@ -1,9 +1,9 @@
 """Command line: train a model into the registry, list versions, promote, roll back.
 
-    python -m training imdb_sentiment --data ../shared/data/aclImdb.tar.gz
+    python -m training MODEL --data PATH [trainer options]     # MODEL: one of the catalog's (see --help)
     python -m training list
-    python -m training promote imdb_sentiment 2        # or: latest
-    python -m training rollback imdb_sentiment
+    python -m training promote MODEL 2                         # or: latest
+    python -m training rollback MODEL
 
 Training writes a new version and never changes what is served; `promote` does.
 TensorFlow is imported only by the training commands.
@@ -13,41 +13,44 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
-from pathlib import Path
 
-from service.registry import Registry, RegistryError
-from training.datasets import DataError
-
-MODELS = {
-    "imdb_sentiment": "training.imdb_sentiment",
-    "boston_housing": "training.boston_housing",
-    "image_classifier": "training.image_classifier",
-}
-DEFAULT_REGISTRY = os.environ.get("MODELSERVE_MODEL_ROOT", "models")
+from service.core.catalog import CATALOG
+from service.core.config import Settings
+from service.core.errors import UsageError, run_cli
+from service.core.registry import Registry
 
 
-def _parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*MODELS, "list", "promote", "rollback"]) + "}")
-    for name, module_name in MODELS.items():
-        sub = commands.add_parser(name, help=f"train {name} into a new registry version")
-        sub.add_argument("--registry", default=DEFAULT_REGISTRY, help="model registry root (default: %(default)s)")
+def add_trainer_commands(
+    commands: argparse._SubParsersAction, argv: list[str], verb: str, registry: str
+) -> dict[str, argparse.ArgumentParser]:
+    """One subcommand per catalog model; its trainer (and TensorFlow) is imported only when that command runs."""
+    parsers = {}
+    for name, entry in CATALOG.items():
+        sub = commands.add_parser(name, help=f"{verb} {name}")
+        sub.add_argument("--registry", default=registry, help="model registry root (default: MODELSERVE_MODEL_ROOT, else %(default)s)")
         sub.add_argument("--seed", type=int, default=0)
-        sub.set_defaults(module=module_name)
-        if argv and argv[0] == name:  # import a trainer (and TensorFlow) only when it runs
-            importlib.import_module(module_name).add_arguments(sub)
+        sub.set_defaults(model=name, module=entry.trainer)
+        if argv and argv[0] == name:
+            importlib.import_module(entry.trainer).add_arguments(sub)
+        parsers[name] = sub
+    return parsers
+
+
+def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*CATALOG, "list", "promote", "rollback"]) + "}")
+    add_trainer_commands(commands, argv, "train into a new registry version:", registry)
     listing = commands.add_parser("list", help="versions per model, * marks CURRENT")
-    listing.add_argument("--registry", default=DEFAULT_REGISTRY)
+    listing.add_argument("--registry", default=registry)
     promote = commands.add_parser("promote", help="point CURRENT at a version (atomic)")
     promote.add_argument("model")
     promote.add_argument("version", help="a version number or 'latest'")
-    promote.add_argument("--registry", default=DEFAULT_REGISTRY)
+    promote.add_argument("--registry", default=registry)
     rollback = commands.add_parser("rollback", help="point CURRENT back at the previously served version")
     rollback.add_argument("model")
-    rollback.add_argument("--registry", default=DEFAULT_REGISTRY)
+    rollback.add_argument("--registry", default=registry)
     return parser
 
 
@@ -68,32 +71,38 @@ def _train(args: argparse.Namespace) -> int:
     print("   test: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
     print(f"   parity: max abs diff {metadata['parity']['max_abs_diff']:.2e} on {metadata['parity']['samples']} inputs")
     print(f"   model.onnx {metadata['model_bytes'] / 1e6:.2f} MB, plots: {', '.join(metadata['plots'])}")
-    print(f"   served version unchanged (CURRENT = {current}); to serve this one: python -m training promote {version.name} {version.version}")
+    print(
+        f"   served version unchanged (CURRENT = {current}); to serve this one: python -m training promote {version.name} {version.version}"
+    )
+    return 0
+
+
+def _registry_command(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    if args.command == "list":
+        for name in registry.model_names():
+            current = registry.current_version(name)
+            print(f"{name}: " + " ".join(f"{v}*" if v == current else str(v) for v in registry.versions(name)))
+    elif args.command == "promote":
+        if args.version != "latest" and not args.version.isdecimal():
+            raise UsageError(f"version must be a number or 'latest', got {args.version!r}")
+        version = max(registry.versions(args.model), default=0) if args.version == "latest" else int(args.version)
+        previous = registry.promote(args.model, version)
+        print(f"{args.model}: CURRENT {previous} -> {version}")
+    elif args.command == "rollback":
+        old, new = registry.rollback(args.model)
+        print(f"{args.model}: CURRENT {old} -> {new} (rollback)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser(argv).parse_args(argv)
-    try:
-        if args.command in MODELS:
-            return _train(args)
-        registry = Registry(args.registry)
-        if args.command == "list":
-            for name in registry.model_names():
-                current = registry.current_version(name)
-                print(f"{name}: " + " ".join(f"{v}*" if v == current else str(v) for v in registry.versions(name)))
-        elif args.command == "promote":
-            version = max(registry.versions(args.model), default=0) if args.version == "latest" else int(args.version)
-            previous = registry.promote(args.model, version)
-            print(f"{args.model}: CURRENT {previous} -> {version}")
-        elif args.command == "rollback":
-            old, new = registry.rollback(args.model)
-            print(f"{args.model}: CURRENT {old} -> {new} (rollback)")
-        return 0
-    except (RegistryError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    def body() -> int:
+        args = _parser(argv, str(Settings.from_env().model_root)).parse_args(argv)
+        return _train(args) if args.command in CATALOG else _registry_command(args)
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

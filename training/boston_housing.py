@@ -12,7 +12,7 @@ of the right-skewed features (CRIM, ZN, INDUS, DIS, RAD, TAX, LSTAT) before
 scaling, Huber loss (a few very expensive districts pull MSE around), 120 epochs,
 and the average of 5 networks trained from different seeds, exported as one ONNX
 graph. The scaler (with its log features) lives in scaler.json and is applied by
-service/preprocessing.py, the same code the service runs.
+service/core/preprocessing.py, the same code the service runs.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import keras
 import numpy as np
 
-import keras
-from service.preprocessing import SCALER_FILE, StandardScaler
-from training.datasets import DataError, load_housing
-from training.export import TensorSpec
+from service.core.errors import DataError
+from service.core.preprocessing import SCALER_FILE, StandardScaler
+from training.datasets import load_housing
+from training.export import TensorSpec, parity_inputs
 from training.plots import plot_kfold
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
@@ -63,8 +64,14 @@ def build_network(n_features: int, loss: str, name: str = NAME) -> keras.Model:
     return model
 
 
-def fit_ensemble(x: np.ndarray, y: np.ndarray, config: dict[str, Any], batch_size: int, validation: tuple[np.ndarray, np.ndarray] | None = None,
-                 verbose: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+def fit_ensemble(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: dict[str, Any],
+    batch_size: int,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    verbose: int = 0,
+) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train `ensemble` networks; return one model averaging them, and their mean history."""
     members, histories = [], []
     for i in range(config["ensemble"]):
@@ -80,7 +87,9 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, config: dict[str, Any], batch_siz
     return keras.Model(inputs, averaged, name=NAME), mean_history
 
 
-def k_fold(x: np.ndarray, y: np.ndarray, folds: int, config: dict[str, Any], batch_size: int) -> tuple[list[dict[str, list[float]]], list[float]]:
+def k_fold(
+    x: np.ndarray, y: np.ndarray, folds: int, config: dict[str, Any], batch_size: int
+) -> tuple[list[dict[str, list[float]]], list[float]]:
     """The seed's K-fold loop: each fold validates on one slice and trains on the rest."""
     fold_size = len(x) // folds
     histories, fold_mae = [], []
@@ -91,8 +100,57 @@ def k_fold(x: np.ndarray, y: np.ndarray, folds: int, config: dict[str, Any], bat
         model, history = fit_ensemble(train_x, train_y, config, batch_size, validation=(x[val], y[val]))
         histories.append(history)
         fold_mae.append(float(np.abs(model.predict(x[val], verbose=0).ravel() - y[val]).mean()))
-        log("k-fold", f"fold {fold + 1}/{folds}: validation MAE {fold_mae[-1]:.3f} ({config['ensemble']} network(s), {config['epochs']} epochs)")
+        log(
+            "k-fold",
+            f"fold {fold + 1}/{folds}: validation MAE {fold_mae[-1]:.3f} ({config['ensemble']} network(s), {config['epochs']} epochs)",
+        )
     return histories, fold_mae
+
+
+def evaluate(model: keras.Model, x_test: np.ndarray, y_test: np.ndarray, y_train: np.ndarray) -> dict[str, Any]:
+    """Test MAE and RMSE, and the MAE of always predicting the training mean (the baseline)."""
+    errors = model.predict(x_test, verbose=0).ravel() - y_test
+    baseline = float(np.abs(y_test - y_train.mean()).mean())
+    return {
+        "mae": float(np.abs(errors).mean()),
+        "rmse": float(np.sqrt((errors**2).mean())),
+        "samples": len(errors),
+        "baseline_mae_train_mean": baseline,
+    }
+
+
+def _k_fold_metrics(folds: int, fold_mae: list[float], histories: list[dict[str, list[float]]]) -> dict[str, Any]:
+    mean_curve = np.mean([h["val_mae"] for h in histories], axis=0)
+    return {
+        "k": folds,
+        "val_mae_per_fold": fold_mae,
+        "val_mae_mean": float(np.mean(fold_mae)),
+        "best_epoch_mean_curve": int(np.argmin(mean_curve)) + 1,
+        "best_val_mae_mean_curve": float(mean_curve.min()),
+    }
+
+
+def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[str, ...]) -> dict[str, Any]:
+    """The architecture and training blocks of metadata.json."""
+    return {
+        "architecture": {
+            "variant": args.variant,
+            "layers": ["Dense(64, relu)", "Dense(64, relu)", "Dense(1)"],
+            "ensemble": config["ensemble"],
+            "features": list(features),
+            "log1p_features": list(config["log1p"]),
+        },
+        "training": {
+            "optimizer": "rmsprop",
+            "loss": config["loss"],
+            "metric": "mae",
+            "epochs": config["epochs"],
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "final_fit": "all training rows after K-fold validation",
+            "history": "mean over K folds",
+        },
+    }
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
@@ -112,19 +170,17 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     log("k-fold", f"{args.folds}-fold validation of variant {args.variant}: {config}")
     histories, fold_mae = k_fold(x_train, data.y_train, args.folds, config, args.batch_size)
-    mean_curve = np.mean([h["val_mae"] for h in histories], axis=0)
 
     log("train", f"final model on all {len(x_train)} training rows: {config['ensemble']} network(s), {config['epochs']} epochs")
     model, _ = fit_ensemble(x_train, data.y_train, config, args.batch_size, verbose=fit_verbosity() if config["epochs"] <= 20 else 0)
-    predictions = model.predict(x_test, verbose=0).ravel()
-    errors = predictions - data.y_test
-    mae = float(np.abs(errors).mean())
-    baseline = float(np.abs(data.y_test - data.y_train.mean()).mean())
-    print(f"K-fold validation MAE {np.mean(fold_mae):.3f}; test MAE {mae:.3f} ($1000s), RMSE {float(np.sqrt((errors**2).mean())):.3f}; predicting the training mean gives MAE {baseline:.3f}")
+    test_metrics = evaluate(model, x_test, data.y_test, data.y_train)
+    print(
+        f"K-fold validation MAE {np.mean(fold_mae):.3f}; test MAE {test_metrics['mae']:.3f} ($1000s), RMSE {test_metrics['rmse']:.3f}; "
+        f"predicting the training mean gives MAE {test_metrics['baseline_mae_train_mean']:.3f}"
+    )
 
     # The combined curve: per-epoch mean over folds (training and validation) is what the seed plots.
     history = {key: [float(v) for v in np.mean([h[key] for h in histories], axis=0)] for key in histories[0]}
-    parity_inputs = np.concatenate([x_test, x_train])[: max(100, len(x_test))]
     return TrainingResult(
         name=NAME,
         task="regression",
@@ -132,22 +188,21 @@ def train(args: argparse.Namespace) -> TrainingResult:
         input_spec=TensorSpec("features", "float32", (None, len(data.feature_names))),
         output_name="price",
         labels=[],
-        preprocessing={"kind": "tabular", "scaler_file": SCALER_FILE, "features": list(data.feature_names), "log1p_features": list(config["log1p"]),
-                       "target": "MEDV", "unit": "$1000s"},
-        assets={SCALER_FILE: scaler.to_json()},
-        metrics={
-            "test": {"mae": mae, "rmse": float(np.sqrt((errors**2).mean())), "samples": int(len(errors)), "baseline_mae_train_mean": baseline},
-            "k_fold": {"k": args.folds, "val_mae_per_fold": fold_mae, "val_mae_mean": float(np.mean(fold_mae)),
-                       "best_epoch_mean_curve": int(np.argmin(mean_curve)) + 1, "best_val_mae_mean_curve": float(mean_curve.min())},
+        preprocessing={
+            "kind": "tabular",
+            "scaler_file": SCALER_FILE,
+            "features": list(data.feature_names),
+            "log1p_features": list(config["log1p"]),
+            "target": "MEDV",
+            "unit": "$1000s",
         },
+        assets={SCALER_FILE: scaler.to_json()},
+        metrics={"test": test_metrics, "k_fold": _k_fold_metrics(args.folds, fold_mae, histories)},
         history=history,
         history_metric="mae",
-        parity_inputs=parity_inputs.astype(np.float32),
+        parity_inputs=parity_inputs(x_test, x_train, most=len(x_test)).astype(np.float32),
         data={"dataset": "Boston housing (Harrison & Rubinfeld)", **data.source, "synthetic": False},
-        architecture={"variant": args.variant, "layers": ["Dense(64, relu)", "Dense(64, relu)", "Dense(1)"], "ensemble": config["ensemble"],
-                      "features": list(data.feature_names), "log1p_features": list(config["log1p"])},
-        training={"optimizer": "rmsprop", "loss": config["loss"], "metric": "mae", "epochs": config["epochs"], "batch_size": args.batch_size,
-                  "seed": args.seed, "final_fit": "all training rows after K-fold validation", "history": "mean over K folds"},
+        **_records(args, config, data.feature_names),
         test_items=list(data.x_test),
         test_targets=[float(y) for y in data.y_test],
         extra_plots={"kfold_val_mae.png": lambda path: plot_kfold(histories, "mae", path, f"{NAME}: {args.folds}-fold validation MAE")},

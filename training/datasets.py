@@ -17,22 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from service.preprocessing import BOSTON_FEATURES, ImageSpec, InputError, decode_image
-from service.registry import sha256_file
+from service.core.errors import DataError, InputError, UsageError
+from service.core.preprocessing import ImageSpec, decode_image, match_names
+from service.core.registry import sha256_file
+from service.core.tasks.text_classification import TEXT_COLUMNS, pick_column
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 SENTIMENT_LABELS = ["negative", "positive"]
 _POSITIVE = {"1", "pos", "positive", "true", "yes"}
 _NEGATIVE = {"0", "neg", "negative", "false", "no"}
-TEXT_COLUMNS = ("text", "review", "sentence", "content")
 LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "polarity")
+BOSTON_FEATURES = (
+    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
+)  # fmt: skip
 KERAS_BOSTON_SEED = 113
 KERAS_BOSTON_TEST_SPLIT = 0.2
-
-
-class DataError(ValueError):
-    """The data given cannot be used for training; the message says why."""
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def fingerprint(items: Sequence[tuple[str, str]]) -> str:
 
 def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.RandomState(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     return order[n_test:], order[:n_test]
 
 
@@ -107,11 +107,10 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
 
 
 def _pick_column(columns: Sequence[str], candidates: Sequence[str], what: str, path: Path) -> str:
-    lowered = {c.lower(): c for c in columns}
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    raise DataError(f"{path}: no {what} column (looked for {', '.join(candidates)}; have {', '.join(columns)})")
+    try:
+        return pick_column(columns, None, candidates)
+    except UsageError as exc:
+        raise DataError(f"{path}: no {what} column: {exc}") from None
 
 
 def _table_reviews(path: Path) -> tuple[list[str], np.ndarray, list[str] | None]:
@@ -128,58 +127,67 @@ def _table_reviews(path: Path) -> tuple[list[str], np.ndarray, list[str] | None]
     return texts, labels, splits
 
 
-def load_reviews(data: str | None, test_data: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> TextData:
-    """IMDB reviews from aclImdb (folder or .tar.gz; downloaded when `data` is None) or a CSV/JSONL table."""
+def _reviews_path(data: str | None) -> Path:
     if data is None:
         import keras
 
         try:
-            archive = Path(keras.utils.get_file("aclImdb_v1.tar.gz", ACLIMDB_URL))
+            return Path(keras.utils.get_file("aclImdb_v1.tar.gz", ACLIMDB_URL))
         except Exception as exc:
             raise DataError(f"could not download aclImdb ({exc}); offline, pass --data PATH (folder, .tar.gz, .csv or .jsonl)") from exc
-        path = archive
-    else:
-        path = Path(data)
+    path = Path(data)
     if not path.exists():
         raise DataError(f"{path} does not exist")
+    return path
 
-    records: list[dict[str, Any]]
-    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        if path.is_dir():
-            root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
-            if not (root / "train" / "pos").is_dir():
-                raise DataError(f"{path}: expected the aclImdb layout train/{{pos,neg}}, test/{{pos,neg}}")
-            reviews = list(_iter_aclimdb_dir(root))
-            records = [{"path": str(root), "layout": "aclImdb folder"}]
-        else:
-            reviews = list(_iter_aclimdb_tar(path))
-            records = [file_record(path) | {"layout": "aclImdb archive"}]
-        train = [(t, y) for s, t, y in reviews if s == "train"]
-        test = [(t, y) for s, t, y in reviews if s == "test"]
-        if not train or not test:
-            raise DataError(f"{path}: found {len(train)} train and {len(test)} test reviews; need both")
-        result = TextData(
-            [t for t, _ in train], np.array([y for _, y in train], np.float32),
-            [t for t, _ in test], np.array([y for _, y in test], np.float32),
-        )  # fmt: skip
-        split_rule = "aclImdb train/test folders"
+
+def _aclimdb(path: Path) -> tuple[TextData, list[dict[str, Any]], str]:
+    """The aclImdb folder or archive, split by its own train/ and test/ folders."""
+    if path.is_dir():
+        root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+        if not (root / "train" / "pos").is_dir():
+            raise DataError(f"{path}: expected the aclImdb layout train/{{pos,neg}}, test/{{pos,neg}}")
+        reviews = list(_iter_aclimdb_dir(root))
+        records = [{"path": str(root), "layout": "aclImdb folder"}]
     else:
-        texts, labels, splits = _table_reviews(path)
-        records = [file_record(path)]
-        if test_data is not None:
-            test_texts, test_labels, _ = _table_reviews(Path(test_data))
-            records.append(file_record(Path(test_data)))
-            result = TextData(texts, labels, test_texts, test_labels)
-            split_rule = "separate --test-data file"
-        elif splits is not None:
-            train_idx = [i for i, s in enumerate(splits) if s == "train"]
-            test_idx = [i for i, s in enumerate(splits) if s == "test"]
-            result = TextData([texts[i] for i in train_idx], labels[train_idx], [texts[i] for i in test_idx], labels[test_idx])
-            split_rule = "the table's split column"
-        else:
-            train_idx, test_idx = _split_indices(len(texts), test_fraction, seed)
-            result = TextData([texts[i] for i in train_idx], labels[train_idx], [texts[i] for i in test_idx], labels[test_idx])
-            split_rule = f"seeded random split, test fraction {test_fraction}, seed {seed}"
+        reviews = list(_iter_aclimdb_tar(path))
+        records = [file_record(path) | {"layout": "aclImdb archive"}]
+    train = [(t, y) for s, t, y in reviews if s == "train"]
+    test = [(t, y) for s, t, y in reviews if s == "test"]
+    if not train or not test:
+        raise DataError(f"{path}: found {len(train)} train and {len(test)} test reviews; need both")
+    result = TextData(
+        [t for t, _ in train], np.array([y for _, y in train], np.float32),
+        [t for t, _ in test], np.array([y for _, y in test], np.float32),
+    )  # fmt: skip
+    return result, records, "aclImdb train/test folders"
+
+
+def _review_table(path: Path, test_data: str | None, test_fraction: float, seed: int) -> tuple[TextData, list[dict[str, Any]], str]:
+    """A CSV/JSONL/Parquet table, split by --test-data, its split column or a seeded random split."""
+    texts, labels, splits = _table_reviews(path)
+    records = [file_record(path)]
+    if test_data is not None:
+        test_texts, test_labels, _ = _table_reviews(Path(test_data))
+        records.append(file_record(Path(test_data)))
+        return TextData(texts, labels, test_texts, test_labels), records, "separate --test-data file"
+    if splits is not None:
+        train_idx = [i for i, s in enumerate(splits) if s == "train"]
+        test_idx = [i for i, s in enumerate(splits) if s == "test"]
+        rule = "the table's split column"
+    else:
+        train_idx, test_idx = _split_indices(len(texts), test_fraction, seed)
+        rule = f"seeded random split, test fraction {test_fraction}, seed {seed}"
+    return TextData([texts[i] for i in train_idx], labels[train_idx], [texts[i] for i in test_idx], labels[test_idx]), records, rule
+
+
+def load_reviews(data: str | None, test_data: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> TextData:
+    """IMDB reviews from aclImdb (folder or .tar.gz; downloaded when `data` is None) or a CSV/JSONL table."""
+    path = _reviews_path(data)
+    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        result, records, split_rule = _aclimdb(path)
+    else:
+        result, records, split_rule = _review_table(path, test_data, test_fraction, seed)
     digest = fingerprint(
         [(f"{split}/{i}", hashlib.sha256(f"{y}:{t}".encode()).hexdigest())
          for split, texts_, ys in (("train", result.train_texts, result.train_labels), ("test", result.test_texts, result.test_labels))
@@ -238,12 +246,14 @@ def load_housing(data: str | None) -> TabularData:
             import pandas as pd
 
             frame = pd.read_csv(path)
-            columns = {c.upper(): c for c in frame.columns}
-            missing = [f for f in (*BOSTON_FEATURES, "MEDV") if f not in columns]
+            columns, missing = match_names(frame.columns, (*BOSTON_FEATURES, "MEDV"))
             if missing:
                 raise DataError(f"{path}: missing columns {missing}")
-            x = frame[[columns[f] for f in BOSTON_FEATURES]].to_numpy(np.float64)
-            y = frame[columns["MEDV"]].to_numpy(np.float64)
+            try:
+                x = frame[[columns[f] for f in BOSTON_FEATURES]].to_numpy(np.float64)
+                y = frame[columns["MEDV"]].to_numpy(np.float64)
+            except ValueError as exc:  # a cell that is not a number
+                raise DataError(f"{path}: every feature and MEDV must be a number ({exc})") from None
         else:
             raise DataError(f"{path}: use a Keras-layout .npz (x, y) or a .csv with the 13 feature columns and MEDV")
         if x.ndim != 2 or x.shape[1] != len(BOSTON_FEATURES) or len(x) != len(y):
@@ -259,7 +269,9 @@ def load_housing(data: str | None) -> TabularData:
         ("y_test", hashlib.sha256(np.ascontiguousarray(y_test, np.float64).tobytes()).hexdigest()),
     ])  # fmt: skip
     source = {"files": records, "split": split_rule, "samples": {"train": len(x_train), "test": len(x_test)}, "fingerprint": digest}
-    return TabularData(x_train.astype(np.float64), y_train.astype(np.float64), x_test.astype(np.float64), y_test.astype(np.float64), source=source)
+    return TabularData(
+        x_train.astype(np.float64), y_train.astype(np.float64), x_test.astype(np.float64), y_test.astype(np.float64), source=source
+    )
 
 
 # ---------------------------------------------------------------- image folders
@@ -320,6 +332,57 @@ def _download_cats_dogs() -> Path:
     return candidates[0]
 
 
+Pair = tuple[list[str], list[int]]  # paths and their labels
+
+
+def _index_splits(root: Path) -> tuple[list[str], dict[str, Pair]]:
+    """Class names and (paths, labels) per split folder found (or "all" for a folder of class folders)."""
+    split_dirs = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
+    indexed = {s: _index_folder(d) for s, d in split_dirs.items()} or {"all": _index_folder(root)}
+    class_names = next(iter(indexed.values()))[0]
+    for split, (names, _, _) in indexed.items():
+        if names != class_names:
+            raise DataError(f"{root}/{split} has classes {names}, expected {class_names}")
+    if len(class_names) < 2:
+        raise DataError(f"{root}: need at least two class subfolders, found {class_names}")
+    return class_names, {name: (paths, labels) for name, (_, paths, labels) in indexed.items()}
+
+
+def _assign_splits(root: Path, found: dict[str, Pair], validation_fraction: float, seed: int) -> tuple[Pair, Pair, Pair, str]:
+    """(train, validation, test, rule): missing splits carved out of what exists with a seeded split."""
+
+    def carve(pair: Pair, fraction: float) -> tuple[Pair, Pair]:
+        paths, labels = pair
+        keep, held = _split_indices(len(paths), fraction, seed)
+        return ([paths[i] for i in sorted(keep)], [labels[i] for i in sorted(keep)]), (
+            [paths[i] for i in sorted(held)],
+            [labels[i] for i in sorted(held)],
+        )
+
+    if "all" in found:
+        rest, test = carve(found["all"], 0.15)
+        return (
+            *carve(rest, validation_fraction),
+            test,
+            f"one folder, seeded split (seed {seed}): 15% test, {validation_fraction:.0%} of the rest validation",
+        )
+    if "train" not in found:
+        raise DataError(f"{root}: has {sorted(found)} but no train/ folder")
+    if "test" in found and "validation" in found:
+        return found["train"], found["validation"], found["test"], "train/, validation/ and test/ folders"
+    if "test" in found:
+        return (
+            *carve(found["train"], validation_fraction),
+            found["test"],
+            f"train/ and test/ folders; validation is {validation_fraction:.0%} of train (seed {seed})",
+        )
+    if "validation" in found:
+        rule = f"train/ and validation/ folders; validation/ is the test set, validation is {validation_fraction:.0%} of train"
+        return *carve(found["train"], validation_fraction), found["validation"], rule
+    rest, test = carve(found["train"], 0.15)
+    return *carve(rest, validation_fraction), test, f"train/ folder only; seeded split (seed {seed})"
+
+
 def load_image_folders(data: str | None, spec: ImageSpec, validation_fraction: float = 0.2, seed: int = 0) -> ImageData:
     """Images from `root/{train,validation,test}/<class>/` or a single `root/<class>/` folder.
 
@@ -329,47 +392,8 @@ def load_image_folders(data: str | None, spec: ImageSpec, validation_fraction: f
     root = _download_cats_dogs() if data is None else Path(data)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    split_dirs = {s: root / s for s in ("train", "validation", "test") if (root / s).is_dir()}
-    indexed = {s: _index_folder(d) for s, d in split_dirs.items()}
-    if not indexed:
-        indexed = {"all": _index_folder(root)}
-    class_names = next(iter(indexed.values()))[0]
-    for split, (names, _, _) in indexed.items():
-        if names != class_names:
-            raise DataError(f"{root}/{split} has classes {names}, expected {class_names}")
-    if len(class_names) < 2:
-        raise DataError(f"{root}: need at least two class subfolders, found {class_names}")
-
-    def take(name: str) -> tuple[list[str], list[int]]:
-        return indexed[name][1], indexed[name][2]
-
-    def carve(paths: list[str], labels: list[int], fraction: float) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
-        keep, held = _split_indices(len(paths), fraction, seed)
-        return ([paths[i] for i in sorted(keep)], [labels[i] for i in sorted(keep)]), (
-            [paths[i] for i in sorted(held)], [labels[i] for i in sorted(held)])  # fmt: skip
-
-    if "all" in indexed:
-        rest, test = carve(*take("all"), 0.15)
-        train, validation = carve(*rest, validation_fraction)
-        rule = f"one folder, seeded split (seed {seed}): 15% test, {validation_fraction:.0%} of the rest validation"
-    elif "train" not in indexed:
-        raise DataError(f"{root}: has {sorted(indexed)} but no train/ folder")
-    elif "test" in indexed and "validation" in indexed:
-        train, validation, test = take("train"), take("validation"), take("test")
-        rule = "train/, validation/ and test/ folders"
-    elif "test" in indexed:
-        train, validation = carve(*take("train"), validation_fraction)
-        test = take("test")
-        rule = f"train/ and test/ folders; validation is {validation_fraction:.0%} of train (seed {seed})"
-    elif "validation" in indexed:
-        train, validation = carve(*take("train"), validation_fraction)
-        test = take("validation")
-        rule = f"train/ and validation/ folders; validation/ is the test set, validation is {validation_fraction:.0%} of train"
-    else:
-        rest, test = carve(*take("train"), 0.15)
-        train, validation = carve(*rest, validation_fraction)
-        rule = f"train/ folder only; seeded split (seed {seed})"
-
+    class_names, found = _index_splits(root)
+    train, validation, test, rule = _assign_splits(root, found, validation_fraction, seed)
     skipped: list[dict[str, str]] = []
     splits = {name: _decode_split(*pair, spec, skipped) for name, pair in (("train", train), ("validation", validation), ("test", test))}
     for name, split in splits.items():
@@ -380,7 +404,7 @@ def load_image_folders(data: str | None, spec: ImageSpec, validation_fraction: f
     source = {
         "files": [{"path": str(root), "layout": "class subfolders", "images": len(all_paths)}],
         "split": rule,
-        "samples": {name: int(len(split.labels)) for name, split in splits.items()},
+        "samples": {name: len(split.labels) for name, split in splits.items()},
         "class_counts": {name: {c: int((split.labels == i).sum()) for i, c in enumerate(class_names)} for name, split in splits.items()},
         "skipped_unreadable": len(skipped),
         "fingerprint": digest,

@@ -12,24 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-import keras
+from service.core.errors import ExportError
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_MIN_SAMPLES = 100
 
 
-class ExportError(RuntimeError):
-    """tf2onnx produced a graph that does not have the expected interface."""
-
-
-class ParityError(RuntimeError):
+class ParityError(ExportError):
     """ONNX and Keras disagree on the same inputs."""
 
 
@@ -68,6 +65,14 @@ def _spec_from_value_info(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, dtype, shape)
 
 
+def parity_inputs(test: np.ndarray, train: np.ndarray, most: int) -> np.ndarray:
+    """Up to `most` test inputs, topped up from training inputs so that parity sees at least PARITY_MIN_SAMPLES."""
+    chosen = test[:most]
+    if len(chosen) < PARITY_MIN_SAMPLES:
+        chosen = np.concatenate([chosen, train[: PARITY_MIN_SAMPLES - len(chosen)]])
+    return chosen
+
+
 def check_parity(
     model: keras.Model,
     onnx_path: Path,
@@ -81,11 +86,9 @@ def check_parity(
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     expected = model.predict(inputs, batch_size=batch_size, verbose=0)
-    actual = np.concatenate(
-        [session.run(None, {input_name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
-    )
+    actual = np.concatenate([session.run(None, {input_name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)])
     max_abs_diff = float(np.max(np.abs(expected.astype(np.float64) - actual.astype(np.float64))))
-    result = {"samples": int(len(inputs)), "max_abs_diff": max_abs_diff, "tolerance": tolerance, "runtime": "onnxruntime CPU"}
+    result = {"samples": len(inputs), "max_abs_diff": max_abs_diff, "tolerance": tolerance, "runtime": "onnxruntime CPU"}
     if not max_abs_diff <= tolerance:  # also catches NaN
         raise ParityError(f"ONNX and Keras differ by {max_abs_diff:.3g} (> {tolerance:g}) on {len(inputs)} inputs")
     return result

@@ -7,7 +7,7 @@ base and fine-tunes it at a low learning rate. Bases: MobileNetV2 (default),
 MobileNet v1 (the one whose ImageNet weights are available offline), VGG16 (the
 seed's) and EfficientNetB0.
 
-Images are decoded and resized by service/preprocessing.py, the code the service
+Images are decoded and resized by service/core/preprocessing.py, the code the service
 runs, rather than by TensorFlow's decoder: the two resize differently, and a model
 trained on one and served on the other loses accuracy for no reason. The exported
 model takes uint8 RGB pixels (NHWC) and does the base's own scaling in the graph,
@@ -21,14 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import classification_report, confusion_matrix
 
-import keras
-from service.preprocessing import ImageSpec
+from service.core.errors import DataError
+from service.core.preprocessing import ImageSpec
 from training.datasets import file_record, load_image_folders
-from training.export import TensorSpec
+from training.evaluate import classification_test
+from training.export import TensorSpec, parity_inputs
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
 
@@ -72,10 +73,16 @@ BASE_NAMES = ("mobilenet_v2", "mobilenet", "vgg16", "efficientnet_b0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="folder with train/[validation/][test/] of class subfolders, or class subfolders (default: download cats vs dogs)")
+    parser.add_argument(
+        "--data", help="folder with train/[validation/][test/] of class subfolders, or class subfolders (default: download cats vs dogs)"
+    )
     parser.add_argument("--base", choices=BASE_NAMES, default="mobilenet_v2")
     parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier for the MobileNet bases")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet' (download), 'none' (train from scratch) or a .weights.h5 file for the base without its top")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (download), 'none' (train from scratch) or a .weights.h5 file for the base without its top",
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=6, help="phase 1: new top only, base frozen")
     parser.add_argument("--fine-tune-epochs", type=int, default=4, help="phase 2: top of the base unfrozen (0 skips)")
@@ -88,7 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def augmentation(seed: int) -> keras.Sequential:
     return keras.Sequential(
-        [keras.layers.RandomFlip("horizontal", seed=seed), keras.layers.RandomRotation(0.1, seed=seed), keras.layers.RandomZoom(0.2, seed=seed)],
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, seed=seed),
+            keras.layers.RandomZoom(0.2, seed=seed),
+        ],
         name="augmentation",
     )
 
@@ -104,7 +115,7 @@ def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model,
         weights, pretrained = "imagenet", True
     else:
         if not Path(args.weights).is_file():
-            raise SystemExit(f"--weights {args.weights}: no such file")
+            raise DataError(f"--weights {args.weights}: no such file")
         weights, pretrained = str(args.weights), True
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": size}
     if args.base.startswith("mobilenet"):
@@ -160,6 +171,50 @@ def _unfreeze_top(base: keras.Model, n_layers: int) -> int:
     return unfrozen
 
 
+def fit_two_phases(
+    args: argparse.Namespace, training: keras.Model, base: keras.Model, pretrained: bool, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset
+) -> tuple[dict[str, list[float]], int]:
+    """Phase 1 trains the new head, base frozen; phase 2 fine-tunes the top of the base. Returns (history, layers fine-tuned)."""
+    base.trainable = not pretrained  # from scratch, nothing is pretrained, so everything trains
+    _compile(training, args.learning_rate)
+    log("phase 1", f"{'feature extraction, base frozen' if pretrained else 'training from scratch'}: {args.epochs} epochs")
+    history = training.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=fit_verbosity()).history
+    if not pretrained or args.fine_tune_epochs <= 0:
+        return history, 0
+    fine_tuned_layers = _unfreeze_top(base, args.fine_tune_layers)
+    _compile(training, args.fine_tune_learning_rate)
+    log(
+        "phase 2",
+        f"fine-tuning the top {args.fine_tune_layers} base layers ({fine_tuned_layers} with weights) "
+        f"at lr {args.fine_tune_learning_rate}: {args.fine_tune_epochs} epochs",
+    )
+    more = training.fit(train_ds, validation_data=val_ds, epochs=args.fine_tune_epochs, verbose=fit_verbosity()).history
+    return {key: history[key] + more[key] for key in history}, fine_tuned_layers
+
+
+def _training_record(args: argparse.Namespace, pretrained: bool, fine_tuned_layers: int) -> dict[str, Any]:
+    """The training block of metadata.json."""
+    return {
+        "phase1": {
+            "epochs": args.epochs,
+            "optimizer": "adam",
+            "learning_rate": args.learning_rate,
+            "base": "frozen" if pretrained else "trainable",
+        },
+        "phase2": {
+            "epochs": args.fine_tune_epochs if fine_tuned_layers else 0,
+            "optimizer": "adam",
+            "learning_rate": args.fine_tune_learning_rate,
+            "unfrozen_top_layers": args.fine_tune_layers,
+            "unfrozen_layers_with_weights": fine_tuned_layers,
+            "batchnorm": "frozen",
+        },
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "loss": "sparse_categorical_crossentropy",
+    }
+
+
 def train(args: argparse.Namespace) -> TrainingResult:
     keras.utils.set_random_seed(args.seed)
     spec = ImageSpec(args.image_size, args.image_size)
@@ -167,40 +222,20 @@ def train(args: argparse.Namespace) -> TrainingResult:
     data = load_image_folders(args.data, spec, seed=args.seed)
     for skipped in data.skipped:
         log("data", f"skipped {skipped['path']}: {skipped['reason']}")
-    log("data", f"classes {data.class_names}; train {len(data.train.labels)}, validation {len(data.validation.labels)}, test {len(data.test.labels)}")
+    log(
+        "data",
+        f"classes {data.class_names}; train {len(data.train.labels)}, validation {len(data.validation.labels)}, test {len(data.test.labels)}",
+    )
 
     inference, training, base, arch = build_models(args, len(data.class_names))
     train_ds = _dataset(data.train.images, data.train.labels, args.batch_size, True, args.seed)
     val_ds = _dataset(data.validation.images, data.validation.labels, args.batch_size, False, args.seed)
 
-    # Phase 1: the base is frozen (from scratch, nothing is pretrained, so everything trains).
-    base.trainable = not arch["pretrained"]
-    _compile(training, args.learning_rate)
-    log("phase 1", f"{'feature extraction, base frozen' if arch['pretrained'] else 'training from scratch'}: {args.epochs} epochs")
-    history = training.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=fit_verbosity()).history
-    boundaries = [len(history["loss"])]
-
-    fine_tuned_layers = 0
-    if arch["pretrained"] and args.fine_tune_epochs > 0:
-        fine_tuned_layers = _unfreeze_top(base, args.fine_tune_layers)
-        _compile(training, args.fine_tune_learning_rate)
-        log("phase 2", f"fine-tuning the top {args.fine_tune_layers} base layers ({fine_tuned_layers} with weights) at lr {args.fine_tune_learning_rate}: {args.fine_tune_epochs} epochs")
-        more = training.fit(train_ds, validation_data=val_ds, epochs=args.fine_tune_epochs, verbose=fit_verbosity()).history
-        for key, values in more.items():
-            history[key] = history[key] + values
-
+    history, fine_tuned_layers = fit_two_phases(args, training, base, arch["pretrained"], train_ds, val_ds)
     probabilities = inference.predict(data.test.images, batch_size=args.batch_size, verbose=0)
-    predicted = probabilities.argmax(axis=1)
     truth = data.test.labels
-    label_ids = list(range(len(data.class_names)))
-    report = classification_report(truth, predicted, labels=label_ids, target_names=data.class_names, output_dict=True, zero_division=0)
-    print(classification_report(truth, predicted, labels=label_ids, target_names=data.class_names, digits=4, zero_division=0))
-    accuracy = float((predicted == truth).mean())
+    test_metrics, matrix = classification_test(truth, probabilities.argmax(axis=1), data.class_names)
 
-    parity_n = min(len(truth), 128)
-    parity_inputs = data.test.images[:parity_n]
-    if parity_n < 100:  # tiny test sets: top up from train so parity still sees >= 100 real images
-        parity_inputs = np.concatenate([parity_inputs, data.train.images[: 100 - parity_n]])
     return TrainingResult(
         name=NAME,
         task="multiclass_classification" if len(data.class_names) > 2 else "binary_classification",
@@ -210,19 +245,15 @@ def train(args: argparse.Namespace) -> TrainingResult:
         labels=list(data.class_names),
         preprocessing=spec.to_json(),
         assets={},
-        metrics={"test": {"accuracy": accuracy, "samples": int(len(truth)), "classification_report": report},
-                 "final_validation": {k: float(v[-1]) for k, v in history.items() if k.startswith("val_")}},
+        metrics={"test": test_metrics, "final_validation": {k: float(v[-1]) for k, v in history.items() if k.startswith("val_")}},
         history={k: [float(x) for x in v] for k, v in history.items()},
         history_metric="accuracy",
-        parity_inputs=parity_inputs,
+        parity_inputs=parity_inputs(data.test.images, data.train.images, most=128),
         data={"dataset": "image folders", **data.source, "skipped_files": data.skipped[:100], "synthetic": False},
         architecture=arch,
-        training={"phase1": {"epochs": args.epochs, "optimizer": "adam", "learning_rate": args.learning_rate, "base": "frozen" if arch["pretrained"] else "trainable"},
-                  "phase2": {"epochs": args.fine_tune_epochs if fine_tuned_layers else 0, "optimizer": "adam", "learning_rate": args.fine_tune_learning_rate,
-                             "unfrozen_top_layers": args.fine_tune_layers, "unfrozen_layers_with_weights": fine_tuned_layers, "batchnorm": "frozen"},
-                  "batch_size": args.batch_size, "seed": args.seed, "loss": "sparse_categorical_crossentropy"},
+        training=_training_record(args, arch["pretrained"], fine_tuned_layers),
         test_items=list(data.test.images),
         test_targets=[data.class_names[int(y)] for y in truth],
-        confusion_matrix=confusion_matrix(truth, predicted, labels=label_ids),
-        phase_boundaries=boundaries if fine_tuned_layers else [],
+        confusion_matrix=matrix,
+        phase_boundaries=[args.epochs] if fine_tuned_layers else [],
     )

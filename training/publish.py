@@ -7,6 +7,7 @@ touches CURRENT; promotion is a separate command.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import platform
@@ -16,15 +17,26 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
-import keras
-from service.registry import METADATA_FILE, METADATA_SCHEMA_VERSION, MODEL_FILE, ModelVersion, Registry, sha256_file
+from service.core.registry import METADATA_FILE, METADATA_SCHEMA_VERSION, MODEL_FILE, ModelVersion, Registry, sha256_file
 from training.export import OPSET, TensorSpec, check_parity, export_onnx
 from training.plots import plot_confusion_matrix, plot_history
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
-LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "pillow", "scikit-learn")
+LIBRARIES = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "pillow",
+    "scikit-learn",
+)
 
 
 @dataclass
@@ -58,11 +70,29 @@ class TrainingResult:
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
     return versions
+
+
+def write_assets(result: TrainingResult, staging: Path) -> dict[str, str]:
+    """The preprocessing assets (vocab.json, scaler.json); returns file name -> sha256."""
+    assets = {}
+    for file_name, document in result.assets.items():
+        (staging / file_name).write_text(json.dumps(document) + "\n")
+        assets[file_name] = sha256_file(staging / file_name)
+    return assets
+
+
+def write_plots(result: TrainingResult, staging: Path) -> list[str]:
+    """Training curves, the confusion matrix and the trainer's own plots, as PNG files; returns their names."""
+    title = f"{result.name}: training curves"
+    plots = [plot_history(result.history, result.history_metric, staging / "history.png", title, result.phase_boundaries).name]
+    if result.confusion_matrix is not None:
+        matrix = plot_confusion_matrix(result.confusion_matrix, result.labels, staging / "confusion_matrix.png", f"{result.name}: test set")
+        plots.append(matrix.name)
+    plots += [writer(staging / file_name).name for file_name, writer in result.extra_plots.items()]
+    return plots
 
 
 def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
@@ -76,18 +106,12 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
         if size > MAX_MODEL_BYTES:
             print(f"[export] warning: model.onnx is {size / 1e6:.1f} MB, over the {MAX_MODEL_BYTES / 1e6:.0f} MB budget", flush=True)
         parity = check_parity(result.model, model_path, result.parity_inputs)
-        print(f"[parity] max |keras - onnx| = {parity['max_abs_diff']:.2e} on {parity['samples']} test inputs (<= {parity['tolerance']:g})", flush=True)
+        print(
+            f"[parity] max |keras - onnx| = {parity['max_abs_diff']:.2e} on {parity['samples']} test inputs (<= {parity['tolerance']:g})",
+            flush=True,
+        )
 
-        assets = {}
-        for file_name, document in result.assets.items():
-            (staging / file_name).write_text(json.dumps(document) + "\n")
-            assets[file_name] = sha256_file(staging / file_name)
-        plots = [plot_history(result.history, result.history_metric, staging / "history.png", f"{result.name}: training curves", result.phase_boundaries).name]
-        if result.confusion_matrix is not None:
-            plots.append(plot_confusion_matrix(result.confusion_matrix, result.labels, staging / "confusion_matrix.png", f"{result.name}: test set").name)
-        for file_name, writer in result.extra_plots.items():
-            plots.append(writer(staging / file_name).name)
-
+        assets, plots = write_assets(result, staging), write_plots(result, staging)
         metadata = {
             "schema_version": METADATA_SCHEMA_VERSION,
             "name": result.name,

@@ -1,8 +1,8 @@
 """Retrain and redeploy in one command: train, export, gate, promote, reload, smoke-test.
 
-    python -m training.redeploy imdb_sentiment --data new_reviews.csv [trainer options]
-    python -m training.redeploy imdb_sentiment --data new_reviews.csv --force     # skip the gate, say so
-    python -m training.redeploy rollback imdb_sentiment
+    python -m training.redeploy MODEL --data new_data.csv [trainer options]
+    python -m training.redeploy MODEL --data new_data.csv --force     # skip the gate, say so
+    python -m training.redeploy rollback MODEL
 
 Every step is printed. Production is what CURRENT points at and what the service
 serves; a failure at any step leaves both as they were:
@@ -25,9 +25,8 @@ the explicit reload makes the result (or the reason for a refusal) visible here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import io
-import os
 import subprocess
 import sys
 import time
@@ -35,23 +34,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import numpy as np
 
-from service.registry import Registry, RegistryError
-from service.runtime import LoadedModel, load_model
-from training.__main__ import DEFAULT_REGISTRY, MODELS
-from training.datasets import DataError
+from service.core.catalog import CATALOG, entry
+from service.core.config import ClientSettings, Settings
+from service.core.errors import DeployError, UsageError, run_cli
+from service.core.registry import Registry
+from service.core.runtime import LoadedModel, load_model
+from training.__main__ import add_trainer_commands
 
-DEFAULT_URL = os.environ.get("MODELSERVE_URL", "http://127.0.0.1:3000")
-DEFAULT_TOLERANCE = {"accuracy": 0.01, "mae": 0.1}
 RELOAD_WAIT_S = 120
 SMOKE_ITEMS = 4
 EVAL_CHUNK = 256
-ENDPOINTS = {"imdb_sentiment": ("sentiment", "texts"), "image_classifier": ("classify_image", "images"), "boston_housing": ("predict_price", "rows")}
-
-
-class DeployError(RuntimeError):
-    """A step failed; the message says which and why."""
 
 
 def step(number: int | str, message: str) -> None:
@@ -61,43 +54,28 @@ def step(number: int | str, message: str) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _conform(model: LoadedModel, items: Sequence[Any]) -> list[Any]:
-    """Images decoded at one version's size, resized for another version's input if they differ."""
-    spec = getattr(model.preprocessor, "spec", None)
-    if spec is None:
-        return list(items)
-    from PIL import Image
-
-    size = (spec.width, spec.height)
-    return [x if x.shape[1::-1] == size else np.asarray(Image.fromarray(x).resize(size)) for x in items]
-
-
-def evaluate(model: LoadedModel, items: Sequence[Any], targets: Sequence[Any]) -> tuple[str, float]:
-    """('accuracy', value) for classifiers, ('mae', value) for regression, on the serving path."""
-    items = _conform(model, items)
+def evaluate(model: LoadedModel, items: Sequence[Any], targets: Sequence[Any]) -> float:
+    """The task's gate metric (accuracy, MAE, ...) on the serving path."""
+    items = model.task.conform(items, model.assets)
     answers = [a for i in range(0, len(items), EVAL_CHUNK) for a in model.predict(items[i : i + EVAL_CHUNK])]
-    if model.metadata["task"] == "regression":
-        return "mae", float(np.mean([abs(a["price"] - t) for a, t in zip(answers, targets)]))
-    return "accuracy", float(np.mean([a["label"] == t for a, t in zip(answers, targets)]))
+    return model.task.score(answers, targets)
 
 
-def gate(new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None) -> tuple[bool, str]:
+def gate(
+    new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None
+) -> tuple[bool, str]:
     """(promote?, explanation) comparing new and current on the same test set."""
-    metric, new_score = evaluate(new, items, targets)
+    rule = new.task.gate
+    new_score = evaluate(new, items, targets)
     if current is None:
-        return True, f"nothing served yet; new v{new.version} {metric} = {new_score:.4f}"
+        return True, f"nothing served yet; new v{new.version} {rule.metric} = {new_score:.4f}"
     if current.labels != new.labels:
         return False, f"labels changed ({current.labels} -> {new.labels}); the versions cannot be compared on one test set"
-    _, current_score = evaluate(current, items, targets)
-    allowed = DEFAULT_TOLERANCE[metric] if tolerance is None else tolerance
-    if metric == "accuracy":
-        ok = new_score >= current_score - allowed
-        relation = f"{new_score:.4f} vs {current_score:.4f} (may be at most {allowed} lower)"
-    else:
-        ok = new_score <= current_score + allowed
-        relation = f"{new_score:.4f} vs {current_score:.4f} (may be at most {allowed} higher)"
-    verdict = "not worse" if ok else "worse"
-    return ok, f"{metric} on {len(targets):,} held-out test items: new v{new.version} {relation}: {verdict}"
+    current_score = evaluate(current, items, targets)
+    allowed = rule.default_tolerance if tolerance is None else tolerance
+    ok = rule.passes(new_score, current_score, allowed)
+    relation = f"{new_score:.4f} vs {current_score:.4f} ({rule.relation(allowed)})"
+    return ok, f"{rule.metric} on {len(targets):,} held-out test items: new v{new.version} {relation}: {'not worse' if ok else 'worse'}"
 
 
 # ---------------------------------------------------------------- talking to the service
@@ -131,26 +109,13 @@ class ServiceClient:
         raise DeployError(f"{name} v{version} did not appear on {self.url}/models within {RELOAD_WAIT_S}s")
 
     def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
-        endpoint, field = ENDPOINTS[name]
-        if name == "image_classifier":
-            files = [("images", (f"smoke{i}.png", _png(x), "image/png")) for i, x in enumerate(items)]
-            response = self.http.post(f"/{endpoint}", files=files)
-        else:
-            payload = [x if isinstance(x, str) else [float(v) for v in x] for x in items]
-            response = self.http.post(f"/{endpoint}", json={field: payload})
+        endpoint = entry(name).endpoint
+        response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
         if response.status_code != 200:
             raise DeployError(f"smoke test: /{endpoint} answered {response.status_code}: {response.text[:300]}")
         versions = {a["version"] for a in response.json()}
         if versions != {version}:
             raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any]) -> None:
@@ -174,7 +139,7 @@ def redeploy(args: argparse.Namespace) -> int:
     registry = Registry(args.registry)
     name = args.model
     step(1, f"training {name} on {args.data}")
-    trainer = importlib.import_module(MODELS[name])
+    trainer = importlib.import_module(entry(name).trainer)
     result = trainer.train(args)
     step(2, "exporting to ONNX with the parity check")
     new_ref = publish(result, registry)
@@ -186,7 +151,9 @@ def redeploy(args: argparse.Namespace) -> int:
     ok, explanation = gate(new, current, result.test_items, result.test_targets, args.tolerance)
     step(3, f"gate: {explanation}")
     if not ok and not args.force:
-        raise DeployError(f"v{new_ref.version} is kept in the registry but not promoted; v{previous} stays in production (use --force to override)")
+        raise DeployError(
+            f"v{new_ref.version} is kept in the registry but not promoted; v{previous} stays in production (use --force to override)"
+        )
     if not ok:
         step(3, "--force given: promoting although the gate said no")
 
@@ -213,10 +180,8 @@ def _restore(registry: Registry, client: ServiceClient, name: str, previous: int
     if previous is None:
         return
     registry.promote(name, previous, rollback=True)
-    try:
+    with contextlib.suppress(DeployError):  # the service never left the old version, or is unreachable
         client.reload(name)
-    except DeployError:
-        pass  # the service never left the old version, or is unreachable
 
 
 def rollback(args: argparse.Namespace) -> int:
@@ -232,44 +197,45 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=DEFAULT_REGISTRY)
-    parser.add_argument("--url", default=DEFAULT_URL, help="the running service (default: $MODELSERVE_URL or %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("MODELSERVE_ADMIN_TOKEN", ""), help="admin token (default: $MODELSERVE_ADMIN_TOKEN)")
+def _common(parser: argparse.ArgumentParser, client: ClientSettings) -> None:
+    parser.add_argument("--url", default=client.url, help="the running service (default: MODELSERVE_URL, else %(default)s)")
+    parser.add_argument("--token", default=client.admin_token, help="admin token (default: MODELSERVE_ADMIN_TOKEN)")
     parser.add_argument("--no-reload", action="store_true", help="only change the registry; do not contact a service")
 
 
-def _parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.redeploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(argv: list[str], settings: Settings, client: ClientSettings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.redeploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, module_name in MODELS.items():
-        sub = commands.add_parser(name, help=f"retrain and redeploy {name}")
-        _common(sub)
-        sub.add_argument("--tolerance", type=float, help="how much worse the new version may be (default: 0.01 accuracy, 0.1 MAE)")
+    for sub in add_trainer_commands(commands, argv, "retrain and redeploy", str(settings.model_root)).values():
+        _common(sub, client)
+        sub.add_argument(
+            "--tolerance", type=float, help="how much worse the new version may be (default: the task's, 0.01 accuracy or 0.1 MAE)"
+        )
         sub.add_argument("--force", action="store_true", help="promote even if the gate says the new version is worse")
         sub.add_argument("--build", action="store_true", help="also run `bentoml build` for a container deployment")
-        sub.add_argument("--seed", type=int, default=0)
-        sub.set_defaults(model=name, handler=redeploy)
-        if argv and argv[0] == name:
-            importlib.import_module(module_name).add_arguments(sub)
+        sub.set_defaults(handler=redeploy)
     back = commands.add_parser("rollback", help="point CURRENT back at the previously served version and reload")
-    back.add_argument("model", choices=sorted(MODELS))
-    _common(back)
+    back.add_argument("model", choices=sorted(CATALOG))
+    back.add_argument("--registry", default=str(settings.model_root))
+    _common(back, client)
     back.set_defaults(handler=rollback)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser(argv).parse_args(argv)
-    if not args.no_reload and not args.token:
-        print("error: the service's admin token is needed to reload it: set MODELSERVE_ADMIN_TOKEN or pass --token (or --no-reload)", file=sys.stderr)
-        return 2
-    try:
+
+    def body() -> int:
+        args = _parser(argv, Settings.from_env(), ClientSettings.from_env()).parse_args(argv)
+        if not args.no_reload and not args.token:
+            raise UsageError(
+                "the service's admin token is needed to reload it: set MODELSERVE_ADMIN_TOKEN or pass --token (or --no-reload)"
+            )
         return args.handler(args)
-    except (DeployError, RegistryError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

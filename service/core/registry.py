@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.core.errors import RegistryError
+from service.core.files import atomic_write_text
+
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
@@ -52,10 +55,6 @@ REQUIRED_METADATA_KEYS: dict[str, type] = {
     "assets": dict,
 }
 TASKS = ("binary_classification", "multiclass_classification", "regression")
-
-
-class RegistryError(Exception):
-    """The registry is missing something or a version is not usable."""
 
 
 @dataclass(frozen=True)
@@ -128,21 +127,6 @@ def validate_metadata(metadata: dict[str, Any]) -> list[str]:
             if not {"name", "dtype", "shape"} <= set(spec):
                 problems.append(f"each of {io_key!r} needs name, dtype and shape")
     return problems
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a service running as another user must read it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class Registry:
@@ -230,7 +214,7 @@ class Registry:
         """Point CURRENT at `version` after verifying it; return the previous version."""
         self.get(name, version).verify()
         previous = self.current_version(name)
-        _atomic_write_text(self.root / name / CURRENT_FILE, f"{version}\n")
+        atomic_write_text(self.root / name / CURRENT_FILE, f"{version}\n")
         with open(self.root / name / HISTORY_FILE, "a") as handle:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             kind = "rollback" if rollback else "promote"

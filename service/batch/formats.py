@@ -1,7 +1,7 @@
 """Files in and out of a batch job: streaming readers of inputs, durable part files, final assembly.
 
-Why a module of its own: the scorer (service/batch.py) decides *what* is scored and
-*when* work is committed; this module only knows formats. Every reader yields one
+Why a module of its own: the job (job.py, run.py) decides *what* is scored and *when*
+work is committed; this module only knows formats. Every reader yields one
 record at a time from a given position, so memory stays flat whatever the input
 size and a resumed job can start where the last one stopped. Results are written as
 small Parquet part files, each made durable (fsync) and renamed into place, and only
@@ -25,18 +25,15 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from service.core.errors import UsageError
+from service.core.files import replace_with
+
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-TEXT_COLUMNS = ("text", "review", "content", "body", "comment", "sentence")  # tried in order, case-insensitive
 KEPT_PREFIX = "input_"  # --keep-columns: input column `id` becomes `input_id`, never clashing with `label` or `row`
 PARQUET_READ_ROWS = 4096  # rows per record batch read from a Parquet input
 PARQUET_ROW_GROUP_ROWS = 65_536  # the assembled Parquet output's row groups
 CSV_FIELD_LIMIT = 2**31 - 1  # the csv module refuses fields over 128 KiB by default; check_text applies the real limit
-
-
-class BatchInputError(ValueError):
-    """The input as a whole cannot be read as asked (missing file, unknown column): a usage error."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ def _format_of(path: Path, explicit: str | None, what: str, hint: str) -> str:
         return explicit
     fmt = TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise BatchInputError(f"{path}: cannot tell the {what} from the suffix {path.suffix!r}; {hint}")
+        raise UsageError(f"{path}: cannot tell the {what} from the suffix {path.suffix!r}; {hint}")
     return fmt
 
 
@@ -77,14 +74,14 @@ class TableInput:
 
     def __init__(self, path: Path, fmt: str) -> None:
         if not path.is_file():
-            raise BatchInputError(f"{path}: no such file")
+            raise UsageError(f"{path}: no such file")
         self.path = path
         self.format = fmt
         if fmt == "parquet":
             try:
                 self._parquet = pq.ParquetFile(path)
             except (pa.ArrowException, OSError) as exc:
-                raise BatchInputError(f"{path}: not readable as Parquet ({exc})") from None
+                raise UsageError(f"{path}: not readable as Parquet ({exc})") from None
             self.arrow_schema: pa.Schema | None = self._parquet.schema_arrow
             self.columns = list(self.arrow_schema.names)
             self.total = self._parquet.metadata.num_rows
@@ -95,12 +92,18 @@ class TableInput:
             self.arrow_schema = None
             self.columns, self.total = self._scan_jsonl()
         else:
-            raise BatchInputError(f"unknown input format {fmt!r}")
+            raise UsageError(f"unknown input format {fmt!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this input for a resume: path, size, modification time, rows."""
         stat = self.path.stat()
-        return {"path": str(self.path.resolve()), "format": self.format, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "rows": self.total}
+        return {
+            "path": str(self.path.resolve()),
+            "format": self.format,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "rows": self.total,
+        }
 
     def kept_fields(self) -> list[pa.Field]:
         """Output fields for --keep-columns: Parquet keeps its types, CSV and JSONL values are text."""
@@ -137,14 +140,14 @@ class TableInput:
                 reader = csv.reader(handle)
                 header = next(reader, None)
                 if not header:
-                    raise BatchInputError(f"{self.path}: empty CSV, no header row")
+                    raise UsageError(f"{self.path}: empty CSV, no header row")
                 if len(set(header)) != len(header):
-                    raise BatchInputError(f"{self.path}: the header repeats column names: {header}")
+                    raise UsageError(f"{self.path}: the header repeats column names: {header}")
                 return header, sum(1 for fields in reader if fields)
         except UnicodeDecodeError as exc:
-            raise BatchInputError(f"{self.path}: not UTF-8 text ({exc})") from None
+            raise UsageError(f"{self.path}: not UTF-8 text ({exc})") from None
         except csv.Error as exc:
-            raise BatchInputError(f"{self.path}: not readable as CSV ({exc})") from None
+            raise UsageError(f"{self.path}: not readable as CSV ({exc})") from None
 
     def _csv_rows(self) -> Iterator[Row]:
         csv.field_size_limit(CSV_FIELD_LIMIT)
@@ -176,9 +179,9 @@ class TableInput:
                             if isinstance(first, dict):
                                 columns = [str(k) for k in first]
         except UnicodeDecodeError as exc:
-            raise BatchInputError(f"{self.path}: not UTF-8 text ({exc})") from None
+            raise UsageError(f"{self.path}: not UTF-8 text ({exc})") from None
         if total and columns is None:
-            raise BatchInputError(f"{self.path}: no line is a JSON object")
+            raise UsageError(f"{self.path}: no line is a JSON object")
         return columns or [], total
 
     def _jsonl_rows(self) -> Iterator[Row]:
@@ -205,7 +208,9 @@ class TableInput:
         groups = list(range(first_group, metadata.num_row_groups))
         if not groups:
             return
-        for batch in self._parquet.iter_batches(batch_size=PARQUET_READ_ROWS, row_groups=groups, columns=None if columns is None else list(columns)):
+        for batch in self._parquet.iter_batches(
+            batch_size=PARQUET_READ_ROWS, row_groups=groups, columns=None if columns is None else list(columns)
+        ):
             for row in batch.to_pylist():
                 if number >= start:
                     yield number, row
@@ -219,52 +224,27 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False)
 
 
-def find_column(columns: Sequence[str], requested: str | None, candidates: Sequence[str]) -> str:
-    """The column to score: `requested`, else the first candidate present, else the only column."""
-    by_lower = {c.lower(): c for c in columns}
-    if requested is not None:
-        if requested in columns:
-            return requested
-        if requested.lower() in by_lower:
-            return by_lower[requested.lower()]
-        raise BatchInputError(f"no column {requested!r}; columns are {list(columns)}")
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
-    if len(columns) == 1:
-        return columns[0]
-    raise BatchInputError(f"cannot tell which column holds the text (looked for {list(candidates)}); columns are {list(columns)}; name it with --text-column")
-
-
-def feature_columns(columns: Sequence[str], feature_names: Sequence[str]) -> dict[str, str]:
-    """Input column for each feature, matched case-insensitively; all must be there."""
-    by_upper = {c.upper(): c for c in columns}
-    missing = [f for f in feature_names if f.upper() not in by_upper]
-    if missing:
-        raise BatchInputError(f"no column for features {missing}; columns are {list(columns)} (names are case-insensitive)")
-    return {f: by_upper[f.upper()] for f in feature_names}
-
-
 # ---------------------------------------------------------------- image folders
 
 
-class ImageFolder:
-    """Image files under a folder, walked recursively in sorted order (by path components).
+class FileFolder:
+    """Input files under a folder, walked recursively in sorted order (by path components).
 
     Names starting with "." are ignored (hidden files, a job's work folder). Files
-    without an image suffix are not inputs; they are counted in `skipped` so the
-    job can say so. A corrupt file *with* an image suffix is an input that fails.
+    without one of `suffixes` are not inputs; they are counted in `skipped` so the
+    job can say so. A corrupt file *with* such a suffix is an input that fails.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, suffixes: tuple[str, ...]) -> None:
         if not root.is_dir():
-            raise BatchInputError(f"{root}: no such folder (image models read a folder tree of images)")
+            raise UsageError(f"{root}: no such folder (this model reads a folder tree of {', '.join(suffixes)} files)")
         self.root = root
+        self.suffixes = suffixes
         digest = hashlib.sha256()
         self.total = 0
         self.skipped: list[str] = []
         for relative, path in self._walk(root, ""):
-            if not relative.lower().endswith(IMAGE_SUFFIXES):
+            if not relative.lower().endswith(self.suffixes):
                 self.skipped.append(relative)
                 continue
             stat = path.stat()
@@ -273,14 +253,14 @@ class ImageFolder:
         self._digest = digest.hexdigest()
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every image's relative path, size and modification time, hashed."""
-        return {"path": str(self.root.resolve()), "format": "folder", "images": self.total, "listing_sha256": self._digest}
+        """Every input file's relative path, size and modification time, hashed."""
+        return {"path": str(self.root.resolve()), "format": "folder", "files": self.total, "listing_sha256": self._digest}
 
     def files(self, start: int = 0) -> Iterator[tuple[int, str]]:
         """(position, path relative to the root, with "/") from position `start` on."""
         number = 0
         for relative, _ in self._walk(self.root, ""):
-            if not relative.lower().endswith(IMAGE_SUFFIXES):
+            if not relative.lower().endswith(self.suffixes):
                 continue
             if number >= start:
                 yield number, relative
@@ -302,21 +282,9 @@ class ImageFolder:
 # ---------------------------------------------------------------- part files and the final output
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_part(table: pa.Table, path: Path) -> None:
     """Write a Parquet part durably: a temporary file, fsync, then rename into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replace_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def output_format(path: Path, explicit: str | None = None) -> str:
@@ -329,32 +297,36 @@ def assemble(parts: Sequence[Path], schema: pa.Schema, fmt: str, destination: Pa
     Reads one part at a time. CSV has nested fields flattened (`probabilities.cats`);
     JSONL and Parquet keep them nested, as the HTTP answer has them.
     """
-    tmp = destination.with_name(f".{destination.name}.tmp")
+    writers = {"parquet": _assemble_parquet, "csv": _assemble_csv, "jsonl": _assemble_jsonl}
+    if fmt not in writers:
+        raise ValueError(f"unknown output format {fmt!r}")
     rows = 0
-    try:
-        if fmt == "parquet":
-            rows = _assemble_parquet(parts, schema, tmp)
-        elif fmt == "csv":
-            with pa_csv.CSVWriter(str(tmp), schema.empty_table().flatten().schema) as writer:
-                for part in parts:
-                    table = pq.read_table(part, schema=schema)
-                    writer.write_table(table.flatten())
-                    rows += table.num_rows
-        elif fmt == "jsonl":
-            with open(tmp, "w", encoding="utf-8") as handle:
-                for part in parts:
-                    table = pq.read_table(part, schema=schema)
-                    handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
-                    rows += table.num_rows
-        else:
-            raise ValueError(f"unknown output format {fmt!r}")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        rows = writers[fmt](parts, schema, tmp)
+
+    replace_with(destination, write)
+    return rows
+
+
+def _assemble_csv(parts: Sequence[Path], schema: pa.Schema, tmp: Path) -> int:
+    rows = 0
+    with pa_csv.CSVWriter(str(tmp), schema.empty_table().flatten().schema) as writer:
+        for part in parts:
+            table = pq.read_table(part, schema=schema)
+            writer.write_table(table.flatten())
+            rows += table.num_rows
+    return rows
+
+
+def _assemble_jsonl(parts: Sequence[Path], schema: pa.Schema, tmp: Path) -> int:
+    rows = 0
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for part in parts:
+            table = pq.read_table(part, schema=schema)
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
+            rows += table.num_rows
     return rows
 
 

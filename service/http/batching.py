@@ -3,7 +3,7 @@
 BentoML 1.4's CorkDispatcher holds a lone request until it has waited about as long
 as the average wait it has observed, and then records that hold as an observed wait.
 After one burst of load the average stays high for good: measured here, a one-item
-/sentiment request took 5.6 ms on a fresh server and 40 ms after a 10 s burst of 32
+request to the text endpoint took 5.6 ms on a fresh server and 40 ms after a 10 s burst of 32
 clients, still 40 ms minutes later. Triton's dynamic batcher has an explicit
 max_queue_delay; this gives BentoML's batcher one by clamping its learned wait.
 Batches still form under load: only one batch per endpoint runs at a time, and the

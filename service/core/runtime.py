@@ -24,24 +24,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.config import PROVIDER_ALIASES, Settings
-from service.preprocessing import (
-    ImagePreprocessor,
-    Preprocessor,
-    TabularPreprocessor,
-    TextPreprocessor,
-    load_preprocessor,
-)
-from service.registry import ModelVersion, Registry, RegistryError
+from service.core.catalog import CATALOG, entry
+from service.core.config import PROVIDER_ALIASES, Settings
+from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
+from service.core.registry import ModelVersion, Registry
+from service.core.tasks import Task
 
 log = logging.getLogger("modelserve.runtime")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TENSORRT_LIBRARY = "libnvinfer.so.10"  # TensorRT 10, what onnxruntime-gpu 1.31's provider links
-SMOKE_TEXTS = ("An absolutely wonderful film, I loved every minute of it.", "A dull, boring and terrible waste of time.")
-
-
-class ModelLoadError(RuntimeError):
-    """A model version could not be loaded or failed its smoke prediction."""
 
 
 def cuda_device_count() -> int:
@@ -93,12 +84,13 @@ def resolve_providers(preference: Sequence[str]) -> list[str]:
 
 @dataclass
 class LoadedModel:
-    """One model version with its session and preprocessing, ready to predict."""
+    """One model version with its session, task and assets, ready to predict."""
 
     version_ref: ModelVersion
     metadata: dict[str, Any]
     session: ort.InferenceSession
-    preprocessor: Preprocessor
+    task: Task
+    assets: Any  # the task's assets for this version (vectoriser, image spec, scaler)
     requested_providers: list[str]
     loaded_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
@@ -123,46 +115,16 @@ class LoadedModel:
         return self.session.run(None, {inputs: batch})[0]
 
     def predict(self, items: Sequence[Any]) -> list[dict[str, Any]]:
-        """Validated items (texts, decoded images, feature rows) -> one answer each."""
+        """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version."""
         if not items:
             return []
-        outputs = self.infer(self.preprocessor.transform(items))
-        return self.postprocess(outputs)
-
-    def postprocess(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        outputs = self.infer(self.task.to_tensor(items, self.assets))
         stamp = {"model": self.name, "version": self.version}
-        if isinstance(self.preprocessor, TextPreprocessor):
-            negative, positive = self.labels
-            threshold = float(self.metadata["preprocessing"].get("threshold", 0.5))
-            return [
-                {"label": positive if p >= threshold else negative, "probability_positive": float(p), **stamp}
-                for p in outputs.reshape(-1)
-            ]
-        if isinstance(self.preprocessor, ImagePreprocessor):
-            labels = self.labels
-            return [
-                {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row))), **stamp}
-                for row in outputs
-            ]
-        unit = self.metadata["preprocessing"].get("unit", "")
-        return [{"price": float(v), "unit": unit, **stamp} for v in outputs.reshape(-1)]
-
-    def smoke_inputs(self) -> list[Any]:
-        """A few inputs of the right kind, to prove the model answers before it is served."""
-        pre = self.preprocessor
-        if isinstance(pre, TextPreprocessor):
-            return list(SMOKE_TEXTS)
-        if isinstance(pre, ImagePreprocessor):
-            rng = np.random.default_rng(0)
-            shape = (pre.spec.height, pre.spec.width, 3)
-            return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
-        assert isinstance(pre, TabularPreprocessor)
-        typical = pre.scaler.inverse_example()
-        return [typical, typical * 1.1]
+        return [answer | stamp for answer in self.task.answers(outputs, self.assets, self.metadata)]
 
     def smoke_check(self) -> None:
-        """Predict on smoke inputs (also warming the session); refuse nonsense."""
-        items = self.smoke_inputs()
+        """Predict on the task's smoke items (also warming the session); refuse nonsense."""
+        items = self.task.smoke_items(self.assets)
         try:
             single = self.predict(items[:1])
             batch = self.predict(items)
@@ -171,14 +133,9 @@ class LoadedModel:
         if len(single) != 1 or len(batch) != len(items):
             raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction returned {len(batch)} answers for {len(items)} inputs")
         for answer in batch:
-            numbers = [v for k, v in answer.items() if isinstance(v, float)]
-            numbers += list(answer.get("probabilities", {}).values())
-            if not all(np.isfinite(numbers)):
-                raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction is not finite: {answer}")
-            if "probabilities" in answer and abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
-                raise ModelLoadError(f"{self.name} v{self.version}: probabilities do not sum to 1: {answer}")
-            if "probability_positive" in answer and not 0.0 <= answer["probability_positive"] <= 1.0:
-                raise ModelLoadError(f"{self.name} v{self.version}: probability outside [0, 1]: {answer}")
+            problem = self.task.check_answer(answer)
+            if problem:
+                raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction is wrong ({problem}): {answer}")
 
     def describe(self) -> dict[str, Any]:
         meta = self.metadata
@@ -187,6 +144,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "task": meta["task"],
+            "kind": self.task.name,
             "inputs": meta["inputs"],
             "outputs": meta["outputs"],
             "labels": meta["labels"],
@@ -201,9 +159,16 @@ class LoadedModel:
         }
 
 
-def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads: int = 0) -> LoadedModel:
-    """Verify, open, check and warm one version. Raises RegistryError or ModelLoadError."""
+def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads: int = 0, *, task: Task | None = None) -> LoadedModel:
+    """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError."""
+    where = f"{version.name} v{version.version}"
+    task = task or entry(version.name).task
     metadata = version.verify()  # metadata schema + sha256 of model.onnx
+    kind = metadata["preprocessing"].get("kind")
+    if kind != task.assets_kind:
+        raise ModelLoadError(
+            f"{where} is a {kind!r} model; {version.name} is served as {task.name}, which takes {task.assets_kind!r} models"
+        )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
@@ -211,26 +176,27 @@ def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads
     try:
         session = ort.InferenceSession(str(version.model_path), options, providers=list(providers))
     except Exception as exc:
-        raise ModelLoadError(f"{version.name} v{version.version}: onnxruntime cannot load {version.model_path.name}: {exc}") from exc
+        raise ModelLoadError(f"{where}: onnxruntime cannot load {version.model_path.name}: {exc}") from exc
     expected = [i["name"] for i in metadata["inputs"]]
     actual = [i.name for i in session.get_inputs()]
     if expected != actual:
-        raise ModelLoadError(f"{version.name} v{version.version}: graph inputs {actual} differ from metadata {expected}")
+        raise ModelLoadError(f"{where}: graph inputs {actual} differ from metadata {expected}")
     try:
-        preprocessor = load_preprocessor(version.path, metadata)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelLoadError(f"{version.name} v{version.version}: preprocessing assets unusable: {exc}") from exc
-    model = LoadedModel(version, metadata, session, preprocessor, list(providers))
+        assets = task.load_assets(version.path, metadata)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: preprocessing assets unusable: {exc}") from exc
+    model = LoadedModel(version, metadata, session, task, assets, list(providers))
     model.smoke_check()
     dropped = [p for p in providers if p not in model.providers]
     if dropped:
-        log.info("%s v%d: requested %s did not load; running on %s", version.name, version.version, dropped, model.providers)
-    log.info("loaded %s v%d on %s", version.name, version.version, ", ".join(model.providers))
+        log.info("%s: requested %s did not load; running on %s", where, dropped, model.providers)
+    log.info("loaded %s on %s", where, ", ".join(model.providers))
     return model
 
 
-class ReloadRefused(RuntimeError):
-    """A new version was not swapped in; the old one keeps serving."""
+def max_batch_size(settings: Settings, name: str, task: Task, providers: Sequence[str]) -> int:
+    """MODELSERVE_MAX_BATCH_SIZE for this model, else its task's size for the provider that will run it."""
+    return settings.max_batch_size.get(name) or task.batch_size(gpu=any(p in GPU_PROVIDERS for p in providers))
 
 
 class ModelRuntime:
@@ -245,7 +211,12 @@ class ModelRuntime:
         self.refused: dict[str, dict[str, Any]] = {}
 
     def model_names(self) -> list[str]:
-        served = self.registry.served_models()
+        """The catalog's models that have a CURRENT (or the MODELSERVE_MODELS subset of them)."""
+        in_registry = self.registry.served_models()
+        unknown = [n for n in in_registry if n not in CATALOG]
+        if unknown:
+            log.warning("not serving %s: not in the catalog (service/core/catalog.py)", unknown)
+        served = [n for n in in_registry if n in CATALOG]
         if self.settings.models:
             missing = [m for m in self.settings.models if m not in served]
             if missing:
@@ -289,7 +260,13 @@ class ModelRuntime:
             self._models[name] = new  # one reference swap: requests in flight keep the old object
             self.refused.pop(name, None)
             log.info("reloaded %s: v%s -> v%d", name, old.version if old else None, new.version)
-            return {"model": name, "status": "reloaded", "previous_version": old.version if old else None, "version": new.version, "providers": new.providers}
+            return {
+                "model": name,
+                "status": "reloaded",
+                "previous_version": old.version if old else None,
+                "version": new.version,
+                "providers": new.providers,
+            }
 
     def pending_changes(self) -> list[str]:
         """Models whose CURRENT differs from what is served (for the CURRENT watcher)."""
@@ -303,13 +280,15 @@ class ModelRuntime:
                 changed.append(name)
         return changed
 
+    def batch_size(self, name: str) -> int:
+        return max_batch_size(self.settings, name, entry(name).task, self.providers)
+
     def describe(self) -> dict[str, Any]:
         return {
-            "models": [m.describe() for m in self.served().values()],
+            "models": [m.describe() | {"max_batch_size": self.batch_size(m.name)} for m in self.served().values()],
             "model_root": str(self.registry.root),
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
             "onnxruntime": ort.__version__,
             "refused_reloads": self.refused,
         }
-

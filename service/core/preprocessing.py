@@ -1,12 +1,12 @@
 """Preprocessing shared by training and serving, so the two can never disagree.
 
 Training (TensorFlow) and the service (onnxruntime only) both import this module,
-and it imports neither framework: tokenisation and vectorisation of reviews, image
+and it imports neither framework: tokenisation and vectorisation of texts, image
 decoding and resizing, feature scaling. Everything a transform needs is saved next
-to the model (vocab.json, scaler.json, the image block of metadata.json) and loaded
-back with `load_preprocessor`.
+to the model (vocab.json, scaler.json, the image block of metadata.json); each task
+(service/core/tasks) loads it back for the version it serves.
 
-Errors caused by the input (an undecodable image, a review with no text, a missing
+Errors caused by the input (an undecodable image, a text with no words, a missing
 feature) raise `InputError`, whose message is meant for the client.
 """
 
@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from service.core.errors import InputError
+
 VOCABULARY_FILE = "vocab.json"
 SCALER_FILE = "scaler.json"
-
-# ---------------------------------------------------------------- errors
-
-
-class InputError(ValueError):
-    """The client's input cannot be processed; the message says why."""
 
 
 # ---------------------------------------------------------------- text
@@ -236,9 +230,12 @@ def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMA
 
 # ---------------------------------------------------------------- tabular features
 
-BOSTON_FEATURES = (
-    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
-)  # fmt: skip
+
+def match_names(available: Iterable[str], wanted: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Case-insensitive name matching (feature names, column names): ({wanted: available}, missing)."""
+    by_upper = {str(name).upper(): name for name in available}
+    found = {name: by_upper[name.upper()] for name in wanted if name.upper() in by_upper}
+    return found, [name for name in wanted if name not in found]
 
 
 @dataclass
@@ -298,10 +295,8 @@ class StandardScaler:
 def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
     """One row as an object {name: value} (names case-insensitive) or a list in feature order."""
     if isinstance(row, Mapping):
-        by_name = {str(k).upper(): v for k, v in row.items()}
-        wanted = [n.upper() for n in feature_names]
-        unknown = sorted(set(by_name) - set(wanted))
-        missing = [n for n, w in zip(feature_names, wanted) if w not in by_name]
+        found, missing = match_names(row, feature_names)
+        unknown = sorted(str(k) for k in set(row) - set(found.values()))
         if unknown or missing:
             parts = []
             if missing:
@@ -309,7 +304,7 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
             if unknown:
                 parts.append(f"unknown features {unknown}")
             raise InputError("; ".join(parts) + f" (expected {list(feature_names)})")
-        values = [by_name[w] for w in wanted]
+        values = [row[found[name]] for name in feature_names]
     elif isinstance(row, Sequence) and not isinstance(row, (str, bytes)):
         if len(row) != len(feature_names):
             raise InputError(f"has {len(row)} values, expected {len(feature_names)} ({', '.join(feature_names)})")
@@ -324,46 +319,3 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
             raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
         out[i] = value
     return out
-
-
-# ---------------------------------------------------------------- loading from a version directory
-
-
-@dataclass
-class TextPreprocessor:
-    vectorizer: TextVectorizer
-
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return self.vectorizer.transform(texts)
-
-
-@dataclass
-class ImagePreprocessor:
-    spec: ImageSpec
-
-    def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return np.stack(images).astype(np.uint8, copy=False)
-
-
-@dataclass
-class TabularPreprocessor:
-    scaler: StandardScaler
-
-    def transform(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        return self.scaler.transform(np.stack(rows))
-
-
-Preprocessor = TextPreprocessor | ImagePreprocessor | TabularPreprocessor
-
-
-def load_preprocessor(version_dir: Path, metadata: Mapping[str, Any]) -> Preprocessor:
-    """Build the preprocessor a model version was trained with, from its saved assets."""
-    block = metadata["preprocessing"]
-    kind = block["kind"]
-    if kind == "text":
-        return TextPreprocessor(TextVectorizer.from_json(json.loads((version_dir / block["vocabulary_file"]).read_text())))
-    if kind == "image":
-        return ImagePreprocessor(ImageSpec.from_json(block))
-    if kind == "tabular":
-        return TabularPreprocessor(StandardScaler.from_json(json.loads((version_dir / block["scaler_file"]).read_text())))
-    raise ValueError(f"unknown preprocessing kind {kind!r}")

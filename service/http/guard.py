@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from service.core.errors import ModelServeError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -27,8 +29,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -71,7 +78,11 @@ class RequestGuard:
         if allowed is not None:
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in allowed:
-                await _send_json(send, 415, {"error": f"content type {content_type or '(none)'!r} is not accepted by {scope['path']}; send {' or '.join(allowed)}"})
+                await _send_json(
+                    send,
+                    415,
+                    {"error": f"content type {content_type or '(none)'!r} is not accepted by {scope['path']}; send {' or '.join(allowed)}"},
+                )
                 return
         length = headers.get("content-length")
         if length is not None:
@@ -153,18 +164,29 @@ class RequestGuard:
         return rewriting_send
 
 
+def is_client_error(exc: BaseException) -> bool:
+    """A request the client got wrong: a validation error, or an error whose status is 4xx."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    if isinstance(exc, ModelServeError):
+        return 400 <= exc.http_status < 500
+    if isinstance(exc, BentoMLException):
+        return 400 <= exc.error_code.value < 500
+    return False
+
+
 class ClientErrorLogFilter(logging.Filter):
     """Turn BentoML's ERROR + traceback for a rejected request into one INFO line."""
 
-    CLIENT_ERRORS = ("ValidationError", "InvalidArgument", "BadInput", "InputError", "NotFound")
-
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[0] is not None:
-            if record.exc_info[0].__name__ in self.CLIENT_ERRORS:
-                exc = record.exc_info[1]
-                summary = str(exc).splitlines()[0] if exc else record.exc_info[0].__name__
-                record.msg = f"{record.getMessage()}: rejected input ({summary})"
-                record.args = ()
-                record.levelno, record.levelname = logging.INFO, "INFO"
-                record.exc_info, record.exc_text = None, None
+        if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[1] is not None and is_client_error(record.exc_info[1]):
+            exc = record.exc_info[1]
+            summary = str(exc).splitlines()[0] if exc else record.exc_info[0].__name__
+            record.msg = f"{record.getMessage()}: rejected input ({summary})"
+            record.args = ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
         return True

@@ -1,0 +1,79 @@
+"""Start a real `bentoml serve` process on a free port and wait until /readyz says ready.
+
+Used by the benchmarks and by the tests (tests/conftest.py): both talk to the service
+exactly as a user's client does, over HTTP to a separate process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENTOML = Path(sys.executable).with_name("bentoml")
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_process(
+    command: list[str], url: str, log_path: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None, ready: str = "/readyz"
+) -> Server:
+    """Start a server process and wait until GET `url + ready` answers 200 (its output goes to `log_path`)."""
+    handle = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until it stops
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(process, url, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"{' '.join(command)} not ready after {READY_TIMEOUT_S}s:\n{server.log()[-3000:]}")
+
+
+def start_server(model_root: Path, log_path: Path, *, project: Path = ROOT, **env: str) -> Server:
+    """`bentoml serve` of `project` (default: this checkout) on `model_root`; MODELSERVE_* settings as keyword arguments."""
+    port = free_port()
+    environ = os.environ | {"MODELSERVE_MODEL_ROOT": str(model_root), "BENTOML_HOME": str(log_path.parent / "bentoml_home")} | env
+    if project != ROOT:  # another checkout (benchmarks/commits.py): its code, not this one's
+        environ["PYTHONPATH"] = str(project)
+    command = [str(BENTOML), "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
+    return start_process(command, f"http://127.0.0.1:{port}", log_path, cwd=project, env=environ)

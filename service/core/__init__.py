@@ -1,0 +1,1 @@
+"""What every way in shares: settings, errors, registry, runtime, tasks, the catalog and preprocessing."""

@@ -1,0 +1,167 @@
+"""One typed settings object, read from `MODELSERVE_*` environment variables.
+
+Defaults work on a laptop and in the container. The README's configuration table is
+generated from `SETTINGS_DOC` (python -m service.config prints it), so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.core.errors import ConfigError
+
+PREFIX = "MODELSERVE_"
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+MiB = 1024 * 1024
+NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_root: Path = field(default=Path("models"), metadata={"doc": "registry root; each model's CURRENT version is served"})
+    models: tuple[str, ...] = field(default=(), metadata={"doc": "comma-separated subset of models to serve (empty: all with a CURRENT)"})
+    providers: tuple[str, ...] = field(
+        default=("tensorrt", "cuda", "cpu"),
+        metadata={"doc": "execution provider preference, first that really loads wins; GPU providers are skipped when no GPU is present"},
+    )
+    intra_op_threads: int = field(default=0, metadata={"doc": "onnxruntime threads per session (0: one per core)"})
+    workers: int = field(default=1, metadata={"doc": "BentoML worker processes (each loads every model)"})
+    max_request_bytes: int = field(default=32 * MiB, metadata={"doc": "largest request body; larger gets 413"})
+    max_image_bytes: int = field(default=10 * MiB, metadata={"doc": "largest single image file"})
+    max_image_pixels: int = field(default=40_000_000, metadata={"doc": "largest image (width x height), checked before decoding"})
+    max_items: int = field(default=64, metadata={"doc": "most images, texts or rows in one request"})
+    max_text_chars: int = field(default=50_000, metadata={"doc": "longest text; longer is refused with 400, never truncated silently"})
+    batch_max_delay_ms: int = field(
+        default=2,
+        metadata={
+            "doc": "longest a request is held to build a batch (BentoML's learned wait is clamped to this; see service/http/batching.py)"
+        },
+    )
+    max_batch_size: dict[str, int] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)"
+        },
+    )
+    queue_timeout_ms: int = field(
+        default=30_000, metadata={"doc": "BentoML's max_latency_ms for every predict API: how long a request may queue before a 503"}
+    )
+    reload_poll_s: int = field(
+        default=2,
+        metadata={
+            "doc": "seconds between checks of CURRENT; a changed pointer is loaded, checked and swapped in (0: only POST /admin/reload)"
+        },
+    )
+    request_timeout_s: int = field(default=120, metadata={"doc": "BentoML request timeout"})
+    admin_token: str = field(default="", metadata={"doc": "bearer token for POST /admin/reload; empty disables the admin API (403)"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return _from_env(cls, environ)
+
+    def input_limits(self) -> dict[str, int]:
+        """The settings that decide whether an input is valid (a resumed batch job must use the same)."""
+        return {"max_text_chars": self.max_text_chars, "max_image_bytes": self.max_image_bytes, "max_image_pixels": self.max_image_pixels}
+
+    def check(self) -> None:
+        unknown = [p for p in self.providers if p not in PROVIDER_ALIASES]
+        if unknown:
+            raise ConfigError(f"{PREFIX}PROVIDERS: unknown {unknown}; use {', '.join(PROVIDER_ALIASES)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and f.name not in NON_NEGATIVE and value <= 0:
+                raise ConfigError(f"{PREFIX}{f.name.upper()} must be positive, got {value}")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0")
+        for model, size in self.max_batch_size.items():
+            if size < 2:
+                raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 2 (BentoML's minimum)")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What a client of a running service needs (redeploy, benchmarks): where it is and the admin token."""
+
+    url: str = field(default="http://127.0.0.1:3000", metadata={"doc": "the running service, for `python -m training.redeploy`"})
+    admin_token: str = field(default="", metadata={"doc": "bearer token for POST /admin/reload; empty disables the admin API (403)"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        return _from_env(cls, environ)
+
+    def check(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{PREFIX}URL={self.url!r} must start with http:// or https://")
+
+
+def _from_env(cls: type[T], environ: Mapping[str, str] | None) -> T:
+    env = os.environ if environ is None else environ
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(f.name, raw, _default(f))
+    settings = cls(**values)
+    settings.check()  # type: ignore[attr-defined]
+    return settings
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(default, tuple):
+            return tuple(part.lower() if name == "providers" else part for part in parts)
+        if isinstance(default, dict):
+            pairs = [part.partition("=") for part in parts]
+            bad = [part for part, (_, sep, _) in zip(parts, pairs) if not sep]
+            if bad:
+                raise ValueError(f"expected name=value pairs, got {bad}")
+            return {key.strip(): int(value) for key, _, value in pairs}
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name.upper()}={raw!r}: {exc}") from None
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (service and client), for the README."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for cls in (Settings, ClientSettings):
+        for f in dataclasses.fields(cls):
+            if cls is ClientSettings and f.name in {s.name for s in dataclasses.fields(Settings)}:
+                continue  # the admin token is shared: listed once
+            default = _default(f)
+            if isinstance(default, tuple):
+                shown = ",".join(default)
+            elif isinstance(default, dict):
+                shown = ",".join(f"{k}={v}" for k, v in default.items())
+            else:
+                shown = str(default)
+            rows.append(f"| `{PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")

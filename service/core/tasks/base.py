@@ -1,0 +1,141 @@
+"""What every model kind must say about itself, in one place.
+
+A task (KServe's `Model` is the nearest anchor) owns everything that differs between
+an image classifier, a text classifier and a tabular regressor: what a request item
+may be and how it is validated and decoded, how validated items become the model's
+input tensor, how its output becomes answers, smoke inputs, batch sizes per
+provider, where a table or folder gives it its inputs, and the metric that gates a
+redeploy. The HTTP service, the batch scorer, redeploy and the training CLI ask the
+task; none of them switches on a model's name or kind.
+
+A task object is configuration (one per catalog entry); what changes from one
+version to the next (vocabulary, scaler, image size) is the version's `assets`,
+which the task loads from the version directory and is handed back on every call.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from service.core.config import Settings
+from service.core.errors import UsageError
+
+Answer = dict[str, Any]
+Assets = Any  # what a task loads from a version directory (vectoriser, image spec, scaler)
+
+# Batch scoring: where the inputs of a model come from.
+TABLE = "table"  # one row per input in a CSV, JSONL or Parquet file
+FOLDER = "folder"  # one file per input under a folder
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The metric that decides whether a retrained version may replace the served one."""
+
+    metric: str
+    higher_is_better: bool
+    default_tolerance: float
+
+    def passes(self, new: float, current: float, tolerance: float) -> bool:
+        return new >= current - tolerance if self.higher_is_better else new <= current + tolerance
+
+    def relation(self, tolerance: float) -> str:
+        return f"may be at most {tolerance} {'lower' if self.higher_is_better else 'higher'}"
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """Largest onnxruntime batch per kind of provider, chosen by measurement (README, Benchmarks)."""
+
+    cpu: int
+    gpu: int
+
+
+class Task(ABC):
+    """One model kind. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]  # "image_classification", ...
+    assets_kind: ClassVar[str]  # metadata.json's preprocessing.kind for versions of this task
+    request_field: ClassVar[str]  # the friendly API's JSON field ("images", "texts", "rows")
+    item_noun: ClassVar[str]  # what one input is called in messages ("image", "text", "row")
+    content_types: ClassVar[tuple[str, ...]] = ("application/json",)
+    input_source: ClassVar[str] = TABLE
+    file_suffixes: ClassVar[tuple[str, ...]] = ()  # FOLDER inputs: which files are inputs
+    batch_input_help: ClassVar[str]  # what batch scoring reads for this task (`python -m service.batch --help`)
+    gil_bound: ClassVar[bool] = False  # preprocessing holds the GIL: batch scoring uses processes
+    gate: ClassVar[Gate]
+    batch_sizes: ClassVar[BatchSizes]
+    answer_model: type[BaseModel]
+
+    # ------------------------------------------------------------ a version's assets
+
+    @abstractmethod
+    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> Assets:
+        """Read what preprocessing needs from a version directory."""
+
+    # ------------------------------------------------------------ items -> tensor -> answers
+
+    @abstractmethod
+    def validate(self, value: Any, assets: Assets, settings: Settings) -> Any:
+        """One raw input (decoded JSON value, image bytes) -> an item `to_tensor` cannot fail on; InputError otherwise."""
+
+    @abstractmethod
+    def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
+        """Validated items -> the model's input batch."""
+
+    @abstractmethod
+    def answers(self, outputs: np.ndarray, assets: Assets, metadata: Mapping[str, Any]) -> list[Answer]:
+        """The model's output batch -> one answer per item (without model and version)."""
+
+    def conform(self, items: Sequence[Any], assets: Assets) -> list[Any]:
+        """Items validated earlier (by a request schema, or for another version) made fit for this version's input."""
+        return list(items)
+
+    # ------------------------------------------------------------ checks before serving
+
+    @abstractmethod
+    def smoke_items(self, assets: Assets) -> list[Any]:
+        """A few validated items of the right kind, to prove a version answers before it is served."""
+
+    def check_answer(self, answer: Answer) -> str | None:
+        """Why an answer is nonsense (None if it is not): every number finite."""
+        numbers = [v for v in answer.values() if isinstance(v, float)]
+        for value in answer.values():
+            if isinstance(value, Mapping):
+                numbers += [v for v in value.values() if isinstance(v, float)]
+        return None if all(math.isfinite(v) for v in numbers) else "not finite"
+
+    @abstractmethod
+    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
+        """The gate metric of `answers` against the true `targets`."""
+
+    def batch_size(self, gpu: bool) -> int:
+        return self.batch_sizes.gpu if gpu else self.batch_sizes.cpu
+
+    # ------------------------------------------------------------ the friendly HTTP API
+
+    @abstractmethod
+    def request_item(self, settings: Settings, assets: Callable[[], Assets]) -> Any:
+        """The pydantic type of one request item; `assets()` gives the served version's assets."""
+
+    def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
+        """httpx keyword arguments that send raw `items` to the friendly endpoint (redeploy's smoke test)."""
+        return {"json": {self.request_field: list(items)}}
+
+    # ------------------------------------------------------------ batch scoring of tables
+
+    def table_columns(self, columns: Sequence[str], assets: Assets, requested: str | None) -> list[str]:
+        """The input columns this task reads from a table (UsageError when they are not there)."""
+        raise UsageError(f"{self.name} reads a {self.input_source}, not a table")
+
+    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
+        """One table row -> the raw value `validate` takes; `from_text`: cells are CSV text."""
+        raise UsageError(f"{self.name} reads a {self.input_source}, not a table")

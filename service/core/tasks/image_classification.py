@@ -1,0 +1,144 @@
+"""Image classification (cats vs dogs): encoded image bytes in, a label and every class's probability out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, BeforeValidator, Field
+
+from service.core.config import Settings
+from service.core.errors import InputError
+from service.core.preprocessing import ImageSpec, decode_image
+from service.core.tasks.base import FOLDER, Answer, BatchSizes, Gate, Task
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
+
+
+class ImageAnswer(BaseModel):
+    label: str = Field(description="the most probable class")
+    score: float = Field(description="probability of that class")
+    probabilities: dict[str, float] = Field(description="probability of every class")
+    model: str
+    version: int
+
+
+def upload_bytes(value: Any, max_bytes: int) -> bytes:
+    """A friendly-API image item (multipart upload, base64 or data URL string, bytes) -> its bytes, at most max_bytes + 1."""
+    if hasattr(value, "file") and hasattr(value, "filename"):  # a multipart upload (starlette UploadFile)
+        value.file.seek(0)
+        return value.file.read(max_bytes + 1)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("data:"):  # data URL: data:image/png;base64,....
+            text = text.partition(",")[2]
+        if len(text) > (max_bytes * 4) // 3 + 4:
+            raise InputError(f"is larger than the limit of {max_bytes:,} bytes")
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("is not valid base64 (send images as base64 strings in JSON, or as multipart file uploads)") from None
+    raise InputError(f"must be a file upload or a base64 string, got {type(value).__name__}")
+
+
+def read_limited(path: Path, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes of a file: enough to tell that it is too large without reading it all."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})") from None
+
+
+class ImageClassification(Task):
+    name = "image_classification"
+    assets_kind = "image"
+    request_field = "images"
+    item_noun = "image"
+    content_types = ("multipart/form-data", "application/json")
+    input_source = FOLDER
+    file_suffixes = IMAGE_SUFFIXES
+    batch_input_help = (
+        f"a folder, walked recursively in sorted order; files ending in {' '.join(IMAGE_SUFFIXES)}\n"
+        'are inputs (any case), names starting with "." are ignored'
+    )
+    gate = Gate("accuracy", higher_is_better=True, default_tolerance=0.01)
+    # CPU: ~200 img/s at every batch size from 1 to 64 (benchmarks/results/batch_sizes.md), so a big batch only adds
+    # latency. GPU: batch 256 is 20x batch 1 for this network (../shared/GPU.md, H100, io-binding).
+    batch_sizes = BatchSizes(cpu=8, gpu=256)
+    answer_model: ClassVar[type[BaseModel]] = ImageAnswer
+
+    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
+        return ImageSpec.from_json(metadata["preprocessing"])
+
+    def validate(self, value: Any, assets: ImageSpec, settings: Settings) -> np.ndarray:
+        """Image bytes (or a file's path) -> uint8 pixels at the version's size; every check before any decoding."""
+        limit = settings.max_image_bytes
+        data = read_limited(value, limit) if isinstance(value, Path) else value
+        if not isinstance(data, bytes):
+            raise InputError(f"must be image bytes, got {type(data).__name__}")
+        if len(data) > limit:
+            raise InputError(f"is larger than the limit of {limit:,} bytes")
+        try:
+            return decode_image(data, assets, settings.max_image_pixels)
+        except InputError:
+            raise
+        except Exception as exc:  # a decoder failure decode_image does not anticipate: this image fails, nothing else
+            raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
+
+    def to_tensor(self, items: Sequence[np.ndarray], assets: ImageSpec) -> np.ndarray:
+        return np.stack(items).astype(np.uint8, copy=False)
+
+    def conform(self, items: Sequence[Any], assets: ImageSpec) -> list[np.ndarray]:
+        """Decoded images (arrays or PIL images) at this version's size; a reload in between may have changed it."""
+        size = (assets.width, assets.height)
+        out = []
+        for item in items:
+            image = item if isinstance(item, Image.Image) else Image.fromarray(item)
+            out.append(np.asarray(image if image.size == size else image.resize(size, Image.Resampling[assets.resample.upper()])))
+        return out
+
+    def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
+        labels = list(metadata["labels"])
+        return [
+            {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row)))}
+            for row in outputs
+        ]
+
+    def smoke_items(self, assets: ImageSpec) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        shape = (assets.height, assets.width, 3)
+        return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
+
+    def check_answer(self, answer: Answer) -> str | None:
+        if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
+            return "probabilities do not sum to 1"
+        return super().check_answer(answer)
+
+    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
+        return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
+
+    def request_item(self, settings: Settings, assets: Callable[[], ImageSpec]) -> Any:
+        """PIL.Image makes BentoML read `images` as multipart file fields; the validator hands on decoded pixels."""
+
+        def decode(value: Any) -> Image.Image:
+            pixels = self.validate(upload_bytes(value, settings.max_image_bytes), assets(), settings)
+            return Image.fromarray(pixels, "RGB")
+
+        return Annotated[Image.Image, BeforeValidator(decode)]
+
+    def smoke_request(self, items: Sequence[np.ndarray]) -> dict[str, Any]:
+        files = []
+        for i, pixels in enumerate(items):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG")
+            files.append((self.request_field, (f"smoke{i}.png", buffer.getvalue(), "image/png")))
+        return {"files": files}

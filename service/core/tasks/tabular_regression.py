@@ -1,0 +1,102 @@
+"""Tabular regression (Boston housing): a row of named numeric features in, one number out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, create_model
+
+from service.core.config import Settings
+from service.core.errors import UsageError
+from service.core.preprocessing import StandardScaler, feature_row, match_names
+from service.core.tasks.base import Answer, BatchSizes, Gate, Task
+
+
+def _csv_number(text: Any) -> Any:
+    """A CSV cell as a number; "" is a missing value; text that is no number stays text (and fails validation)."""
+    if not isinstance(text, str):
+        return text
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class TabularRegression(Task):
+    """`answer_field` names the predicted number in answers ("price"); `unit` comes from the version's metadata."""
+
+    name = "tabular_regression"
+    assets_kind = "tabular"
+    request_field = "rows"
+    item_noun = "row"
+    gate = Gate("mae", higher_is_better=False, default_tolerance=0.1)
+    batch_input_help = "CSV, JSONL or Parquet with one column per feature (the model's names, any case);\nother columns are ignored"
+    batch_sizes = BatchSizes(cpu=512, gpu=512)  # CPU saturates at 512 (benchmarks/results/batch_sizes.md); not measured on a GPU
+
+    def __init__(self, answer_field: str, description: str) -> None:
+        self.answer_field = answer_field
+        fields: dict[str, Any] = {
+            answer_field: (float, Field(description=description)),
+            "unit": (str, Field(description="the unit of the prediction, from the model's metadata")),
+            "model": (str, ...),
+            "version": (int, ...),
+        }
+        self.answer_model: type[BaseModel] = create_model(f"{answer_field.capitalize()}Answer", **fields)
+
+    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> StandardScaler:
+        return StandardScaler.from_json(json.loads((version_dir / metadata["preprocessing"]["scaler_file"]).read_text()))
+
+    def validate(self, value: Any, assets: StandardScaler, settings: Settings) -> np.ndarray:
+        return assets.check(feature_row(value, assets.feature_names))
+
+    def to_tensor(self, items: Sequence[np.ndarray], assets: StandardScaler) -> np.ndarray:
+        return assets.transform(np.stack(items))
+
+    def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
+        unit = metadata["preprocessing"].get("unit", "")
+        return [{self.answer_field: float(v), "unit": unit} for v in outputs.reshape(-1)]
+
+    def smoke_items(self, assets: StandardScaler) -> list[np.ndarray]:
+        typical = assets.inverse_example()
+        return [typical, typical * 1.1]
+
+    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
+        return float(np.mean([abs(a[self.answer_field] - t) for a, t in zip(answers, targets, strict=True)]))
+
+    def request_item(self, settings: Settings, assets: Callable[[], StandardScaler]) -> Any:
+        schema = {
+            "oneOf": [
+                {"type": "object", "additionalProperties": {"type": "number"}, "description": "the features by name (case-insensitive)"},
+                {"type": "array", "items": {"type": "number"}, "description": "the features in the model's order (GET /models)"},
+            ]
+        }
+        return Annotated[Any, PlainValidator(lambda value: self.validate(value, assets(), settings)), WithJsonSchema(schema)]
+
+    def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
+        return {"json": {self.request_field: [[float(v) for v in row] for row in items]}}
+
+    def table_columns(self, columns: Sequence[str], assets: StandardScaler, requested: str | None) -> list[str]:
+        if requested:
+            raise UsageError(f"--text-column is for text models; {self.name} reads feature columns")
+        found, missing = match_names(columns, assets.feature_names)
+        if missing:
+            raise UsageError(f"no column for features {missing}; columns are {list(columns)} (names are case-insensitive)")
+        return [found[name] for name in assets.feature_names]
+
+    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> dict[str, Any]:
+        """The feature columns' values; a missing or empty one is left out, so validation names it missing."""
+        values = {}
+        for column in columns:
+            value = row.get(column)
+            if from_text:
+                value = _csv_number(value)
+            if value is not None:
+                values[column] = value
+        return values

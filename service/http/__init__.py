@@ -1,0 +1,1 @@
+"""The HTTP layer: the BentoML service, its admin routes, the request guard and BentoML patches."""

@@ -1,0 +1,91 @@
+"""GET /models and POST /admin/reload: a small Starlette app mounted beside the predict APIs.
+
+BentoML APIs are POST-only and typed; these two are plain routes over the served
+models of this worker (the BentoML service instance holds them).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import anyio.to_thread
+import bentoml
+from bentoml.exceptions import BentoMLException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.core.config import Settings
+from service.core.errors import ReloadRefused
+from service.core.runtime import ModelRuntime
+
+
+def _runtime() -> ModelRuntime | None:
+    try:
+        return bentoml.get_current_service().runtime
+    except BentoMLException:  # the service instance is still loading its models
+        return None
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def models_view(request: Request) -> JSONResponse:
+    """GET /models: what is served, with versions, inputs, labels, test metrics and real providers."""
+    runtime = _runtime()
+    if runtime is None:
+        return _error(503, "models are still loading")
+    return JSONResponse(runtime.describe())
+
+
+def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
+    if not settings.admin_token:
+        return _error(403, "the admin API is disabled: start the service with MODELSERVE_ADMIN_TOKEN set")
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not supplied or not hmac.compare_digest(supplied.encode(), settings.admin_token.encode()):
+        return _error(401, "missing or wrong admin token (send Authorization: Bearer <MODELSERVE_ADMIN_TOKEN>)")
+    return None
+
+
+async def _reload(runtime: ModelRuntime, names: list[str]) -> JSONResponse:
+    results = []
+    for name in names:
+        try:
+            results.append(await anyio.to_thread.run_sync(runtime.reload, name))
+        except ReloadRefused as exc:
+            served = runtime.get(name).version
+            return _error(
+                exc.http_status,
+                f"reload of {name} refused, v{served} keeps serving: {exc}",
+                model=name,
+                served_version=served,
+                results=results,
+            )
+    return JSONResponse({"results": results})
+
+
+def admin_app(settings: Settings) -> Starlette:
+    async def reload_view(request: Request) -> JSONResponse:
+        """POST /admin/reload {"model": NAME} (or {} for all): load CURRENT beside the old version, swap if it passes."""
+        refused = _authorized(request, settings)
+        if refused is not None:
+            return refused
+        runtime = _runtime()
+        if runtime is None:
+            return _error(503, "models are still loading")
+        try:
+            body = await request.json() if int(request.headers.get("content-length", "0") or 0) else {}
+        except ValueError:
+            return _error(400, 'invalid JSON body; send {"model": NAME} or {}')
+        if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):
+            return _error(400, 'send {"model": NAME} or {} for every model')
+        names = [body["model"]] if body.get("model") else list(runtime.served())
+        unknown = [n for n in names if n not in runtime]
+        if unknown:
+            return _error(404, f"not served here: {unknown}; served: {list(runtime.served())}")
+        return await _reload(runtime, names)
+
+    return Starlette(routes=[Route("/models", models_view, methods=["GET"]), Route("/admin/reload", reload_view, methods=["POST"])])
