@@ -9,7 +9,8 @@ import pytest
 
 from service.core.config import ConfigError, Settings
 from service.core.registry import Registry
-from service.core.runtime import ModelRuntime, cuda_device_count, load_model, resolve_providers
+from service.core.runtime import ModelRuntime, load_model
+from service.core.sessions import cuda_device_count, resolve_providers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,7 @@ def test_no_gpu_means_cpu_only_whatever_is_preferred() -> None:
 
 def test_sessions_report_the_provider_they_really_use() -> None:
     model = load_model(Registry(ROOT / "models").current("image_classifier"), resolve_providers(["cuda", "cpu"]))
-    assert model.providers == model.session.get_providers()
+    assert model.providers == model.sessions.primary.get_providers()
     assert set(model.providers) <= set(ort.get_available_providers())
 
 
@@ -42,24 +43,9 @@ def test_batch_sizes_come_from_the_task_unless_configured() -> None:
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown"):
         Settings.from_env({"MODELSERVE_PROVIDERS": "cuda,openvino"})
-    with pytest.raises(ConfigError, match="at least 2"):
-        Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "imdb_sentiment=1"})
+    with pytest.raises(ConfigError, match="at least 1"):
+        Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "imdb_sentiment=0"})
     with pytest.raises(ConfigError, match="name=value"):
         Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "16"})
     with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
         Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
-
-
-def test_batcher_wait_is_bounded_after_a_burst() -> None:
-    """BentoML's optimizer learns a wait from observed waits; the bound keeps it from ratcheting up."""
-    from bentoml._internal.marshal.dispatcher import Optimizer
-
-    from service.http.batching import bound_queue_delay
-
-    bound_queue_delay(0.005)
-    bound_queue_delay(0.005)  # idempotent
-    optimizer = Optimizer(max_latency=30.0)
-    for n in range(60):
-        optimizer.log_outbound(n=8, wait=0.040, duration=0.002 + 0.0001 * (n % 5))  # a burst: 40 ms waits
-    optimizer.trigger_refresh()
-    assert optimizer.wait == 0.005

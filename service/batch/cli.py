@@ -29,7 +29,8 @@ from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, Interrupted, ModelServeError, UsageError
 from service.core.registry import Registry
-from service.core.runtime import LoadedModel, load_model, max_batch_size, resolve_providers
+from service.core.runtime import LoadedModel, load_model, max_batch_size
+from service.core.sessions import resolve_providers
 
 DEFAULT_CHUNK_SIZE = 1024  # inputs per committed part: what a crash can cost, and the cost of one commit
 

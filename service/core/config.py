@@ -24,7 +24,8 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 MiB = 1024 * 1024
-NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms")
+NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads")
+BATCHING = ("auto", "on", "off")
 T = TypeVar("T")
 
 
@@ -36,18 +37,36 @@ class Settings:
         default=("tensorrt", "cuda", "cpu"),
         metadata={"doc": "execution provider preference, first that really loads wins; GPU providers are skipped when no GPU is present"},
     )
-    intra_op_threads: int = field(default=0, metadata={"doc": "onnxruntime threads per session (0: one per core)"})
+    intra_op_threads: int = field(
+        default=0,
+        metadata={
+            "doc": "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)"
+        },
+    )
     workers: int = field(default=1, metadata={"doc": "BentoML worker processes (each loads every model)"})
     max_request_bytes: int = field(default=32 * MiB, metadata={"doc": "largest request body; larger gets 413"})
     max_image_bytes: int = field(default=10 * MiB, metadata={"doc": "largest single image file"})
     max_image_pixels: int = field(default=40_000_000, metadata={"doc": "largest image (width x height), checked before decoding"})
     max_items: int = field(default=64, metadata={"doc": "most images, texts or rows in one request"})
     max_text_chars: int = field(default=50_000, metadata={"doc": "longest text; longer is refused with 400, never truncated silently"})
-    batch_max_delay_ms: int = field(
-        default=2,
+    max_request_pixels: int = field(
+        default=100_000_000, metadata={"doc": "most pixels in one request's images, summed from their headers before anything is decoded"}
+    )
+    max_pending_pixels: int = field(
+        default=200_000_000,
         metadata={
-            "doc": "longest a request is held to build a batch (BentoML's learned wait is clamped to this; see service/http/batching.py)"
+            "doc": "most image pixels being decoded or waiting to be, per worker; a request beyond it gets a fast 503 with Retry-After"
         },
+    )
+    work_threads: int = field(
+        default=0, metadata={"doc": "threads per worker that decode, preprocess and run CPU inference (0: one per core)"}
+    )
+    batching: str = field(
+        default="auto",
+        metadata={"doc": "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"},
+    )
+    batch_max_delay_ms: int = field(
+        default=2, metadata={"doc": "with batching, the longest a request waits for others to join its batch (Triton's max_queue_delay)"}
     )
     max_batch_size: dict[str, int] = field(
         default_factory=dict,
@@ -56,8 +75,18 @@ class Settings:
         },
     )
     queue_timeout_ms: int = field(
-        default=30_000, metadata={"doc": "BentoML's max_latency_ms for every predict API: how long a request may queue before a 503"}
+        default=30_000, metadata={"doc": "how long an admitted request may wait for a worker thread or a batch before it gets a 503"}
     )
+    tensorrt_fp16: bool = field(
+        default=False,
+        metadata={"doc": "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"},
+    )
+    engine_cache: Path = field(
+        default=Path("/tmp/modelserve-engines"),
+        metadata={"doc": "TensorRT engine cache, one folder per model.onnx sha256 (built once per GPU)"},
+    )
+    tracing: bool = field(default=False, metadata={"doc": "OpenTelemetry spans for requests (BentoML's tracing config exports them)"})
+    access_log: bool = field(default=False, metadata={"doc": "one log line per request (BentoML's access log)"})
     reload_poll_s: int = field(
         default=2,
         metadata={
@@ -81,14 +110,20 @@ class Settings:
             raise ConfigError(f"{PREFIX}PROVIDERS: unknown {unknown}; use {', '.join(PROVIDER_ALIASES)}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and f.name not in NON_NEGATIVE and value <= 0:
+            if isinstance(value, int) and not isinstance(value, bool) and f.name not in NON_NEGATIVE and value <= 0:
                 raise ConfigError(f"{PREFIX}{f.name.upper()} must be positive, got {value}")
         for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0")
         for model, size in self.max_batch_size.items():
-            if size < 2:
-                raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 2 (BentoML's minimum)")
+            if size < 1:
+                raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 1")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"{PREFIX}BATCHING={self.batching!r}: use one of {', '.join(BATCHING)}")
+        if self.max_pending_pixels < self.max_request_pixels:
+            raise ConfigError(
+                f"{PREFIX}MAX_PENDING_PIXELS must be at least {PREFIX}MAX_REQUEST_PIXELS, or the largest request could never run"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +164,8 @@ def _parse(name: str, raw: str, default: object) -> object:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
+        if isinstance(default, str):
+            return raw.strip().lower() if name == "batching" else raw
         if isinstance(default, Path):
             return Path(raw)
         parts = [part.strip() for part in raw.split(",") if part.strip()]
@@ -163,5 +200,18 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def update_readme(path: Path) -> None:
+    """Replace the settings table in a README (from its header row to the next blank line) with the current one."""
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("| variable | default | meaning |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    path.write_text("".join([*lines[:start], settings_table() + "\n", *lines[end:]]))
+
+
 if __name__ == "__main__":
-    sys.stdout.write(settings_table() + "\n")
+    # python -m service.core.config              print the table
+    # python -m service.core.config README.md    rewrite the README's copy
+    if len(sys.argv) > 1:
+        update_readme(Path(sys.argv[1]))
+    else:
+        sys.stdout.write(settings_table() + "\n")

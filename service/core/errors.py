@@ -75,6 +75,13 @@ class ReloadRefused(ModelServeError):
     http_status = 409
 
 
+class Overloaded(ModelServeError):
+    """More work is in flight than this worker takes on; the client should retry shortly (503 + Retry-After)."""
+
+    http_status = 503
+    retry_after_s: ClassVar[int] = 1
+
+
 class DataError(ModelServeError, ValueError):
     """Training data cannot be used; the message says why."""
 

@@ -191,13 +191,11 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
 
 
-def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Bytes of a JPEG/PNG/WebP/BMP/GIF -> uint8 array (height, width, 3).
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Parse an image's header only: format and size are checked before anything is decoded.
 
-    The pixel count is checked from the header before anything is decoded, so a
-    decompression bomb costs nothing. JPEGs are decoded at a reduced scale when the
-    target is much smaller (Pillow's draft mode): several times faster, and the same
-    in training and serving because both call this function.
+    Cheap (microseconds), so it can run where decoding must not (the event loop); a
+    decompression bomb costs nothing. The image returned is decoded by `decode_opened`.
     """
     if not data:
         raise InputError("is empty (0 bytes)")
@@ -214,6 +212,16 @@ def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMA
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(f"is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}")
+    return image
+
+
+def decode_opened(image: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """An image from `open_image` -> uint8 array (height, width, 3), upright RGB at the spec's size.
+
+    JPEGs are decoded at a reduced scale when the target is much smaller (Pillow's draft
+    mode): several times faster, and the same in training and serving because both call
+    this function. Pillow releases the GIL while it decodes and resizes.
+    """
     try:
         if image.format == "JPEG":
             image.draft("RGB", (spec.width, spec.height))
@@ -226,6 +234,11 @@ def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMA
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"is truncated or corrupt ({image.format}: {exc})") from None
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(data: bytes, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes of a JPEG/PNG/WebP/BMP/GIF -> uint8 array (height, width, 3): `open_image`, then `decode_opened`."""
+    return decode_opened(open_image(data, max_pixels), spec)
 
 
 # ---------------------------------------------------------------- tabular features

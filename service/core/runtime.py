@@ -13,73 +13,26 @@ reference; a request already running keeps the object it started with.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.catalog import CATALOG, entry
-from service.core.config import PROVIDER_ALIASES, Settings
+from service.core.config import Settings
 from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
 from service.core.registry import ModelVersion, Registry
+from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
 
 log = logging.getLogger("modelserve.runtime")
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TENSORRT_LIBRARY = "libnvinfer.so.10"  # TensorRT 10, what onnxruntime-gpu 1.31's provider links
-
-
-def cuda_device_count() -> int:
-    """GPUs the NVIDIA driver reports; 0 when there is no driver.
-
-    onnxruntime-gpu lists the CUDA provider as available whether or not a GPU exists,
-    and asking for it on a machine without one fills the log with errors.
-    """
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
-
-
-def _library_loads(name: str) -> bool:
-    try:
-        ctypes.CDLL(name)
-        return True
-    except OSError:
-        return False
-
-
-def resolve_providers(preference: Sequence[str]) -> list[str]:
-    """Providers to request, in preference order: built into this onnxruntime and usable here.
-
-    onnxruntime-gpu lists TensorRT whether or not TensorRT is installed, and a session
-    that asks for it without the library logs an error before falling back.
-    """
-    available = set(ort.get_available_providers())
-    wanted = [PROVIDER_ALIASES[p] for p in preference]
-    if any(p in GPU_PROVIDERS and p in available for p in wanted):
-        if cuda_device_count() > 0:
-            if hasattr(ort, "preload_dlls"):
-                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
-            if not _library_loads(TENSORRT_LIBRARY):
-                log.info("TensorRT provider skipped: %s is not installed", TENSORRT_LIBRARY)
-                wanted = [p for p in wanted if p != "TensorrtExecutionProvider"]
-        else:
-            wanted = [p for p in wanted if p not in GPU_PROVIDERS]
-    chosen = [p for p in wanted if p in available]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")  # always the last resort
-    return chosen
 
 
 @dataclass
@@ -88,7 +41,7 @@ class LoadedModel:
 
     version_ref: ModelVersion
     metadata: dict[str, Any]
-    session: ort.InferenceSession
+    sessions: Sessions
     task: Task
     assets: Any  # the task's assets for this version (vectoriser, image spec, scaler)
     requested_providers: list[str]
@@ -108,11 +61,11 @@ class LoadedModel:
 
     @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        return self.sessions.providers
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         inputs = self.metadata["inputs"][0]["name"]
-        return self.session.run(None, {inputs: batch})[0]
+        return self.sessions.run({inputs: batch})[0]
 
     def predict(self, items: Sequence[Any]) -> list[dict[str, Any]]:
         """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version."""
@@ -156,10 +109,19 @@ class LoadedModel:
             "loaded_at": self.loaded_at,
             "providers": self.providers,
             "requested_providers": self.requested_providers,
+            "sessions": self.sessions.describe(),
         }
 
 
-def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads: int = 0, *, task: Task | None = None) -> LoadedModel:
+def load_model(
+    version: ModelVersion,
+    providers: Sequence[str],
+    intra_op_threads: int = 0,
+    *,
+    task: Task | None = None,
+    tensorrt_fp16: bool = False,
+    engine_cache: Path | None = None,
+) -> LoadedModel:
     """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError."""
     where = f"{version.name} v{version.version}"
     task = task or entry(version.name).task
@@ -169,28 +131,46 @@ def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads
         raise ModelLoadError(
             f"{where} is a {kind!r} model; {version.name} is served as {task.name}, which takes {task.assets_kind!r} models"
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads
-    options.log_severity_level = 3  # errors only: a CPU-only machine starts quietly
+    config = SessionConfig(tuple(providers), intra_op_threads, tensorrt_fp16, engine_cache)
     try:
-        session = ort.InferenceSession(str(version.model_path), options, providers=list(providers))
+        sessions = Sessions(version.model_path, metadata["sha256"], config)
     except Exception as exc:
         raise ModelLoadError(f"{where}: onnxruntime cannot load {version.model_path.name}: {exc}") from exc
     expected = [i["name"] for i in metadata["inputs"]]
-    actual = [i.name for i in session.get_inputs()]
-    if expected != actual:
-        raise ModelLoadError(f"{where}: graph inputs {actual} differ from metadata {expected}")
+    if expected != sessions.input_names:
+        raise ModelLoadError(f"{where}: graph inputs {sessions.input_names} differ from metadata {expected}")
     try:
         assets = task.load_assets(version.path, metadata)
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{where}: preprocessing assets unusable: {exc}") from exc
-    model = LoadedModel(version, metadata, session, task, assets, list(providers))
+    model = LoadedModel(version, metadata, sessions, task, assets, list(providers))
     model.smoke_check()
+    if tensorrt_fp16 and "TensorrtExecutionProvider" in model.providers:
+        model = _fp16_or_fp32(model, config)
     dropped = [p for p in providers if p not in model.providers]
     if dropped:
         log.info("%s: requested %s did not load; running on %s", where, dropped, model.providers)
     log.info("loaded %s on %s", where, ", ".join(model.providers))
+    return model
+
+
+FP16_TOLERANCE = 1e-2
+
+
+def _fp16_or_fp32(model: LoadedModel, config: SessionConfig) -> LoadedModel:
+    """Keep TensorRT fp16 only when it answers the smoke inputs like fp32 on the CPU does; else reopen in fp32."""
+    batch = model.task.to_tensor(model.task.smoke_items(model.assets), model.assets)
+    reference = open_session(model.version_ref.model_path, SessionConfig(("CPUExecutionProvider",)), model.metadata["sha256"], 0)
+    name = model.metadata["inputs"][0]["name"]
+    difference = float(np.max(np.abs(model.infer(batch) - reference.run(None, {name: batch})[0])))
+    if difference <= FP16_TOLERANCE:
+        log.info("%s v%d: TensorRT fp16 kept (max |fp16 - fp32| = %.2g on the smoke inputs)", model.name, model.version, difference)
+        return model
+    log.warning(
+        "%s v%d: TensorRT fp16 refused (max |fp16 - fp32| = %.2g > %g); running fp32", model.name, model.version, difference, FP16_TOLERANCE
+    )
+    fp32 = SessionConfig(config.providers, config.intra_op_threads, False, config.engine_cache)
+    model.sessions = Sessions(model.version_ref.model_path, model.metadata["sha256"], fp32)
     return model
 
 
@@ -226,7 +206,13 @@ class ModelRuntime:
 
     def load(self, name: str, version: int | None = None) -> LoadedModel:
         ref = self.registry.current(name) if version is None else self.registry.get(name, version)
-        return load_model(ref, self.providers, self.settings.intra_op_threads)
+        return self._load(ref)
+
+    def _load(self, ref: ModelVersion) -> LoadedModel:
+        settings = self.settings
+        return load_model(
+            ref, self.providers, settings.intra_op_threads, tensorrt_fp16=settings.tensorrt_fp16, engine_cache=settings.engine_cache
+        )
 
     def load_all(self) -> None:
         names = self.model_names()
@@ -252,7 +238,7 @@ class ModelRuntime:
                 target = self.registry.current(name)
                 if old is not None and old.version == target.version:
                     return {"model": name, "status": "unchanged", "version": old.version}
-                new = load_model(target, self.providers, self.settings.intra_op_threads)
+                new = self._load(target)
             except (RegistryError, ModelLoadError) as exc:
                 self.refused[name] = {"reason": str(exc), "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
                 log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, exc)

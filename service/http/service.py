@@ -1,13 +1,12 @@
-"""The BentoML service: one batched predict endpoint per catalog entry, over the registry's CURRENT models.
+"""The BentoML service: one predict endpoint per catalog entry, over the registry's CURRENT models.
 
     bentoml serve                      # from the project root (bentofile.yaml names this file)
 
 One class, thin. Each endpoint is made from its catalog entry: the request item type
-comes from the entry's task (validated per request, before BentoML's batcher merges
-requests, so one bad item never fails a whole batch) and predictions from the
-runtime, which the batch scorer uses too. Every predict API is batchable, so
-BentoML's adaptive batcher turns concurrent one-item requests into one onnxruntime
-call. GET /models and POST /admin/reload live in admin.py.
+comes from the entry's task, whose checks run per request on the event loop and are
+cheap by contract (an image's header, not its pixels); the work (decoding,
+preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
+GET /models and POST /admin/reload live in admin.py.
 """
 
 from __future__ import annotations
@@ -21,31 +20,32 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import Field
+from bentoml.exceptions import InvalidArgument
+from pydantic import AfterValidator, Field
+from starlette.responses import JSONResponse
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import ReloadRefused
-from service.core.runtime import LoadedModel, ModelRuntime, max_batch_size, resolve_providers
+from service.core.errors import Overloaded, ReloadRefused
+from service.core.runtime import LoadedModel, ModelRuntime
 from service.http.admin import admin_app
-from service.http.batching import bound_queue_delay
+from service.http.executor import Executor, ItemError
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.timeouts import cancel_finished_request_timers
 
 SETTINGS = Settings.from_env()
-PROVIDERS = resolve_providers(SETTINGS.providers)
-bound_queue_delay(SETTINGS.batch_max_delay_ms / 1000)
 cancel_finished_request_timers()
 log = logging.getLogger("modelserve.service")
 
 
 class ModelServe:
-    """Keras models exported to ONNX, served on onnxruntime with adaptive batching."""
+    """Keras models exported to ONNX, served on onnxruntime: images, texts and table rows in, predictions out."""
 
     def __init__(self) -> None:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
         self.runtime.load_all()  # verified, session opened, smoke-tested and warm before /readyz says ready
+        self.executor = Executor(SETTINGS, self.runtime)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
@@ -82,27 +82,35 @@ def served_model(name: str) -> LoadedModel:
 
 
 def predict_api(entry: CatalogEntry) -> Any:
-    """POST /<endpoint>: a batchable BentoML API whose request field and item type come from the entry's task."""
+    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task."""
     task, field = entry.task, entry.task.request_field
     assets: Callable[[], Any] = lambda: served_model(entry.name).assets  # noqa: E731
-    items = Annotated[list[task.request_item(SETTINGS, assets)], Field(min_length=1, max_length=SETTINGS.max_items)]  # type: ignore[misc]
 
-    def predict(self: ModelServe, *batch: Any, **named: Any) -> list[dict[str, Any]]:
-        model = served_model(entry.name)
-        return model.predict(task.conform(batch[0] if batch else named[field], model.assets))
+    def check_request(items: list[Any]) -> list[Any]:
+        task.check_request(items, SETTINGS)
+        return items
+
+    item = task.request_item(SETTINGS, assets)
+    items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
+
+    async def predict(self: ModelServe, **request: Any) -> list[dict[str, Any]] | JSONResponse:
+        try:
+            return await self.executor.predict(served_model(entry.name), request[field])
+        except ItemError as exc:
+            raise InvalidArgument(f"{field}[{exc.index}]: {exc}") from None
+        except Overloaded as exc:  # BentoML would replace a 5xx's message with a generic one: answer it here
+            return JSONResponse({"error": str(exc)}, status_code=exc.http_status, headers={"Retry-After": str(exc.retry_after_s)})
 
     predict.__name__ = predict.__qualname__ = entry.endpoint
     predict.__doc__ = inspect.cleandoc(entry.doc)
     predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter(field, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=items),
+            inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, annotation=items),
         ],
         return_annotation=list[task.answer_model],  # type: ignore[name-defined]
     )
-    api = bentoml.api(
-        batchable=True, max_batch_size=max_batch_size(SETTINGS, entry.name, task, PROVIDERS), max_latency_ms=SETTINGS.queue_timeout_ms
-    )(predict)
+    api = bentoml.api(predict)
     # BentoML 1.4 finds a response's media type by regenerating the output model's JSON schema
     # on every request (IOMixin.mime_type): about 15% of the worker's CPU under load (py-spy).
     api.output_spec.media_type = "application/json"
@@ -116,9 +124,11 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS), path="/")(  # type: ignore[mi
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.workers,
-        threads=len(CATALOG),  # one batch in flight per predict API
         traffic={"timeout": SETTINGS.request_timeout_s},
         resources={"cpu": "1"},
+        logging={"access": {"enabled": SETTINGS.access_log}},
+        # BentoML's OpenTelemetry middleware makes a span per request even with no exporter set up.
+        tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},
     )(ModelServe)
 )
 ModelServe.add_asgi_middleware(

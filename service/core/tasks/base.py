@@ -84,8 +84,35 @@ class Task(ABC):
     # ------------------------------------------------------------ items -> tensor -> answers
 
     @abstractmethod
+    def check(self, value: Any, assets: Assets, settings: Settings) -> Any:
+        """One raw input (JSON value, image bytes) -> an item for `decode`; InputError otherwise.
+
+        Cheap by contract (no decoding): the HTTP layer runs it on the event loop, per request,
+        before any work is admitted.
+        """
+
+    def decode(self, item: Any, assets: Assets, settings: Settings) -> Any:
+        """A checked item -> one `to_tensor` cannot fail on; InputError when only decoding shows it is bad.
+
+        May be heavy (an image's pixels): the HTTP layer runs it in a worker thread.
+        """
+        return item
+
     def validate(self, value: Any, assets: Assets, settings: Settings) -> Any:
-        """One raw input (decoded JSON value, image bytes) -> an item `to_tensor` cannot fail on; InputError otherwise."""
+        """`check`, then `decode`: one raw input -> an item ready for `to_tensor` (batch scoring, Spark)."""
+        return self.decode(self.check(value, assets, settings), assets, settings)
+
+    def check_request(self, items: Sequence[Any], settings: Settings) -> None:
+        """Limits over a whole request's checked items (e.g. a pixel budget); InputError when over."""
+        return None
+
+    def cost(self, items: Sequence[Any]) -> int:
+        """The decoding work checked items will take, in the unit `pending_limit` bounds (0: not bounded)."""
+        return 0
+
+    def pending_limit(self, settings: Settings) -> int:
+        """How much decoding work a worker takes on at once for this task (0: no bound)."""
+        return 0
 
     @abstractmethod
     def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
@@ -124,7 +151,7 @@ class Task(ABC):
 
     @abstractmethod
     def request_item(self, settings: Settings, assets: Callable[[], Assets]) -> Any:
-        """The pydantic type of one request item; `assets()` gives the served version's assets."""
+        """The pydantic type of one request item, validated by `check`; `assets()` gives the served version's assets."""
 
     def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
         """httpx keyword arguments that send raw `items` to the friendly endpoint (redeploy's smoke test)."""

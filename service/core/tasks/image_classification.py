@@ -6,19 +6,31 @@ import base64
 import binascii
 import io
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 
 from service.core.config import Settings
 from service.core.errors import InputError
-from service.core.preprocessing import ImageSpec, decode_image
+from service.core.preprocessing import ImageSpec, decode_opened, open_image
 from service.core.tasks.base import FOLDER, Answer, BatchSizes, Gate, Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image whose header is parsed and checked, not yet decoded (Pillow decodes lazily)."""
+
+    image: Image.Image
+
+    @property
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
 
 
 class ImageAnswer(BaseModel):
@@ -79,20 +91,35 @@ class ImageClassification(Task):
     def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
         return ImageSpec.from_json(metadata["preprocessing"])
 
-    def validate(self, value: Any, assets: ImageSpec, settings: Settings) -> np.ndarray:
-        """Image bytes (or a file's path) -> uint8 pixels at the version's size; every check before any decoding."""
+    def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage:
+        """Image bytes (or a file's path) -> the image with its header parsed; byte and pixel limits, no decoding."""
         limit = settings.max_image_bytes
         data = read_limited(value, limit) if isinstance(value, Path) else value
         if not isinstance(data, bytes):
             raise InputError(f"must be image bytes, got {type(data).__name__}")
         if len(data) > limit:
             raise InputError(f"is larger than the limit of {limit:,} bytes")
+        return EncodedImage(open_image(data, settings.max_image_pixels))
+
+    def decode(self, item: EncodedImage, assets: ImageSpec, settings: Settings) -> np.ndarray:
+        """-> uint8 pixels at the version's size; a truncated or corrupt file is only found here."""
         try:
-            return decode_image(data, assets, settings.max_image_pixels)
+            return decode_opened(item.image, assets)
         except InputError:
             raise
-        except Exception as exc:  # a decoder failure decode_image does not anticipate: this image fails, nothing else
+        except Exception as exc:  # a decoder failure decode_opened does not anticipate: this image fails, nothing else
             raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
+
+    def check_request(self, items: Sequence[EncodedImage], settings: Settings) -> None:
+        total = self.cost(items)
+        if total > settings.max_request_pixels:
+            raise InputError(f"the images have {total:,} pixels in all, more than the limit of {settings.max_request_pixels:,} per request")
+
+    def cost(self, items: Sequence[EncodedImage]) -> int:
+        return sum(item.pixels for item in items)
+
+    def pending_limit(self, settings: Settings) -> int:
+        return settings.max_pending_pixels
 
     def to_tensor(self, items: Sequence[np.ndarray], assets: ImageSpec) -> np.ndarray:
         return np.stack(items).astype(np.uint8, copy=False)
@@ -127,13 +154,12 @@ class ImageClassification(Task):
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
     def request_item(self, settings: Settings, assets: Callable[[], ImageSpec]) -> Any:
-        """PIL.Image makes BentoML read `images` as multipart file fields; the validator hands on decoded pixels."""
+        """PIL.Image makes BentoML read `images` as multipart file fields; the validator hands on the checked, undecoded image."""
 
-        def decode(value: Any) -> Image.Image:
-            pixels = self.validate(upload_bytes(value, settings.max_image_bytes), assets(), settings)
-            return Image.fromarray(pixels, "RGB")
+        def check(value: Any) -> EncodedImage:
+            return self.check(upload_bytes(value, settings.max_image_bytes), None, settings)
 
-        return Annotated[Image.Image, BeforeValidator(decode)]
+        return Annotated[Image.Image, PlainValidator(check), WithJsonSchema({"type": "string", "format": "binary"})]
 
     def smoke_request(self, items: Sequence[np.ndarray]) -> dict[str, Any]:
         files = []

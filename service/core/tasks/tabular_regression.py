@@ -53,7 +53,7 @@ class TabularRegression(Task):
     def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> StandardScaler:
         return StandardScaler.from_json(json.loads((version_dir / metadata["preprocessing"]["scaler_file"]).read_text()))
 
-    def validate(self, value: Any, assets: StandardScaler, settings: Settings) -> np.ndarray:
+    def check(self, value: Any, assets: StandardScaler, settings: Settings) -> np.ndarray:
         return assets.check(feature_row(value, assets.feature_names))
 
     def to_tensor(self, items: Sequence[np.ndarray], assets: StandardScaler) -> np.ndarray:
@@ -77,7 +77,7 @@ class TabularRegression(Task):
                 {"type": "array", "items": {"type": "number"}, "description": "the features in the model's order (GET /models)"},
             ]
         }
-        return Annotated[Any, PlainValidator(lambda value: self.validate(value, assets(), settings)), WithJsonSchema(schema)]
+        return Annotated[Any, PlainValidator(lambda value: self.check(value, assets(), settings)), WithJsonSchema(schema)]
 
     def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
         return {"json": {self.request_field: [[float(v) for v in row] for row in items]}}

@@ -59,7 +59,7 @@ class TextClassification(Task):
     def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TextVectorizer:
         return TextVectorizer.from_json(json.loads((version_dir / metadata["preprocessing"]["vocabulary_file"]).read_text()))
 
-    def validate(self, value: Any, assets: Any, settings: Settings) -> str:
+    def check(self, value: Any, assets: Any, settings: Settings) -> str:
         if value is None:
             raise InputError("is missing")
         return check_text(value, settings.max_text_chars)
@@ -84,7 +84,7 @@ class TextClassification(Task):
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
     def request_item(self, settings: Settings, assets: Callable[[], Any]) -> Any:
-        return Annotated[str, BeforeValidator(lambda value: self.validate(value, None, settings))]
+        return Annotated[str, BeforeValidator(lambda value: self.check(value, None, settings))]
 
     def table_columns(self, columns: Sequence[str], assets: Any, requested: str | None) -> list[str]:
         try:

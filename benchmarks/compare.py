@@ -1,0 +1,168 @@
+"""Our service next to the peers a user would pick instead, on the same models and inputs, in one run.
+
+    python -m benchmarks.compare [--rounds 2] [--seconds 15] [--clients 1,8,32]
+
+Peers (benchmarks/peers/): a stock BentoML 1.4 service (batchable APIs, default settings)
+and a plain FastAPI app calling onnxruntime per request; all three use the same ONNX files
+and the project's preprocessing. Each is started in turn and driven by hey at each client
+count with one real item per request (a photo from ../shared/data, else the test fixture;
+a real review). Rounds alternate the order of the servers. The raw onnxruntime session's
+img/s on pre-decoded photos (the ceiling on these cores) is measured in the same run.
+Prints a table; writes benchmarks/results/compare.md and compare.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import onnxruntime as ort
+
+from benchmarks.launch import BENTOML, ROOT, Server, free_port, start_process, start_server
+from benchmarks.load import RESULTS, SHARED, Run, payloads, run_hey
+from service.core.preprocessing import ImageSpec, decode_image
+from service.core.registry import Registry
+
+MODELS = ROOT / "models"
+ENDPOINTS = ("classify_image", "sentiment")
+RAW_SECONDS = 5.0
+
+
+def start_peer(name: str, log: Path) -> Server:
+    port = free_port()
+    env = os.environ | {"MODELSERVE_MODEL_ROOT": str(MODELS), "BENTOML_HOME": str(log.parent / "bentoml_home")}
+    if name == "stock BentoML":
+        command = [str(BENTOML), "serve", "benchmarks.peers.stock_bentoml:Stock", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        uvicorn = Path(sys.executable).with_name("uvicorn")
+        command = [str(uvicorn), "benchmarks.peers.fastapi_ort:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    return start_process(command, f"http://127.0.0.1:{port}", log, env=env)
+
+
+def start(name: str, work: Path) -> Server:
+    log = work / f"{name.replace(' ', '_')}.log"
+    return start_server(MODELS, log) if name == "modelserve" else start_peer(name, log)
+
+
+def raw_session_rate() -> tuple[float, str]:
+    """Best images/s of a bare onnxruntime session on pre-decoded photos at batch 1: the ceiling here."""
+    version = Registry(MODELS).current("image_classifier")
+    spec = ImageSpec.from_json(version.read_metadata()["preprocessing"])
+    photos = sorted((SHARED / "cats_vs_dogs_small" / "test").rglob("*.jpg"))[:64] or [ROOT / "tests" / "fixtures" / "cat.jpg"]
+    pixels = [decode_image(p.read_bytes(), spec)[None] for p in photos]
+    best = (0.0, "")
+    cores = len(os.sched_getaffinity(0))
+    for threads, concurrent in ((0, 1), (1, cores), (0, cores)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(version.model_path), options, providers=["CPUExecutionProvider"])
+        session.run(None, {"image": pixels[0]})
+        done, deadline = 0, time.perf_counter() + RAW_SECONDS
+
+        def loop(offset: int, session: ort.InferenceSession = session, deadline: float = deadline) -> int:
+            n = 0
+            while time.perf_counter() < deadline:
+                session.run(None, {"image": pixels[(offset + n) % len(pixels)]})
+                n += 1
+            return n
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrent) as pool:
+            done = sum(pool.map(loop, range(concurrent)))
+        rate = done / (time.perf_counter() - started)
+        if rate > best[0]:
+            best = (rate, f"{concurrent} concurrent run(s) x {threads or 'all'} intra-op threads")
+    return best
+
+
+def row(server: str, round_: int, run: Run) -> str:
+    p50, p99 = run.p50_p99()
+    total = sum(run.codes.values())
+    bad = total - run.codes.get(200, 0) + run.transport_errors
+    return f"| {server} | {round_} | {run.endpoint} | {run.clients} | {total / run.seconds:,.0f} | {p50:,.1f} | {p99:,.1f} | {bad} |"
+
+
+def measure(args: argparse.Namespace, work: Path, report: Callable[[str], None]) -> list[tuple[str, int, Run]]:
+    makers = payloads()
+    servers = args.servers.split(",")
+    results = []
+    for round_ in range(1, args.rounds + 1):
+        for name in servers if round_ % 2 else list(reversed(servers)):
+            server = start(name, work)
+            try:
+                for endpoint in ENDPOINTS:
+                    for clients in map(int, args.clients.split(",")):
+                        run = asyncio.run(run_hey(server.url, endpoint, clients, args.seconds, makers[endpoint]))
+                        results.append((name, round_, run))
+                        report(row(name, round_, run))
+            finally:
+                server.stop()
+    return results
+
+
+def plot(results: list[tuple[str, int, Run]], raw: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(ENDPOINTS), figsize=(11, 8), squeeze=False)
+    for column, endpoint in enumerate(ENDPOINTS):
+        for server in dict.fromkeys(s for s, _, _ in results):
+            runs = [(r, run) for s, r, run in results if s == server and run.endpoint == endpoint]
+            for round_ in sorted({r for r, _ in runs}):
+                chosen = [run for r, run in runs if r == round_]
+                x = [run.clients for run in chosen]
+                line = axes[0][column].plot(
+                    x, [sum(run.codes.values()) / run.seconds for run in chosen], "o-", label=f"{server} ({round_})"
+                )[0]
+                axes[1][column].plot(x, [run.p50_p99()[1] for run in chosen], "o-", color=line.get_color(), label=f"{server} ({round_})")
+        if endpoint == "classify_image":
+            axes[0][column].axhline(raw, color="grey", linestyle="--", label="raw session, pre-decoded")
+        axes[0][column].set(title=f"/{endpoint}: throughput", xlabel="clients", ylabel="requests/s", xscale="log")
+        axes[1][column].set(title=f"/{endpoint}: p99 latency", xlabel="clients", ylabel="ms", xscale="log", yscale="log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--servers", default="modelserve,stock BentoML,FastAPI + onnxruntime")
+    args = parser.parse_args()
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"compare-{os.getpid()}"
+    work.mkdir(parents=True)
+    raw, raw_config = raw_session_rate()
+    lines = [
+        f"Raw onnxruntime session, pre-decoded photos, batch 1: {raw:,.0f} img/s ({raw_config}).",
+        "",
+        "| server | round | endpoint | clients | req/s | p50 ms | p99 ms | non-200 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+
+    def report(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    results = measure(args, work, report)
+    note = f"{args.seconds:.0f} s per row, one item per request, hey on the same machine ({len(os.sched_getaffinity(0))} cores); rounds alternate the order."
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compare.md").write_text("# Our service and its peers, one run\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
+    plot(results, raw, RESULTS / "compare.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Where a request's work runs once it is checked: admission, worker threads, and batching where it pays.
+
+The event loop only parses and checks requests (image headers, not pixels). Then:
+
+- Admission: the decoding work in flight per model is bounded (image pixels, summed
+  from headers); a request beyond the bound gets a fast 503 with Retry-After instead of
+  a place in a queue that would stall everyone behind it.
+- Work: decoding, preprocessing and CPU inference run in worker threads, one pool per
+  model with a thread per core (Pillow and onnxruntime release the GIL, so they run side
+  by side), so a text request never queues behind image decoding. Without batching a
+  request reaches onnxruntime after one thread hop.
+- Batching (GPU providers by default; MODELSERVE_BATCHING): requests are decoded in the
+  pool, then merged by a per-version batcher into one onnxruntime call of up to the
+  model's batch size, waiting at most MODELSERVE_BATCH_MAX_DELAY_MS for company
+  (Triton's dynamic batcher). A batch never mixes versions, and a bad item has already
+  failed its own request during decoding, so it can never fail a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from service.core.config import Settings
+from service.core.errors import InputError, Overloaded
+from service.core.runtime import LoadedModel, ModelRuntime
+from service.core.sessions import GPU_PROVIDERS, cores
+
+log = logging.getLogger("modelserve.executor")
+T = TypeVar("T")
+Answers = list[dict[str, Any]]
+IN_FLIGHT_BATCHES = 2  # batches one model runs at once: the next is assembled while the last computes
+
+
+class ItemError(InputError):
+    """An item failed decoding; `index` says which, so the client's error can name it (images[3])."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class Admission:
+    """Decoding work in flight for one model, bounded. Used from the event loop only, so no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+
+    @contextlib.contextmanager
+    def admit(self, cost: int) -> Iterator[None]:
+        # Alone, a request is always admitted (the request budget already bounds it).
+        if self.limit and cost and self.pending and self.pending + cost > self.limit:
+            raise Overloaded(f"busy: {self.pending:,} pixels are being decoded, the limit is {self.limit:,}; retry shortly")
+        self.pending += cost
+        try:
+            yield
+        finally:
+            self.pending -= cost
+
+
+@dataclass
+class Waiting:
+    items: list[Any]
+    future: asyncio.Future[Answers]
+    since: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Merges decoded items of concurrent requests into onnxruntime calls for ONE model version."""
+
+    def __init__(self, model: LoadedModel, max_size: int, max_delay_s: float, run: Callable[..., Any]) -> None:
+        self.model, self.max_size, self.max_delay_s, self.run = model, max_size, max_delay_s, run
+        self.queue: deque[Waiting] = deque()
+        self.wake = asyncio.Event()
+        self.running = 0
+        self.retired = False  # a reload replaced this version: finish what is queued, then stop
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    def retire(self) -> None:
+        self.retired = True
+        self.wake.set()
+
+    async def submit(self, items: list[Any]) -> Answers:
+        waiting = Waiting(items, asyncio.get_running_loop().create_future())
+        self.queue.append(waiting)
+        self.wake.set()
+        return await waiting.future
+
+    async def _loop(self) -> None:
+        while not (self.retired and not self.queue and not self.running):
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue and self.running < IN_FLIGHT_BATCHES:
+                if sum(len(w.items) for w in self.queue) < self.max_size and self.max_delay_s:
+                    await asyncio.sleep(self.max_delay_s - (time.monotonic() - self.queue[0].since))  # wait for company, bounded
+                batch = self._take()
+                self.running += 1
+                asyncio.get_running_loop().create_task(self._compute(batch))
+
+    def _take(self) -> list[Waiting]:
+        """Whole requests up to max_size items (a larger request alone)."""
+        batch = [self.queue.popleft()]
+        size = len(batch[0].items)
+        while self.queue and size + len(self.queue[0].items) <= self.max_size:
+            size += len(self.queue[0].items)
+            batch.append(self.queue.popleft())
+        return batch
+
+    async def _compute(self, batch: list[Waiting]) -> None:
+        try:
+            answers = await self.run(self.model.predict, [item for waiting in batch for item in waiting.items])
+        except BaseException as exc:  # a bug or a broken session: every request of the batch learns it
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(exc)
+        else:
+            start = 0
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_result(answers[start : start + len(waiting.items)])
+                start += len(waiting.items)
+        finally:
+            self.running -= 1
+            self.wake.set()
+
+
+class Executor:
+    """Runs checked requests for one worker: admission, a thread hop, batching per model version."""
+
+    def __init__(self, settings: Settings, runtime: ModelRuntime) -> None:
+        self.settings, self.runtime = settings, runtime
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+        self.admissions: dict[str, Admission] = {}
+        self.batchers: dict[int, Batcher] = {}  # by id() of the LoadedModel: one per version object
+
+    def batches(self, model: LoadedModel) -> bool:
+        if self.settings.batching == "auto":
+            return any(p in GPU_PROVIDERS for p in model.providers)
+        return self.settings.batching == "on"
+
+    async def predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
+        """Checked items of one request -> answers, from `model` (the version served when the request arrived)."""
+        task = model.task
+        admission = self.admissions.setdefault(model.name, Admission(task.pending_limit(self.settings)))
+        with admission.admit(task.cost(items)):
+            if not self.batches(model):
+                return await self.run(model.name, self._decode_and_predict, model, items)
+            decoded = await self.run(model.name, self._decode, model, items)
+            return await self._batcher(model).submit(decoded)
+
+    def pool(self, name: str) -> ThreadPoolExecutor:
+        if name not in self.pools:
+            self.pools[name] = ThreadPoolExecutor(self.settings.work_threads or cores(), thread_name_prefix=f"work-{name}")
+        return self.pools[name]
+
+    async def run(self, name: str, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in a worker thread of model `name`, unless the request waited past MODELSERVE_QUEUE_TIMEOUT_MS for one."""
+        queued = time.monotonic()
+        timeout_s = self.settings.queue_timeout_ms / 1000
+
+        def start() -> T:
+            waited = time.monotonic() - queued
+            if waited > timeout_s:
+                raise Overloaded(f"waited {waited:.1f} s for a worker thread, over the {timeout_s:g} s limit; retry shortly")
+            return work(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool(name), start)
+
+    def _decode(self, model: LoadedModel, items: Sequence[Any]) -> list[Any]:
+        decoded = []
+        for index, item in enumerate(items):
+            try:
+                decoded.append(model.task.decode(item, model.assets, self.settings))
+            except InputError as exc:
+                raise ItemError(index, str(exc)) from None
+        return decoded
+
+    def _decode_and_predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
+        return model.predict(self._decode(model, items))
+
+    def _batcher(self, model: LoadedModel) -> Batcher:
+        """The batcher of this version object. One of a version no longer served finishes what it holds, then stops."""
+        batcher = self.batchers.get(id(model))
+        if batcher is None or batcher.task.done():
+            run = functools.partial(self.run, model.name)
+            batcher = Batcher(model, self.runtime.batch_size(model.name), self.settings.batch_max_delay_ms / 1000, run)
+            self.batchers[id(model)] = batcher
+            batcher.task.add_done_callback(
+                lambda _: self.batchers.pop(id(model), None) if self.batchers.get(id(model)) is batcher else None
+            )
+        for other in list(self.batchers.values()):
+            if other.model.name == model.name and model.name in self.runtime and self.runtime.get(model.name) is not other.model:
+                other.retire()
+        return batcher
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
