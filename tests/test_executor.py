@@ -31,24 +31,24 @@ def runtime() -> ModelRuntime:
     return runtime
 
 
-def recording(model: LoadedModel, calls: list[tuple[int, int]]) -> LoadedModel:
+def recording(model: LoadedModel, calls: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> LoadedModel:
     """The same model, noting (which model object, how many items) for every onnxruntime call."""
     predict = model.predict
 
-    def recorded(items: Any) -> list[dict[str, Any]]:
+    def recorded(items: Any, **options: Any) -> list[dict[str, Any]]:
         calls.append((id(model), len(items)))
-        return predict(items)
+        return predict(items, **options)
 
-    model.predict = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(model, "predict", recorded)
     return model
 
 
-def test_batching_merges_requests_and_never_mixes_versions(runtime: ModelRuntime) -> None:
+def test_batching_merges_requests_and_never_mixes_versions(runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = dataclasses.replace(runtime.settings, batching="on", batch_max_delay_ms=20)
     executor = Executor(settings, runtime)
     calls: list[tuple[int, int]] = []
-    old = recording(runtime.get("imdb_sentiment"), calls)
-    new = recording(runtime.load("imdb_sentiment"), calls)  # a second object of the version: what a reload swaps in
+    old = recording(runtime.get("imdb_sentiment"), calls, monkeypatch)
+    new = recording(runtime.load("imdb_sentiment"), calls, monkeypatch)  # a second object of the version: what a reload swaps in
     expected = old.predict(TEXTS)
     calls.clear()
 
@@ -83,7 +83,7 @@ def test_a_request_that_waits_past_the_queue_timeout_is_refused(runtime: ModelRu
     async def blocked_then_late() -> None:
         busy = executor.run(model.name, time.sleep, 0.3)  # the only worker thread is busy for 300 ms
         with pytest.raises(Overloaded, match="waited"):
-            await asyncio.gather(busy, executor.predict(model, ["late"]))
+            await asyncio.gather(busy, executor.predict(model, ["a long review " * 500]))  # not light: it needs a thread
 
     asyncio.run(blocked_then_late())
     executor.close()

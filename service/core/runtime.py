@@ -63,15 +63,18 @@ class LoadedModel:
     def providers(self) -> list[str]:
         return self.sessions.providers
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
         inputs = self.metadata["inputs"][0]["name"]
-        return self.sessions.run({inputs: batch})[0]
+        return self.sessions.run({inputs: batch}, alone)[0]
 
-    def predict(self, items: Sequence[Any]) -> list[dict[str, Any]]:
-        """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version."""
+    def predict(self, items: Sequence[Any], alone: bool | None = None) -> list[dict[str, Any]]:
+        """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version.
+
+        `alone`: whether this is the only request in progress for the model (see Sessions.run).
+        """
         if not items:
             return []
-        outputs = self.infer(self.task.to_tensor(items, self.assets))
+        outputs = self.infer(self.task.to_tensor(items, self.assets), alone)
         stamp = {"model": self.name, "version": self.version}
         return [answer | stamp for answer in self.task.answers(outputs, self.assets, self.metadata)]
 

@@ -5,10 +5,10 @@ providers only when the NVIDIA driver reports a device, TensorRT only when its l
 loads. What a session really got is read back from `get_providers()`.
 
 How a call runs depends on where:
-- CPU, adaptive threads (MODELSERVE_INTRA_OP_THREADS=0): a call alone uses every core
-  (lowest latency); calls that overlap get a single-threaded session each, so concurrent
-  requests run side by side instead of fighting over one thread pool (highest
-  throughput; benchmarks/results/compare.md has the raw numbers).
+- CPU, adaptive threads (MODELSERVE_INTRA_OP_THREADS=0): a request alone uses every core
+  (lowest latency); when several are in progress each call gets a single-threaded
+  session, so concurrent requests run side by side instead of fighting over one thread
+  pool (highest throughput; benchmarks/results/compare.md has the raw numbers).
 - GPU: io-binding, so the input is copied to the device once and the output is bound
   (not copied through an intermediate host buffer); TensorRT keeps its engines in a cache
   keyed by the model's sha256 and runs in fp16 only when asked and accurate enough.
@@ -117,12 +117,12 @@ def _provider_options(config: SessionConfig, sha256: str) -> list[str | tuple[st
     return chosen
 
 
-def open_session(path: Path, config: SessionConfig, sha256: str, threads: int) -> ort.InferenceSession:
+def open_session(path: Path, config: SessionConfig, sha256: str, threads: int, spin: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: a CPU-only machine starts quietly
-    if threads != 1:
+    if not spin:
         # Pool threads that spin between calls burn the cores that decoding and other requests need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=_provider_options(config, sha256))
@@ -134,7 +134,9 @@ class Sessions:
     def __init__(self, path: Path, sha256: str, config: SessionConfig, io_binding: bool | None = None) -> None:
         self.config = config
         adaptive = not config.gpu and config.intra_op_threads == 0 and cores() > 1
-        self.primary = open_session(path, config, sha256, cores() if adaptive else config.intra_op_threads)
+        # The wide session runs a request that is alone: its threads may spin between operators
+        # (faster handoffs); under load the single-threaded sessions run and the wide one sleeps.
+        self.primary = open_session(path, config, sha256, cores() if adaptive else config.intra_op_threads, spin=adaptive)
         self.narrow = open_session(path, config, sha256, 1) if adaptive else None
         self.io_binding = config.gpu if io_binding is None else io_binding
         self.device = "cuda" if config.gpu else "cpu"
@@ -149,14 +151,16 @@ class Sessions:
     def input_names(self) -> list[str]:
         return [i.name for i in self.primary.get_inputs()]
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feed: Mapping[str, np.ndarray], alone: bool | None = None) -> list[np.ndarray]:
+        """`alone`: the caller knows whether other requests are in progress (the HTTP executor does);
+        None: decide by the calls running right now."""
         if self.narrow is None:
             return self._run(self.primary, feed)
         with self._lock:
-            busy = self._in_flight > 0
+            wide = (self._in_flight == 0) if alone is None else alone
             self._in_flight += 1
         try:
-            return self._run(self.narrow if busy else self.primary, feed)
+            return self._run(self.primary if wide else self.narrow, feed)
         finally:
             with self._lock:
                 self._in_flight -= 1

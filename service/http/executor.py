@@ -8,7 +8,9 @@ The event loop only parses and checks requests (image headers, not pixels). Then
 - Work: decoding, preprocessing and CPU inference run in worker threads, one pool per
   model with a thread per core (Pillow and onnxruntime release the GIL, so they run side
   by side), so a text request never queues behind image decoding. Without batching a
-  request reaches onnxruntime after one thread hop.
+  request reaches onnxruntime after one thread hop, or none: work the task calls light
+  (a short text, a few table rows: well under a millisecond, less than the hop itself)
+  runs on the event loop.
 - Batching (GPU providers by default; MODELSERVE_BATCHING): requests are decoded in the
   pool, then merged by a per-version batcher into one onnxruntime call of up to the
   model's batch size, waiting at most MODELSERVE_BATCH_MAX_DELAY_MS for company
@@ -19,6 +21,7 @@ The event loop only parses and checks requests (image headers, not pixels). Then
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -140,6 +143,7 @@ class Executor:
         self.settings, self.runtime = settings, runtime
         self.pools: dict[str, ThreadPoolExecutor] = {}
         self.admissions: dict[str, Admission] = {}
+        self.in_progress: collections.Counter[str] = collections.Counter()  # requests per model, on the event loop
         self.batchers: dict[int, Batcher] = {}  # by id() of the LoadedModel: one per version object
 
     def batches(self, model: LoadedModel) -> bool:
@@ -151,11 +155,21 @@ class Executor:
         """Checked items of one request -> answers, from `model` (the version served when the request arrived)."""
         task = model.task
         admission = self.admissions.setdefault(model.name, Admission(task.pending_limit(self.settings)))
-        with admission.admit(task.cost(items)):
+        with admission.admit(task.cost(items)), self._counted(model.name):
             if not self.batches(model):
+                if task.is_light(items):
+                    return self._decode_and_predict(model, items)
                 return await self.run(model.name, self._decode_and_predict, model, items)
             decoded = await self.run(model.name, self._decode, model, items)
             return await self._batcher(model).submit(decoded)
+
+    @contextlib.contextmanager
+    def _counted(self, name: str) -> Iterator[None]:
+        self.in_progress[name] += 1
+        try:
+            yield
+        finally:
+            self.in_progress[name] -= 1
 
     def pool(self, name: str) -> ThreadPoolExecutor:
         if name not in self.pools:
@@ -185,7 +199,8 @@ class Executor:
         return decoded
 
     def _decode_and_predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
-        return model.predict(self._decode(model, items))
+        # Read when the work starts: alone, a request may use every core for its inference.
+        return model.predict(self._decode(model, items), alone=self.in_progress[model.name] <= 1)
 
     def _batcher(self, model: LoadedModel) -> Batcher:
         """The batcher of this version object. One of a version no longer served finishes what it holds, then stops."""

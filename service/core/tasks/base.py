@@ -114,6 +114,13 @@ class Task(ABC):
         """How much decoding work a worker takes on at once for this task (0: no bound)."""
         return 0
 
+    def is_light(self, items: Sequence[Any]) -> bool:
+        """Work so small that a hop to a worker thread would cost more than the work itself (well under a millisecond).
+
+        The HTTP layer then runs it on the event loop, where it cannot stall anyone for long.
+        """
+        return False
+
     @abstractmethod
     def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
         """Validated items -> the model's input batch."""
