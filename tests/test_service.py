@@ -298,3 +298,28 @@ def test_concurrent_burst_has_no_5xx(server: Server) -> None:
 def test_admin_api_is_off_without_a_token(client: httpx.Client) -> None:
     response = client.post("/admin/reload", json={})
     assert response.status_code == 403 and "MODELSERVE_ADMIN_TOKEN" in error_of(response)
+
+
+def test_metrics_have_per_version_series(client: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert client.post("/sentiment", json={"texts": [POSITIVE, NEGATIVE]}).status_code == 200
+    assert client.post("/predict_price", json={"rows": [HOUSE]}).status_code == 200
+    assert (
+        client.post("/classify_image", files=[("images", ("cat.jpg", CAT)), ("images", ("bad.jpg", CAT[: len(CAT) // 2]))]).status_code
+        == 400
+    )
+    samples = [s for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples]
+
+    def value(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    text = {"model": "imdb_sentiment", "version": str(Registry(ROOT / "models").current_version("imdb_sentiment"))}
+    assert value("modelserve_requests_total", outcome="ok", **text) >= 1
+    assert value("modelserve_queue_seconds_count", **text) >= 1 and value("modelserve_compute_seconds_count", **text) >= 1
+    assert value("modelserve_batch_size_count", **text) >= 1
+    assert value("modelserve_predicted_labels_total", label="positive", **text) >= 1
+    assert value("modelserve_predicted_labels_total", label="negative", **text) >= 1
+    assert value("modelserve_predicted_probability_count", **text) >= 2
+    assert value("modelserve_predicted_value_count", model="boston_housing") >= 1
+    assert value("modelserve_requests_total", model="image_classifier", outcome="rejected") >= 1

@@ -36,6 +36,7 @@ from service.core.config import Settings
 from service.core.errors import InputError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
 from service.core.sessions import GPU_PROVIDERS, cores
+from service.http.metrics import Timing, metrics
 
 log = logging.getLogger("modelserve.executor")
 T = TypeVar("T")
@@ -74,6 +75,7 @@ class Admission:
 class Waiting:
     items: list[Any]
     future: asyncio.Future[Answers]
+    timing: Timing
     since: float = field(default_factory=time.monotonic)
 
 
@@ -92,8 +94,8 @@ class Batcher:
         self.retired = True
         self.wake.set()
 
-    async def submit(self, items: list[Any]) -> Answers:
-        waiting = Waiting(items, asyncio.get_running_loop().create_future())
+    async def submit(self, items: list[Any], timing: Timing) -> Answers:
+        waiting = Waiting(items, asyncio.get_running_loop().create_future(), timing)
         self.queue.append(waiting)
         self.wake.set()
         return await waiting.future
@@ -119,8 +121,13 @@ class Batcher:
         return batch
 
     async def _compute(self, batch: list[Waiting]) -> None:
+        now = time.monotonic()
+        for waiting in batch:
+            waiting.timing.waited += now - waiting.since
+        items = [item for waiting in batch for item in waiting.items]
+        metrics().batch_size(self.model.name, self.model.version, len(items))
         try:
-            answers = await self.run(self.model.predict, [item for waiting in batch for item in waiting.items])
+            answers = await self.run(self.model.predict, items)
         except BaseException as exc:  # a bug or a broken session: every request of the batch learns it
             for waiting in batch:
                 if not waiting.future.done():
@@ -153,15 +160,31 @@ class Executor:
 
     async def predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
         """Checked items of one request -> answers, from `model` (the version served when the request arrived)."""
+        started, timing, outcome = time.monotonic(), Timing(), "error"
+        try:
+            answers = await self._predict(model, items, timing)
+            outcome = "ok"
+        except ItemError:
+            outcome = "rejected"
+            raise
+        except Overloaded:
+            outcome = "overloaded"
+            raise
+        finally:
+            metrics().request(model.name, model.version, outcome, timing if outcome == "ok" else None, time.monotonic() - started)
+        metrics().answers(model.task, model.name, model.version, answers)
+        return answers
+
+    async def _predict(self, model: LoadedModel, items: Sequence[Any], timing: Timing) -> Answers:
         task = model.task
         admission = self.admissions.setdefault(model.name, Admission(task.pending_limit(self.settings)))
         with admission.admit(task.cost(items)), self._counted(model.name):
             if not self.batches(model):
                 if task.is_light(items):
                     return self._decode_and_predict(model, items)
-                return await self.run(model.name, self._decode_and_predict, model, items)
-            decoded = await self.run(model.name, self._decode, model, items)
-            return await self._batcher(model).submit(decoded)
+                return await self.run(model.name, self._decode_and_predict, model, items, timing=timing)
+            decoded = await self.run(model.name, self._decode, model, items, timing=timing)
+            return await self._batcher(model).submit(decoded, timing)
 
     @contextlib.contextmanager
     def _counted(self, name: str) -> Iterator[None]:
@@ -176,13 +199,15 @@ class Executor:
             self.pools[name] = ThreadPoolExecutor(self.settings.work_threads or cores(), thread_name_prefix=f"work-{name}")
         return self.pools[name]
 
-    async def run(self, name: str, work: Callable[..., T], *args: Any) -> T:
+    async def run(self, name: str, work: Callable[..., T], *args: Any, timing: Timing | None = None) -> T:
         """`work(*args)` in a worker thread of model `name`, unless the request waited past MODELSERVE_QUEUE_TIMEOUT_MS for one."""
         queued = time.monotonic()
         timeout_s = self.settings.queue_timeout_ms / 1000
 
         def start() -> T:
             waited = time.monotonic() - queued
+            if timing is not None:
+                timing.waited += waited
             if waited > timeout_s:
                 raise Overloaded(f"waited {waited:.1f} s for a worker thread, over the {timeout_s:g} s limit; retry shortly")
             return work(*args)
@@ -199,6 +224,7 @@ class Executor:
         return decoded
 
     def _decode_and_predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
+        metrics().batch_size(model.name, model.version, len(items))
         # Read when the work starts: alone, a request may use every core for its inference.
         return model.predict(self._decode(model, items), alone=self.in_progress[model.name] <= 1)
 

@@ -73,6 +73,7 @@ class Task(ABC):
     gil_bound: ClassVar[bool] = False  # preprocessing holds the GIL: batch scoring uses processes
     gate: ClassVar[Gate]
     batch_sizes: ClassVar[BatchSizes]
+    predicts_value: ClassVar[bool] = False  # a regressor's answer is a value, a classifier's a label and probability
     answer_model: type[BaseModel]
 
     # ------------------------------------------------------------ a version's assets
@@ -146,6 +147,10 @@ class Task(ABC):
             if isinstance(value, Mapping):
                 numbers += [v for v in value.values() if isinstance(v, float)]
         return None if all(math.isfinite(v) for v in numbers) else "not finite"
+
+    @abstractmethod
+    def observation(self, answer: Answer) -> tuple[str | None, float]:
+        """(label or None, the answer's number: a probability or a value), for metrics and shadow comparisons."""
 
     @abstractmethod
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:

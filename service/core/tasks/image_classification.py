@@ -150,6 +150,9 @@ class ImageClassification(Task):
             return "probabilities do not sum to 1"
         return super().check_answer(answer)
 
+    def observation(self, answer: Answer) -> tuple[str | None, float]:
+        return answer["label"], answer["score"]
+
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 

@@ -39,6 +39,7 @@ class TabularRegression(Task):
     request_field = "rows"
     item_noun = "row"
     gate = Gate("mae", higher_is_better=False, default_tolerance=0.1)
+    predicts_value = True
     batch_input_help = "CSV, JSONL or Parquet with one column per feature (the model's names, any case);\nother columns are ignored"
     batch_sizes = BatchSizes(cpu=512, gpu=512)  # CPU saturates at 512 (benchmarks/results/batch_sizes.md); not measured on a GPU
 
@@ -71,6 +72,9 @@ class TabularRegression(Task):
     def smoke_items(self, assets: StandardScaler) -> list[np.ndarray]:
         typical = assets.inverse_example()
         return [typical, typical * 1.1]
+
+    def observation(self, answer: Answer) -> tuple[str | None, float]:
+        return None, answer[self.answer_field]
 
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([abs(a[self.answer_field] - t) for a, t in zip(answers, targets, strict=True)]))

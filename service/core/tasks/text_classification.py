@@ -85,6 +85,9 @@ class TextClassification(Task):
             return "probability outside [0, 1]"
         return super().check_answer(answer)
 
+    def observation(self, answer: Answer) -> tuple[str | None, float]:
+        return answer["label"], answer["probability_positive"]
+
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
