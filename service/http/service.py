@@ -30,6 +30,7 @@ from service.core.runtime import LoadedModel, ModelRuntime, max_batch_size, reso
 from service.http.admin import admin_app
 from service.http.batching import bound_queue_delay
 from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 
 SETTINGS = Settings.from_env()
@@ -112,7 +113,7 @@ def predict_api(entry: CatalogEntry) -> Any:
 for _entry in CATALOG.values():
     setattr(ModelServe, _entry.endpoint, predict_api(_entry))
 
-ModelServe = bentoml.asgi_app(admin_app(SETTINGS), path="/")(  # type: ignore[misc]
+ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.workers,
