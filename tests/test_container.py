@@ -165,6 +165,16 @@ def test_ready_models_and_healthcheck(client: httpx.Client, container: Container
     assert health.returncode == 0, health.stderr
 
 
+def test_playground_page_and_plots_are_served_from_the_image(client: httpx.Client, container: Container) -> None:
+    page = client.get("/playground")
+    assert page.status_code == 200 and "playground/static/playground.js" in page.text
+    for name in ("playground.js", "playground.css"):
+        assert client.get(f"/playground/static/{name}").content == (ROOT / "service" / "http" / "static" / name).read_bytes()
+    for model in client.get("/models").json()["models"]:
+        plot = client.get(f"/models/{model['name']}/versions/{model['version']}/plots/{model['plots'][0]}")
+        assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+
+
 def test_runs_as_non_root_with_read_only_models(container: Container) -> None:
     uid = docker("exec", container.name, "id", "-u").stdout.strip()
     assert uid != "0"

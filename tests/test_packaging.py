@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 from benchmarks.launch import BENTOML, ROOT
+
+PLAYGROUND_FILES = sorted((ROOT / "service" / "http" / "static").iterdir())
+
+
+def test_wheel_carries_the_playground_page(tmp_path: Path) -> None:
+    """The serving image installs the project as a wheel (deploy/Dockerfile): the page's files must be package data."""
+    src = tmp_path / "src"  # a copy, as deploy/build-image.sh makes: the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "service", src / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("modelserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for path in PLAYGROUND_FILES:
+            assert archive.read(f"service/http/static/{path.name}") == path.read_bytes()
 
 
 def _names(requirements: list[str]) -> dict[str, str]:
@@ -43,6 +67,7 @@ def test_bentoml_build(tmp_path: Path) -> None:
         current = (src / "models" / name / "CURRENT").read_text().strip()
         assert (src / "models" / name / current / "model.onnx").is_file()
     assert (src / "service" / "http" / "service.py").is_file() and (src / "service" / "core" / "tasks").is_dir()
+    assert {p.name for p in (src / "service" / "http" / "static").iterdir()} == {p.name for p in PLAYGROUND_FILES}, "the playground page"
     assert not (src / "training").exists() and not (src / "service" / "batch").exists(), "the bento carries what serving needs, no more"
     requirements = "\n".join(p.read_text() for p in (bentos[0] / "env" / "python").rglob("requirements*.txt"))
     assert "onnxruntime" in requirements and "bentoml" in requirements

@@ -115,6 +115,18 @@ def test_feature_rows_by_name_or_position() -> None:
         feature_row([*values[:12], "12"], BOSTON_FEATURES)
 
 
+def test_scaler_records_the_training_range_and_estimates_it_for_old_versions() -> None:
+    x = np.abs(np.random.default_rng(1).normal(5, 2, (80, 13)))
+    scaler = StandardScaler.fit(x, BOSTON_FEATURES, log1p=("CRIM", "LSTAT"))
+    low, high, seen = StandardScaler.from_json(scaler.to_json()).ranges()
+    assert seen and np.array_equal(low, x.min(axis=0)) and np.array_equal(high, x.max(axis=0))
+    old = {k: v for k, v in scaler.to_json().items() if k not in ("min", "max")}  # a scaler.json written before ranges were
+    low, high, seen = StandardScaler.from_json(old).ranges()
+    assert not seen and np.all(low < scaler.inverse_example()) and np.all(scaler.inverse_example() < high)
+    crim = BOSTON_FEATURES.index("CRIM")
+    assert low[crim] >= 0 and high[crim] == pytest.approx(np.expm1(np.log1p(x[:, crim]).mean() + 2 * np.log1p(x[:, crim]).std()))
+
+
 def test_scaler_roundtrip() -> None:
     x = np.random.default_rng(0).normal(5, 2, (50, 13))
     scaler = StandardScaler.fit(x, BOSTON_FEATURES)

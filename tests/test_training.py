@@ -21,6 +21,7 @@ from service.core.registry import Registry, validate_metadata
 from service.core.runtime import load_model
 from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv
 from training.__main__ import main
+from training.datasets import load_housing
 
 SCHEMA_EXTRAS = ("model_bytes", "plots")
 
@@ -109,6 +110,11 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     assert len(metadata["metrics"]["k_fold"]["val_mae_per_fold"]) == 2
     scaler = json.loads((registry.get("boston_housing", 1).path / "scaler.json").read_text())
     assert scaler["features"][0] == "CRIM" and len(scaler["mean"]) == 13
+    # New versions record the training rows' range and a real test row (GET /models, the playground's form).
+    split = load_housing(str(data))
+    assert scaler["min"] == split.x_train.min(axis=0).tolist() and scaler["max"] == split.x_train.max(axis=0).tolist()
+    assert metadata["data"]["example"]["values"] == dict(zip(split.feature_names, split.x_test[0].tolist()))
+    assert metadata["data"]["example"]["target"] == float(split.y_test[0])
 
     model = load_model(registry.get("boston_housing", 1), ["CPUExecutionProvider"])
     x, y = housing_rows(50, seed=7)

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.core.errors import DataError
 from service.core.preprocessing import SCALER_FILE, StandardScaler
-from training.datasets import load_housing
+from training.datasets import TabularData, load_housing
 from training.export import TensorSpec, parity_inputs
 from training.plots import plot_kfold
 from training.progress import fit_verbosity, log
@@ -153,6 +153,12 @@ def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[s
     }
 
 
+def _example(data: TabularData) -> dict[str, Any]:
+    """A real house to start from (the playground's form): the first test row, with its true price."""
+    values = dict(zip(data.feature_names, map(float, data.x_test[0])))
+    return {"values": values, "target": float(data.y_test[0]), "source": "the first row of the test set", "real": True}
+
+
 def train(args: argparse.Namespace) -> TrainingResult:
     config = dict(VARIANTS[args.variant])
     for key in ("epochs", "ensemble"):
@@ -201,7 +207,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         history=history,
         history_metric="mae",
         parity_inputs=parity_inputs(x_test, x_train, most=len(x_test)).astype(np.float32),
-        data={"dataset": "Boston housing (Harrison & Rubinfeld)", **data.source, "synthetic": False},
+        data={"dataset": "Boston housing (Harrison & Rubinfeld)", **data.source, "synthetic": False, "example": _example(data)},
         **_records(args, config, data.feature_names),
         test_items=list(data.x_test),
         test_targets=[float(y) for y in data.y_test],

@@ -258,19 +258,24 @@ class StandardScaler:
     Features named in `log1p` are first replaced by log(1 + x): right-skewed ones such
     as CRIM or LSTAT become closer to normal, which the K-fold validation rewarded.
     Those features must be >= 0 (`check` refuses the rest), or log1p would give NaN.
+    `low` and `high` are the raw training rows' per-feature min and max, recorded so a
+    client can show the range a model has seen (None for versions fitted before they were).
     """
 
     feature_names: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
     log1p: tuple[str, ...] = ()
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
     @classmethod
     def fit(cls, x: np.ndarray, feature_names: Sequence[str], log1p: Sequence[str] = ()) -> StandardScaler:
         shaped = cls(tuple(feature_names), np.zeros(x.shape[1]), np.ones(x.shape[1]), tuple(log1p))._shape(x)
         std = shaped.std(axis=0)
         std[std == 0] = 1.0
-        return cls(tuple(feature_names), shaped.mean(axis=0), std, tuple(log1p))
+        raw = np.asarray(x, dtype=np.float64)
+        return cls(tuple(feature_names), shaped.mean(axis=0), std, tuple(log1p), raw.min(axis=0), raw.max(axis=0))
 
     def _shape(self, x: np.ndarray) -> np.ndarray:
         x = np.array(x, dtype=np.float64)
@@ -278,6 +283,13 @@ class StandardScaler:
             columns = [self.feature_names.index(name) for name in self.log1p]
             x[:, columns] = np.log1p(x[:, columns])
         return x
+
+    def _unshape(self, row: np.ndarray) -> np.ndarray:
+        row = np.array(row, dtype=np.float64)
+        if self.log1p:
+            columns = [self.feature_names.index(name) for name in self.log1p]
+            row[columns] = np.expm1(row[columns])
+        return row
 
     def check(self, row: np.ndarray) -> np.ndarray:
         for name in self.log1p:
@@ -291,18 +303,29 @@ class StandardScaler:
 
     def inverse_example(self) -> np.ndarray:
         """A typical raw row (the training mean, mapped back through log1p) for smoke tests."""
-        row = self.mean.copy()
+        return self._unshape(self.mean)
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(low, high, seen): the training rows' min and max when recorded (seen=True); otherwise an
+        estimate, mean ± 2 std in the scaled space mapped back through log1p (log features stay >= 0)."""
+        if self.low is not None and self.high is not None:
+            return self.low, self.high, True
+        low, high = self._unshape(self.mean - 2 * self.std), self._unshape(self.mean + 2 * self.std)
         if self.log1p:
             columns = [self.feature_names.index(name) for name in self.log1p]
-            row[columns] = np.expm1(row[columns])
-        return row
+            low[columns] = np.maximum(low[columns], 0.0)
+        return low, high, False
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(self.feature_names), "log1p": list(self.log1p), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        data = {"features": list(self.feature_names), "log1p": list(self.log1p), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.low is not None and self.high is not None:
+            data |= {"min": self.low.tolist(), "max": self.high.tolist()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StandardScaler:
-        return cls(tuple(data["features"]), np.asarray(data["mean"]), np.asarray(data["std"]), tuple(data.get("log1p", ())))
+        low, high = (np.asarray(data[k], dtype=np.float64) if k in data else None for k in ("min", "max"))
+        return cls(tuple(data["features"]), np.asarray(data["mean"]), np.asarray(data["std"]), tuple(data.get("log1p", ())), low, high)
 
 
 def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:

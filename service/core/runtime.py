@@ -113,6 +113,8 @@ class LoadedModel:
             "providers": self.providers,
             "requested_providers": self.requested_providers,
             "sessions": self.sessions.describe(),
+            "plots": list(meta.get("plots", [])),  # GET /models/{name}/versions/{version}/plots/{file}
+            "request": self.task.describe(self.assets, meta),
         }
 
 
@@ -274,7 +276,10 @@ class ModelRuntime:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "models": [m.describe() | {"max_batch_size": self.batch_size(m.name)} for m in self.served().values()],
+            "models": [
+                m.describe() | {"endpoint": f"/{entry(m.name).endpoint}", "max_batch_size": self.batch_size(m.name)}
+                for m in self.served().values()
+            ],
             "model_root": str(self.registry.root),
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),

@@ -7,6 +7,7 @@ models of this worker (the BentoML service instance holds them).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -15,7 +16,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from service.core.config import Settings
 from service.core.errors import ReloadRefused
@@ -67,7 +68,9 @@ async def _reload(runtime: ModelRuntime, names: list[str]) -> JSONResponse:
     return JSONResponse({"results": results})
 
 
-def admin_app(settings: Settings) -> Starlette:
+def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """GET /models and POST /admin/reload, plus `extra_routes` (the playground's) in the same app: one mount at "/"."""
+
     async def reload_view(request: Request) -> JSONResponse:
         """POST /admin/reload {"model": NAME} (or {} for all): load CURRENT beside the old version, swap if it passes."""
         refused = _authorized(request, settings)
@@ -88,4 +91,6 @@ def admin_app(settings: Settings) -> Starlette:
             return _error(404, f"not served here: {unknown}; served: {list(runtime.served())}")
         return await _reload(runtime, names)
 
-    return Starlette(routes=[Route("/models", models_view, methods=["GET"]), Route("/admin/reload", reload_view, methods=["POST"])])
+    return Starlette(
+        routes=[Route("/models", models_view, methods=["GET"]), Route("/admin/reload", reload_view, methods=["POST"]), *extra_routes]
+    )

@@ -32,6 +32,7 @@ from service.core.runtime import LoadedModel, ModelRuntime
 from service.http.admin import admin_app
 from service.http.executor import Executor, ItemError
 from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 
 SETTINGS = Settings.from_env()
@@ -120,7 +121,7 @@ def predict_api(entry: CatalogEntry) -> Any:
 for _entry in CATALOG.values():
     setattr(ModelServe, _entry.endpoint, predict_api(_entry))
 
-ModelServe = bentoml.asgi_app(admin_app(SETTINGS), path="/")(  # type: ignore[misc]
+ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.workers,

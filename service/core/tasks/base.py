@@ -165,6 +165,11 @@ class Task(ABC):
     def request_item(self, settings: Settings, assets: Callable[[], Assets]) -> Any:
         """The pydantic type of one request item, validated by `check`; `assets()` gives the served version's assets."""
 
+    def describe(self, assets: Assets, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """What a client needs to build a request for this version (GET /models shows it; the playground page reads it)."""
+        described = {"field": self.request_field, "item": self.item_noun, "content_types": list(self.content_types)}
+        return described | ({"file_suffixes": list(self.file_suffixes)} if self.file_suffixes else {})
+
     def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
         """httpx keyword arguments that send raw `items` to the friendly endpoint (redeploy's smoke test)."""
         return {"json": {self.request_field: list(items)}}

@@ -16,6 +16,10 @@ from service.core.preprocessing import StandardScaler, feature_row, match_names
 from service.core.tasks.base import Answer, BatchSizes, Gate, Task
 
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
+# How GET /models labels a version's feature ranges and starting row (see `describe`).
+SEEN_RANGE = "min and max of the training rows"
+ESTIMATED_RANGE = "mean ± 2 std of the training rows (this version recorded no min and max)"
+TYPICAL_ROW = "the training mean of every feature (this version recorded no real example row)"
 
 
 def _csv_number(text: Any) -> Any:
@@ -78,6 +82,26 @@ class TabularRegression(Task):
 
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([abs(a[self.answer_field] - t) for a, t in zip(answers, targets, strict=True)]))
+
+    def describe(self, assets: StandardScaler, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """The features with the range the model saw and a row to start from: the version's real example row when it
+        recorded one, else the scaler's typical row; each says which it is (`range_source`, `example.source`)."""
+        low, high, seen = assets.ranges()
+        example = metadata.get("data", {}).get("example")
+        if not example:
+            typical = assets.inverse_example()
+            example = {"values": dict(zip(assets.feature_names, map(float, typical))), "source": TYPICAL_ROW, "real": False}
+        return super().describe(assets, metadata) | {
+            "answer_field": self.answer_field,
+            "unit": metadata["preprocessing"].get("unit", ""),
+            "features": [
+                {"name": name, "min": float(lo), "max": float(hi), "log1p": name in assets.log1p}
+                for name, lo, hi in zip(assets.feature_names, low, high)
+            ],
+            "range_source": SEEN_RANGE if seen else ESTIMATED_RANGE,
+            "range_seen": seen,
+            "example": example,
+        }
 
     def request_item(self, settings: Settings, assets: Callable[[], StandardScaler]) -> Any:
         schema = {

@@ -91,6 +91,16 @@ class TextClassification(Task):
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
+    def describe(self, assets: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        negative, positive = metadata["labels"]
+        threshold = float(metadata["preprocessing"].get("threshold", 0.5))
+        return super().describe(assets, metadata) | {
+            "positive": positive,
+            "negative": negative,
+            "threshold": threshold,
+            "examples": list(SMOKE_TEXTS),
+        }
+
     def request_item(self, settings: Settings, assets: Callable[[], Any]) -> Any:
         return Annotated[str, BeforeValidator(lambda value: self.check(value, None, settings))]
 
