@@ -7,6 +7,7 @@ models of this worker (the BentoML service instance holds them).
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 import anyio.to_thread
@@ -76,8 +77,9 @@ def admin_app(settings: Settings) -> Starlette:
         runtime = _runtime()
         if runtime is None:
             return _error(503, "models are still loading")
+        raw = await request.body()  # however it is framed: Content-Length or chunked (the guard has read and counted it)
         try:
-            body = await request.json() if int(request.headers.get("content-length", "0") or 0) else {}
+            body = json.loads(raw) if raw.strip() else {}
         except ValueError:
             return _error(400, 'invalid JSON body; send {"model": NAME} or {}')
         if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):

@@ -29,6 +29,7 @@ from service.core.errors import ReloadRefused
 from service.core.runtime import LoadedModel, ModelRuntime, max_batch_size, resolve_providers
 from service.http.admin import admin_app
 from service.http.batching import bound_queue_delay
+from service.http.connections import limit_header_time
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.timeouts import cancel_finished_request_timers
 
@@ -36,6 +37,7 @@ SETTINGS = Settings.from_env()
 PROVIDERS = resolve_providers(SETTINGS.providers)
 bound_queue_delay(SETTINGS.batch_max_delay_ms / 1000)
 cancel_finished_request_timers()
+limit_header_time(SETTINGS.header_timeout_s)
 log = logging.getLogger("modelserve.service")
 
 
@@ -125,6 +127,9 @@ ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
     content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()} | {"/admin/reload": ("application/json",)},
+    file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
+    max_files=SETTINGS.max_items,
+    body_timeout_s=SETTINGS.body_timeout_s,
 )
 
 
