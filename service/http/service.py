@@ -15,8 +15,6 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -25,8 +23,8 @@ from pydantic import Field
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import ReloadRefused
-from service.core.runtime import LoadedModel, ModelRuntime, max_batch_size, resolve_providers
+from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime, max_batch_size, resolve_providers
+from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
 from service.http.batching import bound_queue_delay
 from service.http.connections import limit_header_time
@@ -47,32 +45,17 @@ class ModelServe:
     def __init__(self) -> None:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
+        self.workers = WorkerGroup(SETTINGS.workers)  # before loading: a request made before this load counts as carried out
         self.runtime.load_all()  # verified, session opened, smoke-tested and warm before /readyz says ready
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
         gc.collect()
         gc.freeze()
-        if SETTINGS.reload_poll_s > 0:
-            threading.Thread(target=self._watch_current, name="current-watcher", daemon=True).start()
+        self.watcher = CurrentWatcher(self.runtime, SETTINGS.reload_poll_s, self.workers).start()
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
-
-    def _watch_current(self) -> None:
-        """Follow CURRENT in every worker (the admin call reaches only one); never retry a refused version."""
-        refused: dict[str, int | None] = {}
-        while True:
-            time.sleep(SETTINGS.reload_poll_s)
-            for name in self.runtime.pending_changes():
-                current = self.runtime.registry.current_version(name)
-                if refused.get(name) == current:
-                    continue
-                try:
-                    self.runtime.reload(name)
-                    refused.pop(name, None)
-                except ReloadRefused:
-                    refused[name] = current
 
 
 def served_model(name: str) -> LoadedModel:
