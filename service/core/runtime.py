@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,12 +233,28 @@ class ModelRuntime:
         ref = self.registry.current(name) if version is None else self.registry.get(name, version)
         return load_model(ref, self.providers, self.settings.intra_op_threads)
 
-    def load_all(self) -> None:
+    def load_all(self, fallback: Mapping[str, int] | None = None) -> None:
+        """Load every model's CURRENT version; where that fails, the version in `fallback` (what this server served).
+
+        A worker that restarts (after a crash, or kill -9) while CURRENT is damaged would
+        otherwise fail to start again and again, and a one-worker server would serve
+        nothing. With the versions its workers last served, it starts on those and lists
+        the refused CURRENT under refused_reloads. A fresh server has no fallback: it fails.
+        """
         names = self.model_names()
         if not names:
             raise RegistryError(f"no model under {self.registry.root.resolve()} has a CURRENT version to serve")
         for name in names:
-            self._models[name] = self.load(name)
+            try:
+                self._models[name] = self.load(name)
+            except (RegistryError, ModelLoadError) as exc:
+                if not fallback or name not in fallback:
+                    raise
+                log.warning(
+                    "%s: CURRENT cannot be served (%s); starting on v%d, which this server served before", name, exc, fallback[name]
+                )
+                self._models[name] = self.load(name, fallback[name])
+                self._refuse(name, self._models[name], str(exc))
 
     def get(self, name: str) -> LoadedModel:
         return self._models[name]

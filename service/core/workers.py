@@ -122,6 +122,17 @@ class WorkerGroup:
             states.append(state)
         return states
 
+    def last_served(self) -> dict[str, int]:
+        """The versions this server's workers, live or dead, published last (a restarting worker's fallback)."""
+        served: dict[str, tuple[float, int]] = {}
+        for path in self.directory.glob(f"{STATUS_PREFIX}*.json"):
+            state = _read_json(path) or {}
+            at = state.get("at") if isinstance(state.get("at"), float | int) else 0.0
+            for name, version in (state.get("served") or {}).items():
+                if isinstance(version, int) and (name not in served or served[name][0] < at):
+                    served[name] = (at, version)
+        return {name: version for name, (_, version) in served.items()}
+
     def everyone(self) -> list[dict[str, Any]]:
         """Every live worker's published state, this one's included (for GET /models)."""
         own = _read_json(self.status_path)

@@ -46,7 +46,7 @@ class ModelServe:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.workers)  # before loading: a request made before this load counts as carried out
-        self.runtime.load_all()  # verified, session opened, smoke-tested and warm before /readyz says ready
+        self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).

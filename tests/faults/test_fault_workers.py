@@ -148,6 +148,21 @@ def test_kill_9_of_the_only_worker_queues_new_requests(single: Server) -> None:
     assert ordered[-1].status == 200
 
 
+def test_a_worker_restarting_while_current_is_damaged_serves_what_the_server_served(single: Server, root: Path) -> None:
+    """Without the fallback, the new worker failed to load, was respawned again and again, and nothing was served."""
+    served = Registry(root).current_version(TABULAR)
+    (pid,) = worker_pids(single)
+    (root / TABULAR / "CURRENT").write_text("\u00b2\n")
+    try:
+        os.kill(pid, signal.SIGKILL)
+        waited = wait_until(lambda: predict_price(single.url) == (200, served), timeout=60, every=0.2)
+        print(f"\nkill -9 with CURRENT damaged: the new worker serves v{served} after {waited:.1f}s")
+        refused = httpx.get(f"{single.url}/models").json()["refused_reloads"]
+        assert "expected a version number, found non-ASCII bytes" in refused[TABULAR]["reason"]
+    finally:
+        Registry(root).promote(TABULAR, served)
+
+
 def test_sigterm_under_load_finishes_what_is_in_flight(single: Server) -> None:
     with Load(single.url, CLIENTS) as load:
         time.sleep(1.5)
