@@ -288,7 +288,8 @@ class RequestGuard:
         it, and the client would see a reset instead of the answer.
         """
         log.info("%s %s refused with %d: %s", scope["method"], scope["path"], refusal.status, refusal.message)
-        if refusal.close and refusal.status != 408:
+        expects_continue = any(k.lower() == b"expect" and v.lower() == b"100-continue" for k, v in scope.get("headers", []))
+        if refusal.close and refusal.status != 408 and not expects_continue:  # (reading would invite the body in)
             await self._drain(receive)
         await _send_json(send, refusal.status, {"error": refusal.message}, close=refusal.close)
 

@@ -88,6 +88,12 @@ def test_declared_length_over_the_limit_is_refused_before_reading(server: Server
     assert answer.seconds < 10, "refused at once, not after reading (or waiting for) 50 MB"
 
 
+def test_a_client_expecting_100_continue_gets_413_without_sending_the_body(server: Server) -> None:
+    lines = ("Content-Type: application/json", f"Content-Length: {50 * LIMIT}", "Expect: 100-continue")
+    answer = raw_exchange(port_of(server), head("/sentiment", *lines))
+    assert seen(answer.status) == 413 and answer.seconds < 2, "no 100 Continue, no waiting for a body"
+
+
 @pytest.mark.parametrize(
     "framing",
     [("Content-Length: 12abc",), ("Content-Length: 5", "Content-Length: 7"), ("Transfer-Encoding: gzip",), ("Content-Length: -1",)],
