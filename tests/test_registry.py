@@ -86,3 +86,56 @@ def test_published_files_are_readable_by_other_users(tmp_path: Path) -> None:
     registry.promote("m", 1)
     assert (tmp_path / "m" / "1").stat().st_mode & 0o755 == 0o755
     assert (tmp_path / "m" / CURRENT_FILE).stat().st_mode & 0o644 == 0o644
+
+
+def test_damaged_registry_entries_raise_registry_error_only(tmp_path: Path) -> None:
+    """'²' passes str.isdigit() and fails int(); metadata that is a list, a directory or has `inputs: [1]` (round 3, defect 2)."""
+    registry = Registry(tmp_path)
+    write_version(registry, "m")
+    pointer = tmp_path / "m" / CURRENT_FILE
+    for text in ("\u00b2\n", "\u0661\n", "1" * 1000, "-1"):
+        pointer.write_text(text)
+        with pytest.raises(RegistryError):
+            registry.current_version("m")
+    pointer.unlink()
+    pointer.mkdir()
+    with pytest.raises(RegistryError, match="cannot be read"):
+        registry.current_version("m")
+    (tmp_path / "m" / "\u00b2").mkdir()
+    assert registry.versions("m") == [1]
+    metadata = tmp_path / "m" / "1" / METADATA_FILE
+    good = metadata.read_text()
+    for content, words in (("[]", "must be a JSON object"), ('{"a": ', "not valid JSON"), (b"\xff\xfe", "not valid JSON")):
+        metadata.write_bytes(content) if isinstance(content, bytes) else metadata.write_text(content)
+        with pytest.raises(RegistryError, match=words):
+            registry.get("m", 1).verify()
+    metadata.write_text(json.dumps(json.loads(good) | {"inputs": [1]}))
+    with pytest.raises(RegistryError, match="'inputs' needs name, dtype and shape"):
+        registry.get("m", 1).verify()
+    metadata.unlink()
+    metadata.mkdir()
+    with pytest.raises(RegistryError, match="cannot be read"):
+        registry.get("m", 1).verify()
+
+
+def test_a_version_linked_from_outside_the_registry_is_refused(tmp_path: Path) -> None:
+    """Round 3, defect 8: a version that is a symlink to a directory outside the root was served."""
+    registry = Registry(tmp_path / "registry")
+    write_version(registry, "m")
+    outside = tmp_path / "elsewhere"
+    (tmp_path / "registry" / "m" / "1").rename(outside)
+    (tmp_path / "registry" / "m" / "1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RegistryError, match="outside the registry"):
+        registry.get("m", 1)
+    linked_root = Registry(tmp_path / "link-to-registry")
+    (tmp_path / "link-to-registry").symlink_to(tmp_path / "registry", target_is_directory=True)
+    write_version(linked_root, "n")
+    assert linked_root.get("n", 1).verify()["name"] == "n", "a symlinked registry root is fine"
+
+
+def test_promote_repairs_a_damaged_current(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    write_version(registry, "m")
+    (tmp_path / "m" / CURRENT_FILE).write_text("\u00b2\n")
+    assert registry.promote("m", 1) is None
+    assert registry.current_version("m") == 1

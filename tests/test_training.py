@@ -189,3 +189,24 @@ def test_bad_data_fails_with_a_clear_message(tmp_path: Path, capsys: pytest.Capt
     assert main(["imdb_sentiment", "--data", str(bad), "--registry", str(tmp_path)]) == 2
     assert "no text column" in capsys.readouterr().err
     assert Registry(tmp_path).versions("imdb_sentiment") == []
+
+
+def test_non_numeric_training_data_is_a_data_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Round 3, defect 3: a non-numeric cell, an object array or a malformed CSV gave a traceback."""
+    x, y = housing_rows(60)
+    as_text = x.astype(str)
+    as_text[3, 2] = "abc"
+    np.savez(tmp_path / "text.npz", x=as_text, y=y)
+    np.savez(tmp_path / "objects.npz", x=as_text.astype(object), y=y)
+    (tmp_path / "broken.csv").write_text('crim,zn\n"0.1,2\n')
+    (tmp_path / "reviews.jsonl").write_text('{"review": "fine", "sentiment": 1}\n{"review": \n')
+    cases = [
+        ("boston_housing", "text.npz", "every value of x must be a number"),
+        ("boston_housing", "objects.npz", "not a Keras-layout .npz with numeric arrays x and y"),
+        ("boston_housing", "broken.csv", "not readable as CSV"),
+        ("imdb_sentiment", "reviews.jsonl", "not readable as jsonl"),
+    ]
+    for name, data, words in cases:
+        assert main([name, "--data", str(tmp_path / data), "--registry", str(tmp_path / "registry"), "--epochs", "1"]) == 2, data
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err

@@ -92,17 +92,39 @@ def _iter_aclimdb_dir(root: Path) -> Iterator[tuple[str, str, int]]:
                 yield split, file.read_text(encoding="utf-8"), int(polarity == "pos")
 
 
+def _numbers(array: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """An array as float64; DataError naming the first cell that is not a number."""
+    try:
+        return np.asarray(array, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: every value of {name} must be a number ({exc})") from None
+
+
+def _read_csv(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not readable as CSV ({str(exc).strip()})") from None
+
+
 def _read_table(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path)
-    elif path.suffix in (".jsonl", ".json"):
-        frame = pd.read_json(path, lines=path.suffix == ".jsonl")
-    elif path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        raise DataError(f"{path}: unsupported table format (use .csv, .jsonl or .parquet)")
+    try:
+        if path.suffix == ".csv":
+            frame = _read_csv(path)
+        elif path.suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=path.suffix == ".jsonl")
+        elif path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: unsupported table format (use .csv, .jsonl or .parquet)")
+    except DataError:
+        raise
+    except (ValueError, OSError) as exc:  # invalid JSON lines, not a Parquet file
+        raise DataError(f"{path}: not readable as {path.suffix[1:]} ({str(exc).strip()[:300]})") from None
     return frame.to_dict("records")
 
 
@@ -240,12 +262,15 @@ def load_housing(data: str | None) -> TabularData:
         if not path.is_file():
             raise DataError(f"{path} does not exist")
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                x, y = arrays["x"], arrays["y"]
+            try:
+                with np.load(path, allow_pickle=False) as arrays:
+                    x, y = _numbers(arrays["x"], path, "x"), _numbers(arrays["y"], path, "y")
+            except DataError:
+                raise
+            except (OSError, KeyError, ValueError) as exc:  # not an archive, no x or y, object arrays
+                raise DataError(f"{path}: not a Keras-layout .npz with numeric arrays x and y ({exc})") from None
         elif path.suffix == ".csv":
-            import pandas as pd
-
-            frame = pd.read_csv(path)
+            frame = _read_csv(path)
             columns, missing = match_names(frame.columns, (*BOSTON_FEATURES, "MEDV"))
             if missing:
                 raise DataError(f"{path}: missing columns {missing}")

@@ -27,22 +27,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 
 from service.core.catalog import CATALOG, entry
 from service.core.config import ClientSettings, Settings
-from service.core.errors import DeployError, UsageError, run_cli
+from service.core.errors import DeployError, Interrupted, UsageError, run_cli
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model
 from training.__main__ import add_trainer_commands
 
 RELOAD_WAIT_S = 120
+RESTORE_TIMEOUT_S = 15  # how long putting CURRENT back waits for the service to confirm (it follows CURRENT anyway)
 SMOKE_ITEMS = 4
 EVAL_CHUNK = 256
 
@@ -82,38 +85,67 @@ def gate(
 
 
 class ServiceClient:
+    """The running service's admin and read APIs; every way a call can go wrong is a DeployError with what was seen."""
+
     def __init__(self, url: str, token: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=60)
         self.url, self.token = url, token
 
-    def served_version(self, name: str) -> int | None:
-        models = self.http.get("/models").json()["models"]
-        return next((m["version"] for m in models if m["name"] == name), None)
-
-    def reload(self, name: str) -> dict[str, Any]:
+    def _json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """(status, decoded JSON body) of one call; DeployError when there is no answer or it is not JSON."""
         try:
-            response = self.http.post("/admin/reload", json={"model": name}, headers={"Authorization": f"Bearer {self.token}"})
+            response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise DeployError(f"no service answered at {self.url} ({exc}); start it, or pass --no-reload") from exc
-        body = response.json()
-        if response.status_code != 200:
-            raise DeployError(f"service refused the reload ({response.status_code}): {body.get('error', body)}")
+            raise DeployError(f"{method} {self.url}{path}: no answer ({type(exc).__name__}: {exc}); is the service running?") from exc
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            shown = " ".join(response.text.split())[:200]
+            raise DeployError(
+                f"{method} {self.url}{path} answered {response.status_code} with a body that is not JSON: {shown!r}"
+            ) from None
+
+    def served_versions(self, name: str) -> list[int | None]:
+        """The version of `name` each worker serves (one entry per worker; /models lists them all)."""
+        status, body = self._json("GET", "/models")
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("models"), list):
+            raise DeployError(f"GET {self.url}/models answered {status}: {str(body)[:200]}")
+        workers = body.get("workers")
+        if isinstance(workers, list) and workers:
+            return [(w.get("served") or {}).get(name) for w in workers if isinstance(w, dict)]
+        return [next((m.get("version") for m in body["models"] if isinstance(m, dict) and m.get("name") == name), None)]
+
+    def reload(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        extra = {"timeout": timeout} if timeout is not None else {}
+        status, body = self._json("POST", "/admin/reload", json={"model": name}, headers=headers, **extra)
+        message = body.get("error") or body.get("warning") if isinstance(body, dict) else None
+        if status == 202:
+            raise DeployError(f"the service reloaded, but not every worker confirmed: {message}")
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("results"), list) or not body["results"]:
+            raise DeployError(f"service refused the reload ({status}): {message or str(body)[:300]}")
         return body
 
     def wait_for(self, name: str, version: int) -> float:
         started = time.monotonic()
         while time.monotonic() - started < RELOAD_WAIT_S:
-            if self.served_version(name) == version:
+            if set(self.served_versions(name)) == {version}:
                 return time.monotonic() - started
             time.sleep(0.5)
-        raise DeployError(f"{name} v{version} did not appear on {self.url}/models within {RELOAD_WAIT_S}s")
+        raise DeployError(f"{name} v{version} is not served by every worker on {self.url}/models after {RELOAD_WAIT_S}s")
 
     def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
         endpoint = entry(name).endpoint
-        response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
+        try:
+            response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
+        except httpx.HTTPError as exc:
+            raise DeployError(f"smoke test: /{endpoint}: no answer ({exc})") from exc
         if response.status_code != 200:
-            raise DeployError(f"smoke test: /{endpoint} answered {response.status_code}: {response.text[:300]}")
-        versions = {a["version"] for a in response.json()}
+            raise DeployError(f"smoke test: /{endpoint} answered {response.status_code}: {' '.join(response.text.split())[:300]}")
+        try:
+            versions = {a["version"] for a in response.json()}
+        except (ValueError, TypeError, KeyError):
+            raise DeployError(f"smoke test: /{endpoint} answered 200 with a body that is not a list of answers") from None
         if versions != {version}:
             raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
 
@@ -163,12 +195,7 @@ def redeploy(args: argparse.Namespace) -> int:
     if args.no_reload:
         step(5, "--no-reload: not contacting a service (a running one follows CURRENT within MODELSERVE_RELOAD_POLL_S)")
     else:
-        client = ServiceClient(args.url, args.token)
-        try:
-            reload_and_check(client, name, new_ref.version, result.test_items[:SMOKE_ITEMS])
-        except DeployError as exc:
-            _restore(registry, client, name, previous)
-            raise DeployError(f"{exc}; CURRENT is back on v{previous}") from exc
+        deploy(registry, ServiceClient(args.url, args.token), name, new_ref.version, previous, result.test_items[:SMOKE_ITEMS])
     if args.build:
         step(6, "bentoml build")
         subprocess.run(["bentoml", "build"], check=True)
@@ -176,12 +203,55 @@ def redeploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> None:
-    if previous is None:
+def deploy(registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any]) -> None:
+    """Step 5, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
+    try:
+        with _signals_interrupt():
+            reload_and_check(client, name, version, smoke_items)
+    except BaseException as exc:
+        back = _restore(registry, client, name, previous)
+        if isinstance(exc, KeyboardInterrupt | Interrupted):
+            raise Interrupted(f"interrupted ({str(exc) or 'SIGINT'}) while the service reloaded; {back}") from exc
+        reason = str(exc) if isinstance(exc, DeployError) else f"unexpected {type(exc).__name__}: {exc}"
+        raise DeployError(f"{reason}; {back}") from exc
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C does, so that a stopped redeploy restores CURRENT before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    registry.promote(name, previous, rollback=True)
-    with contextlib.suppress(DeployError):  # the service never left the old version, or is unreachable
-        client.reload(name)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> str:
+    """Point CURRENT back at `previous` and ask the service to reload it (a second Ctrl-C cannot stop this); say what happened."""
+    if previous is None:
+        return "there was no earlier version to put back: CURRENT stays on the new one"
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        registry.promote(name, previous, rollback=True)
+        try:
+            client.reload(name, timeout=RESTORE_TIMEOUT_S)
+            confirmed = "the service reloaded it"
+        except Exception as exc:  # the service never left the old version, or is unreachable: it follows CURRENT when it can
+            confirmed = f"the service did not confirm ({' '.join(str(exc).split())[:200]})"
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    return f"CURRENT is back on v{previous}, {confirmed}"
 
 
 def rollback(args: argparse.Namespace) -> int:

@@ -325,7 +325,7 @@ def _assemble_jsonl(parts: Sequence[Path], schema: pa.Schema, tmp: Path) -> int:
     with open(tmp, "w", encoding="utf-8") as handle:
         for part in parts:
             table = pq.read_table(part, schema=schema)
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
+            handle.writelines(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in table.to_pylist())
             rows += table.num_rows
     return rows
 

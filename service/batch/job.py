@@ -8,6 +8,7 @@ wires the task to the input and output files.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,18 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, str, Path, str]:
     errors = Path(args.errors) if args.errors else output.with_name(f"{output.stem}.errors.{'csv' if fmt == 'csv' else 'jsonl'}")
     if errors.resolve() == output.resolve():
         raise UsageError("--errors must differ from OUTPUT")
+    for path in (output, errors):
+        _check_writable(path.parent)
     return output, fmt, errors, output_format(errors)
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder the results cannot be written to (read-only, missing, not a folder)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder} ({exc.strerror or exc}); OUTPUT and the errors file go there") from None
 
 
 def _source(

@@ -62,7 +62,8 @@ class Scorer:
             except InputError as exc:
                 outcomes[i] = str(exc)
         for i, answer in zip(positions, self.model.predict(items), strict=True):
-            outcomes[i] = answer
+            problem = self.model.task.check_answer(answer)  # NaN or infinity: listed as failed, never written into JSON
+            outcomes[i] = f"the model's answer is {problem}: {answer}" if problem else answer
         return outcomes
 
     def validate(self, value: Any) -> Any:

@@ -58,8 +58,11 @@ class WorkDir:
         return self.path / ERRORS_PART_NAME.format(index)
 
     def lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK_FILE, "w")  # noqa: SIM115 - held for the job's lifetime, closed by release()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK_FILE, "w")  # noqa: SIM115 - held for the job's lifetime, closed by release()
+        except OSError as exc:  # a read-only or full output folder: one line, exit 2, not a traceback
+            raise UsageError(f"cannot write the job's work folder {self.path} beside OUTPUT ({exc.strerror or exc})") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

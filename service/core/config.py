@@ -94,6 +94,15 @@ class Settings:
         },
     )
     request_timeout_s: int = field(default=120, metadata={"doc": "BentoML request timeout"})
+    header_timeout_s: int = field(
+        default=10,
+        metadata={
+            "doc": "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close"
+        },
+    )
+    body_timeout_s: int = field(
+        default=60, metadata={"doc": "the whole request body must arrive within this many seconds of its headers, else 408 and close"}
+    )
     admin_token: str = field(default="", metadata={"doc": "bearer token for POST /admin/reload; empty disables the admin API (403)"})
 
     @classmethod

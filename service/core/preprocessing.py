@@ -12,6 +12,7 @@ feature) raise `InputError`, whose message is meant for the client.
 
 from __future__ import annotations
 
+import heapq
 import html
 import io
 import math
@@ -19,7 +20,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ from service.core.errors import InputError
 
 VOCABULARY_FILE = "vocab.json"
 SCALER_FILE = "scaler.json"
+MAX_NAMES_QUOTED = 20  # unknown feature names an error message lists
 
 
 # ---------------------------------------------------------------- text
@@ -268,6 +270,7 @@ class StandardScaler:
     log1p: tuple[str, ...] = ()
     low: np.ndarray | None = None
     high: np.ndarray | None = None
+    _range: tuple[list[float], list[float]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, x: np.ndarray, feature_names: Sequence[str], log1p: Sequence[str] = ()) -> StandardScaler:
@@ -292,14 +295,34 @@ class StandardScaler:
         return row
 
     def check(self, row: np.ndarray) -> np.ndarray:
+        """Refuse a row the model cannot take: a negative log-scaled feature, or one too large for float32 once scaled.
+
+        Either would reach the model as NaN or infinity and come back as a NaN price
+        (1e300 for NOX did), which JSON cannot carry.
+        """
         for name in self.log1p:
             value = row[self.feature_names.index(name)]
             if value < 0:
                 raise InputError(f"feature {name} must be >= 0, got {value}")
+        for name, value, low, high in zip(self.feature_names, row.tolist(), *self._finite_range()):
+            if not low <= value <= high:
+                raise InputError(f"feature {name} is {value:g}, too large for the model (out of float32 range once scaled)")
         return row
 
+    def _finite_range(self) -> tuple[list[float], list[float]]:
+        """Per feature, the raw values whose scaled value fits in float32 (log-scaled ones always do)."""
+        if self._range is None:
+            span = np.finfo(np.float32).max * 0.5 * self.std
+            low, high = (self.mean - span).tolist(), (self.mean + span).tolist()
+            for name in self.log1p:
+                i = self.feature_names.index(name)
+                low[i], high[i] = -math.inf, math.inf
+            self._range = (low, high)
+        return self._range
+
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((self._shape(x) - self.mean) / self.std).astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which check() refuses
+            return ((self._shape(x) - self.mean) / self.std).astype(np.float32)
 
     def inverse_example(self) -> np.ndarray:
         """A typical raw row (the training mean, mapped back through log1p) for smoke tests."""
@@ -332,7 +355,10 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
     """One row as an object {name: value} (names case-insensitive) or a list in feature order."""
     if isinstance(row, Mapping):
         found, missing = match_names(row, feature_names)
-        unknown = sorted(str(k) for k in set(row) - set(found.values()))
+        extra = set(row) - set(found.values())
+        unknown = heapq.nsmallest(MAX_NAMES_QUOTED, (str(k)[:100] for k in extra))  # a row may carry a million keys
+        if len(extra) > MAX_NAMES_QUOTED:
+            unknown.append(f"... {len(extra) - MAX_NAMES_QUOTED:,} more")
         if unknown or missing:
             parts = []
             if missing:

@@ -6,6 +6,12 @@ reader never sees half a version; after that it is never modified. Which version
 is served is a separate, explicit decision: `CURRENT` is rewritten atomically
 (write a temporary file, then `os.replace`), and every promotion is appended to
 `HISTORY` so that a rollback knows what was served before.
+
+Whatever is on disk, reading the registry raises RegistryError and nothing else: a
+CURRENT holding '²' (str.isdigit() says yes, int() says no), a metadata.json that is
+a list, a directory or has `inputs: [1]`, a file that cannot be read. A served
+version is a directory inside the registry: a version that is a symlink to a
+directory elsewhere is refused (see `Registry.get`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "HISTORY"
 STAGING_PREFIX = ".staging-"
 METADATA_SCHEMA_VERSION = 1
+MAX_POINTER_BYTES = 64  # CURRENT holds a version number; more than this is not one
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # metadata.json is a few KB; a bigger one is not read
 
 # Keys every metadata.json must carry (checked by `validate_metadata`).
 REQUIRED_METADATA_KEYS: dict[str, type] = {
@@ -70,22 +78,35 @@ class ModelVersion:
         return self.path / MODEL_FILE
 
     def read_metadata(self) -> dict[str, Any]:
+        """metadata.json as a dict; RegistryError when it is missing, unreadable, not JSON or not an object."""
+        where = f"{self.name} v{self.version}: {METADATA_FILE}"
         try:
-            return json.loads((self.path / METADATA_FILE).read_text())
+            raw = read_limited(self.path / METADATA_FILE, MAX_METADATA_BYTES)
+            metadata = json.loads(raw)
         except FileNotFoundError as exc:
             raise RegistryError(f"{self.name} v{self.version}: no {METADATA_FILE}") from exc
-        except json.JSONDecodeError as exc:
-            raise RegistryError(f"{self.name} v{self.version}: {METADATA_FILE} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+            raise RegistryError(f"{where} is not valid JSON: {str(exc)[:200]}") from exc
+        except OSError as exc:  # a directory, unreadable, an I/O error
+            raise RegistryError(f"{where} cannot be read ({exc.strerror or exc})") from exc
+        if not isinstance(metadata, dict):
+            raise RegistryError(f"{where} must be a JSON object, is a JSON {type(metadata).__name__}")
+        return metadata
 
     def verify(self) -> dict[str, Any]:
         """Check metadata and the model's checksum; return the metadata."""
         metadata = self.read_metadata()
         problems = validate_metadata(metadata)
         if problems:
-            raise RegistryError(f"{self.name} v{self.version}: invalid metadata: {'; '.join(problems)}")
+            raise RegistryError(f"{self.name} v{self.version}: invalid metadata: {'; '.join(problems)[:1000]}")
         if not self.model_path.is_file():
             raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} is missing")
-        actual = sha256_file(self.model_path)
+        if not self.model_path.resolve().is_relative_to(self.path.resolve()):
+            raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} is a link out of its version directory; refused")
+        try:
+            actual = sha256_file(self.model_path)
+        except OSError as exc:
+            raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} cannot be read ({exc.strerror or exc})") from exc
         if actual != metadata["sha256"]:
             raise RegistryError(
                 f"{self.name} v{self.version}: checksum mismatch for {MODEL_FILE} "
@@ -112,21 +133,43 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def validate_metadata(metadata: dict[str, Any]) -> list[str]:
+def read_limited(path: Path, max_bytes: int) -> bytes:
+    """A small file's bytes; OSError when it is larger than `max_bytes` (so a huge file is never read whole)."""
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"larger than {max_bytes:,} bytes")
+    return data
+
+
+def validate_metadata(metadata: Any) -> list[str]:
     """Return a list of problems with a metadata document (empty when valid)."""
+    if not isinstance(metadata, dict):
+        return [f"must be a JSON object, is a {type(metadata).__name__}"]
     problems = []
     for key, kind in REQUIRED_METADATA_KEYS.items():
         if key not in metadata:
             problems.append(f"missing key {key!r}")
-        elif not isinstance(metadata[key], kind):
+        elif not isinstance(metadata[key], kind) or (kind is int and isinstance(metadata[key], bool)):
             problems.append(f"{key!r} should be {kind.__name__}, is {type(metadata[key]).__name__}")
     if metadata.get("task") not in TASKS:
         problems.append(f"task should be one of {TASKS}")
     for io_key in ("inputs", "outputs"):
-        for spec in metadata.get(io_key) or []:
-            if not {"name", "dtype", "shape"} <= set(spec):
-                problems.append(f"each of {io_key!r} needs name, dtype and shape")
+        specs = metadata.get(io_key)
+        if not isinstance(specs, list):
+            continue
+        if not specs:
+            problems.append(f"{io_key!r} is empty")
+        for spec in specs:
+            if not isinstance(spec, dict) or not {"name", "dtype", "shape"} <= set(spec) or not isinstance(spec["name"], str):
+                problems.append(f"each of {io_key!r} needs name, dtype and shape (an object; name a string)")
+                break
     return problems
+
+
+def is_version_name(text: str) -> bool:
+    """Only ASCII digits name a version: '12' yes; '²' (a digit to str.isdigit(), not to int()), '١٢', '-1', '' no."""
+    return text.isascii() and text.isdigit()
 
 
 class Registry:
@@ -138,27 +181,47 @@ class Registry:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as exc:
+            raise RegistryError(f"{self.root}: cannot list the registry ({exc.strerror or exc})") from exc
 
     def versions(self, name: str) -> list[int]:
         model_dir = self.root / name
         if not model_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        try:
+            return sorted(int(p.name) for p in model_dir.iterdir() if is_version_name(p.name) and p.is_dir())
+        except OSError as exc:
+            raise RegistryError(f"{model_dir}: cannot list versions ({exc.strerror or exc})") from exc
 
     def get(self, name: str, version: int) -> ModelVersion:
+        """Version `version` of `name`; RegistryError when it is missing or not a directory inside the registry.
+
+        A version may not be a symlink to a directory outside the registry root: what
+        the service runs must be what the registry holds (its checksums, its HISTORY),
+        not whatever a link points at today. A symlinked registry root is fine.
+        """
         path = self.root / name / str(version)
         if not path.is_dir():
             raise RegistryError(f"{name}: no version {version} (have {self.versions(name) or 'none'})")
+        root, real = self.root.resolve(), path.resolve()
+        if not real.is_relative_to(root):
+            raise RegistryError(f"{name} v{version}: {path} is a link to {real}, outside the registry {root}; refused")
         return ModelVersion(name, version, path)
 
     def current_version(self, name: str) -> int | None:
+        """The version CURRENT names (None when there is no CURRENT); RegistryError when it names none."""
         pointer = self.root / name / CURRENT_FILE
         try:
-            text = pointer.read_text().strip()
+            text = read_limited(pointer, MAX_POINTER_BYTES).decode("ascii").strip()
         except FileNotFoundError:
             return None
-        if not text.isdigit():
+        except UnicodeDecodeError:
+            raise RegistryError(f"{pointer}: expected a version number, found non-ASCII bytes") from None
+        except OSError as exc:  # a directory, unreadable, too long
+            raise RegistryError(f"{pointer}: cannot be read ({exc.strerror or exc})") from exc
+        if not is_version_name(text):
             raise RegistryError(f"{pointer}: expected a version number, found {text!r}")
         return int(text)
 
@@ -213,7 +276,10 @@ class Registry:
     def promote(self, name: str, version: int, *, rollback: bool = False) -> int | None:
         """Point CURRENT at `version` after verifying it; return the previous version."""
         self.get(name, version).verify()
-        previous = self.current_version(name)
+        try:
+            previous = self.current_version(name)
+        except RegistryError:  # a damaged CURRENT must not stop anyone from pointing it at a good version
+            previous = None
         atomic_write_text(self.root / name / CURRENT_FILE, f"{version}\n")
         with open(self.root / name / HISTORY_FILE, "a") as handle:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -227,14 +293,18 @@ class Registry:
         stack: list[int] = []
         if not history.is_file():
             return stack
-        for line in history.read_text().splitlines():
+        try:
+            lines = history.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            raise RegistryError(f"{history}: cannot be read ({exc.strerror or exc})") from exc
+        for line in lines:
             parts = line.split()
-            if len(parts) != 4 or not parts[3].isdigit():
+            if len(parts) != 4 or not is_version_name(parts[3]):
                 continue
             if parts[1] == "rollback" and stack:
                 stack.pop()
             elif parts[1] == "promote":
-                if not stack and parts[2].isdigit():
+                if not stack and is_version_name(parts[2]):
                     stack.append(int(parts[2]))  # what was served before HISTORY began
                 stack.append(int(parts[3]))
         return stack

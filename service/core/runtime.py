@@ -13,10 +13,12 @@ reference; a request already running keeps the object it started with.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,13 @@ import onnxruntime as ort
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
 from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
-from service.core.registry import ModelVersion, Registry
+from service.core.registry import CURRENT_FILE, ModelVersion, Registry
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
+from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
-TENSORRT_LIBRARY = "libnvinfer.so.10"  # TensorRT 10, what onnxruntime-gpu 1.31's provider links
+WATCH_TICK_S = 0.25  # how often the CURRENT watcher looks for reload requests from other workers
 
 
 @dataclass
@@ -194,6 +197,7 @@ class ModelRuntime:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # one reload at a time
         self.refused: dict[str, dict[str, Any]] = {}
+        self.on_change: Callable[[], None] | None = None  # called after every reload attempt (the worker group publishes)
 
     def model_names(self) -> list[str]:
         """The catalog's models that have a CURRENT (or the MODELSERVE_MODELS subset of them)."""
@@ -219,12 +223,28 @@ class ModelRuntime:
             ref, self.providers, settings.intra_op_threads, tensorrt_fp16=settings.tensorrt_fp16, engine_cache=settings.engine_cache
         )
 
-    def load_all(self) -> None:
+    def load_all(self, fallback: Mapping[str, int] | None = None) -> None:
+        """Load every model's CURRENT version; where that fails, the version in `fallback` (what this server served).
+
+        A worker that restarts (after a crash, or kill -9) while CURRENT is damaged would
+        otherwise fail to start again and again, and a one-worker server would serve
+        nothing. With the versions its workers last served, it starts on those and lists
+        the refused CURRENT under refused_reloads. A fresh server has no fallback: it fails.
+        """
         names = self.model_names()
         if not names:
             raise RegistryError(f"no model under {self.registry.root.resolve()} has a CURRENT version to serve")
         for name in names:
-            self._models[name] = self.load(name)
+            try:
+                self._models[name] = self.load(name)
+            except (RegistryError, ModelLoadError) as exc:
+                if not fallback or name not in fallback:
+                    raise
+                log.warning(
+                    "%s: CURRENT cannot be served (%s); starting on v%d, which this server served before", name, exc, fallback[name]
+                )
+                self._models[name] = self.load(name, fallback[name])
+                self._refuse(name, self._models[name], str(exc))
 
     def get(self, name: str) -> LoadedModel:
         return self._models[name]
@@ -236,40 +256,60 @@ class ModelRuntime:
         return dict(self._models)
 
     def reload(self, name: str) -> dict[str, Any]:
-        """Load `name`'s CURRENT version beside the served one and swap it in; raise ReloadRefused on any failure."""
-        with self._lock:
-            old = self._models.get(name)
-            try:
-                target = self.registry.current(name)
-                if old is not None and old.version == target.version:
-                    return {"model": name, "status": "unchanged", "version": old.version}
-                new = self._load(target)
-            except (RegistryError, ModelLoadError) as exc:
-                self.refused[name] = {"reason": str(exc), "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-                log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, exc)
-                raise ReloadRefused(str(exc)) from exc
-            self._models[name] = new  # one reference swap: requests in flight keep the old object
-            self.refused.pop(name, None)
-            log.info("reloaded %s: v%s -> v%d", name, old.version if old else None, new.version)
-            return {
-                "model": name,
-                "status": "reloaded",
-                "previous_version": old.version if old else None,
-                "version": new.version,
-                "providers": new.providers,
-            }
+        """Load `name`'s CURRENT version beside the served one and swap it in; raise ReloadRefused on any failure.
 
-    def pending_changes(self) -> list[str]:
-        """Models whose CURRENT differs from what is served (for the CURRENT watcher)."""
-        changed = []
-        for name, model in self.served().items():
-            try:
-                current = self.registry.current_version(name)
-            except RegistryError:
-                continue
-            if current is not None and current != model.version:
-                changed.append(name)
-        return changed
+        Any failure at all is a refusal: the old version keeps serving and the reason is
+        listed under `refused_reloads`. An exception that is not a RegistryError or
+        ModelLoadError is a bug, logged with its traceback, but still only a refusal.
+        """
+        try:
+            with self._lock:
+                return self._reload(name)
+        finally:
+            if self.on_change is not None:
+                self.on_change()
+
+    def _reload(self, name: str) -> dict[str, Any]:
+        old = self._models.get(name)
+        try:
+            target = self.registry.current(name)
+            if old is not None and old.version == target.version:
+                self.refused.pop(name, None)
+                return {"model": name, "status": "unchanged", "version": old.version}
+            new = self._load(target)
+        except (RegistryError, ModelLoadError) as exc:
+            raise self._refuse(name, old, str(exc)) from exc
+        except Exception as exc:
+            log.exception("reload of %s failed unexpectedly", name)
+            raise self._refuse(name, old, f"unexpected {type(exc).__name__}: {exc}") from exc
+        self._models[name] = new  # one reference swap: requests in flight keep the old object
+        self.refused.pop(name, None)
+        log.info("reloaded %s: v%s -> v%d", name, old.version if old else None, new.version)
+        return {
+            "model": name,
+            "status": "reloaded",
+            "previous_version": old.version if old else None,
+            "version": new.version,
+            "providers": new.providers,
+        }
+
+    def _refuse(self, name: str, old: LoadedModel | None, reason: str) -> ReloadRefused:
+        reason = reason[:2000]
+        self.refused[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, reason)
+        return ReloadRefused(reason)
+
+    def pointer(self, name: str) -> str:
+        """What CURRENT says for `name`, as a key that changes whenever the file does (for the watcher)."""
+        try:
+            version = self.registry.current_version(name)
+        except RegistryError as exc:
+            version = f"unusable ({exc})"
+        try:
+            stamp = (self.registry.root / name / CURRENT_FILE).stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        return f"{version}@{stamp}"
 
     def batch_size(self, name: str) -> int:
         return max_batch_size(self.settings, name, entry(name).task, self.providers)
@@ -284,5 +324,77 @@ class ModelRuntime:
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
             "onnxruntime": ort.__version__,
-            "refused_reloads": self.refused,
+            "refused_reloads": dict(self.refused),
         }
+
+    def versions(self) -> dict[str, int]:
+        return {name: model.version for name, model in self.served().items()}
+
+
+class CurrentWatcher:
+    """Keeps one worker process on CURRENT: polls it, and carries out reloads other workers ask for.
+
+    Every MODELSERVE_RELOAD_POLL_S seconds (0: never) a model whose CURRENT no longer
+    names the served version is reloaded; a refused pointer is not retried until the
+    CURRENT file changes (rewriting it, even with the same number, retries). Every
+    WATCH_TICK_S it also looks for a reload request from the worker that took a
+    POST /admin/reload (service/core/workers.py), polling on or off. The thread never
+    dies: an unexpected error is logged with its traceback and the next tick goes on
+    (an uncaught exception used to end it for good, and the workers stayed on mixed
+    versions).
+    """
+
+    def __init__(self, runtime: ModelRuntime, poll_s: float, group: WorkerGroup | None = None, tick_s: float = WATCH_TICK_S) -> None:
+        self.runtime, self.poll_s, self.group, self.tick_s = runtime, poll_s, group, tick_s
+        self._refused_pointers: dict[str, str] = {}
+        self._next_poll = time.monotonic() + poll_s
+        if group is not None:  # every reload attempt, wherever it comes from, is published to the other workers
+            runtime.on_change = lambda: group.publish(runtime.versions(), dict(runtime.refused))
+            runtime.on_change()
+
+    def start(self) -> CurrentWatcher:
+        threading.Thread(target=self._run, name="current-watcher", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.tick_s)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("CURRENT watcher: unexpected error; it goes on")
+
+    def tick(self) -> None:
+        if self.group is not None:
+            request = self.group.pending_request()
+            if request is not None:
+                self.carry_out(request)
+        if self.poll_s > 0 and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.poll_s
+            self.follow_current()
+
+    def carry_out(self, request: dict[str, Any]) -> None:
+        """Another worker's reload request: reload the models it names (all served ones if it names none), then confirm."""
+        assert self.group is not None
+        names = [n for n in request.get("models") or self.runtime.served() if n in self.runtime]
+        for name in names:
+            with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused and published
+                self.runtime.reload(name)
+        self.group.handled = max(self.group.handled, request["generation"])
+        self.group.publish(self.runtime.versions(), dict(self.runtime.refused))  # the confirmation the asking worker waits for
+
+    def follow_current(self) -> None:
+        for name, model in self.runtime.served().items():
+            pointer = self.runtime.pointer(name)
+            if pointer.startswith(f"{model.version}@"):
+                self._refused_pointers.pop(name, None)
+                if self.runtime.refused.pop(name, None) is not None and self.runtime.on_change is not None:
+                    self.runtime.on_change()  # CURRENT is back on the served version: the refusal is over
+                continue
+            if self._refused_pointers.get(name) == pointer:
+                continue
+            try:
+                self.runtime.reload(name)
+                self._refused_pointers.pop(name, None)
+            except ReloadRefused:
+                self._refused_pointers[name] = pointer

@@ -1,12 +1,17 @@
 """GET /models and POST /admin/reload: a small Starlette app mounted beside the predict APIs.
 
 BentoML APIs are POST-only and typed; these two are plain routes over the served
-models of this worker (the BentoML service instance holds them).
+models of this worker (the BentoML service instance holds them). A reload reaches
+every worker: the worker that takes the call reloads, asks the others through the
+worker group (service/core/workers.py) and answers once they confirm; 200 when every
+worker serves the same versions, 409 when one refused, 202 when one did not confirm in
+PEER_WAIT_S. GET /models lists every worker's versions and refusals under `workers`.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,12 +26,22 @@ from starlette.routing import BaseRoute, Route
 from service.core.config import Settings
 from service.core.errors import ReloadRefused
 from service.core.runtime import ModelRuntime
+from service.core.workers import WorkerGroup
+
+PEER_WAIT_S = 30.0  # how long a reload waits for the other workers to confirm
 
 
 def _runtime() -> ModelRuntime | None:
     try:
         return bentoml.get_current_service().runtime
     except BentoMLException:  # the service instance is still loading its models
+        return None
+
+
+def _workers() -> WorkerGroup | None:
+    try:
+        return getattr(bentoml.get_current_service(), "workers", None)
+    except BentoMLException:
         return None
 
 
@@ -39,7 +54,9 @@ async def models_view(request: Request) -> JSONResponse:
     runtime = _runtime()
     if runtime is None:
         return _error(503, "models are still loading")
-    return JSONResponse(runtime.describe())
+    workers = _workers()
+    every = [{k: s.get(k) for k in ("pid", "served", "refused")} for s in workers.everyone()] if workers is not None else []
+    return JSONResponse(runtime.describe() | {"workers": every})
 
 
 def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
@@ -51,7 +68,7 @@ def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
     return None
 
 
-async def _reload(runtime: ModelRuntime, names: list[str]) -> JSONResponse:
+async def _reload(runtime: ModelRuntime, names: list[str], workers: WorkerGroup | None) -> JSONResponse:
     results = []
     for name in names:
         try:
@@ -65,7 +82,34 @@ async def _reload(runtime: ModelRuntime, names: list[str]) -> JSONResponse:
                 served_version=served,
                 results=results,
             )
-    return JSONResponse({"results": results})
+    if workers is None or workers.expected <= 1:
+        return JSONResponse({"results": results, "workers": {"expected": 1, "confirmed": 1}})
+    return await _reach_peers(runtime, names, workers, results)
+
+
+async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerGroup, results: list[dict[str, Any]]) -> JSONResponse:
+    """Ask the other workers to reload `names` and wait for them: 200 all agree, 409 one refused, 202 one did not confirm."""
+    generation = workers.request_reload(names)
+    workers.publish(runtime.versions(), dict(runtime.refused))
+    peers, missing = await anyio.to_thread.run_sync(workers.wait_for, generation, PEER_WAIT_S)
+    mine = {name: runtime.get(name).version for name in names}
+    summary = {
+        "expected": workers.expected,
+        "confirmed": 1 + len(peers),
+        "served": {str(workers.pid): runtime.versions()} | {str(p["pid"]): p.get("served") for p in peers},
+    }
+    disagree = [p for p in peers if any((p.get("served") or {}).get(n) != v for n, v in mine.items())]
+    if disagree:
+        reasons = "; ".join(f"worker {p['pid']} serves {p.get('served')}, refused: {json.dumps(p.get('refused'))[:500]}" for p in disagree)
+        message = f"reloaded in worker {workers.pid} ({mine}), but not in every worker: {reasons}"
+        return _error(409, message, results=results, workers=summary)
+    if missing:
+        message = (
+            f"reloaded in {1 + len(peers)} of {workers.expected} workers; {missing} did not confirm within {PEER_WAIT_S:g} s "
+            "(starting, or busy): they load CURRENT when they start; GET /models lists each worker's versions"
+        )
+        return JSONResponse({"results": results, "warning": message, "workers": summary}, status_code=202)
+    return JSONResponse({"results": results, "workers": summary})
 
 
 def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
@@ -79,8 +123,9 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         runtime = _runtime()
         if runtime is None:
             return _error(503, "models are still loading")
+        raw = await request.body()  # however it is framed: Content-Length or chunked (the guard has read and counted it)
         try:
-            body = await request.json() if int(request.headers.get("content-length", "0") or 0) else {}
+            body = json.loads(raw) if raw.strip() else {}
         except ValueError:
             return _error(400, 'invalid JSON body; send {"model": NAME} or {}')
         if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):
@@ -89,7 +134,7 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         unknown = [n for n in names if n not in runtime]
         if unknown:
             return _error(404, f"not served here: {unknown}; served: {list(runtime.served())}")
-        return await _reload(runtime, names)
+        return await _reload(runtime, names, _workers())
 
     return Starlette(
         routes=[Route("/models", models_view, methods=["GET"]), Route("/admin/reload", reload_view, methods=["POST"]), *extra_routes]

@@ -15,8 +15,6 @@ import gc
 import inspect
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -27,9 +25,11 @@ from starlette.responses import JSONResponse, Response
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import Overloaded, ReloadRefused
-from service.core.runtime import LoadedModel, ModelRuntime
+from service.core.errors import Overloaded
+from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
+from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
+from service.http.connections import limit_header_time
 from service.http.executor import Executor, ItemError
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.playground import playground_routes
@@ -37,6 +37,7 @@ from service.http.timeouts import cancel_finished_request_timers
 
 SETTINGS = Settings.from_env()
 cancel_finished_request_timers()
+limit_header_time(SETTINGS.header_timeout_s)
 log = logging.getLogger("modelserve.service")
 
 
@@ -46,33 +47,18 @@ class ModelServe:
     def __init__(self) -> None:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
-        self.runtime.load_all()  # verified, session opened, smoke-tested and warm before /readyz says ready
+        self.workers = WorkerGroup(SETTINGS.workers)  # before loading: a request made before this load counts as carried out
+        self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
         self.executor = Executor(SETTINGS, self.runtime)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
         gc.collect()
         gc.freeze()
-        if SETTINGS.reload_poll_s > 0:
-            threading.Thread(target=self._watch_current, name="current-watcher", daemon=True).start()
+        self.watcher = CurrentWatcher(self.runtime, SETTINGS.reload_poll_s, self.workers).start()
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
-
-    def _watch_current(self) -> None:
-        """Follow CURRENT in every worker (the admin call reaches only one); never retry a refused version."""
-        refused: dict[str, int | None] = {}
-        while True:
-            time.sleep(SETTINGS.reload_poll_s)
-            for name in self.runtime.pending_changes():
-                current = self.runtime.registry.current_version(name)
-                if refused.get(name) == current:
-                    continue
-                try:
-                    self.runtime.reload(name)
-                    refused.pop(name, None)
-                except ReloadRefused:
-                    refused[name] = current
 
 
 def served_model(name: str) -> LoadedModel:
@@ -136,6 +122,9 @@ ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
     content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()} | {"/admin/reload": ("application/json",)},
+    file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
+    max_files=SETTINGS.max_items,
+    body_timeout_s=SETTINGS.body_timeout_s,
 )
 
 
