@@ -3,7 +3,8 @@
 - A body over the byte limit gets 413 before it is read (Content-Length) or as soon
   as it passes the limit (chunked), so a huge upload never reaches the parser.
 - A POST with a content type the route does not take gets 415; BentoML would
-  otherwise parse anything as JSON.
+  otherwise parse anything as JSON. A route entry ending in "/" covers the paths under
+  it (the v2 protocol's /v2/models/{name}/.../infer).
 - BentoML's 400 for a validation error says "1 validation error for Input"; the
   guard rewrites `error` into what was wrong and where ("texts[1]: is empty"),
   keeping pydantic's `detail` list.
@@ -74,14 +75,15 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        allowed = self.content_types.get(scope["path"])
+        allowed = self._accepted(scope["path"])
         if allowed is not None:
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in allowed:
+                accepted = " or ".join(t or "none" for t in allowed)  # "": no Content-Type header (tritonclient sends none)
                 await _send_json(
                     send,
                     415,
-                    {"error": f"content type {content_type or '(none)'!r} is not accepted by {scope['path']}; send {' or '.join(allowed)}"},
+                    {"error": f"content type {content_type or '(none)'!r} is not accepted by {scope['path']}; send {accepted}"},
                 )
                 return
         length = headers.get("content-length")
@@ -99,6 +101,13 @@ class RequestGuard:
                 return
             receive = self._replay(buffered)
         await self.app(scope, receive, self._rewriting(send))
+
+    def _accepted(self, path: str) -> tuple[str, ...] | None:
+        """The content types a POST to `path` may have: its own entry, else the longest entry ending in "/" that prefixes it."""
+        if path in self.content_types:
+            return self.content_types[path]
+        prefixes = [p for p in self.content_types if p.endswith("/") and path.startswith(p)]
+        return self.content_types[max(prefixes, key=len)] if prefixes else None
 
     def _too_large(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "larger"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, create_mo
 from service.core.config import Settings
 from service.core.errors import UsageError
 from service.core.preprocessing import StandardScaler, feature_row, match_names
-from service.core.tasks.base import Answer, BatchSizes, Gate, Task
+from service.core.tasks.base import Answer, BatchSizes, Gate, Task, Tensor
 
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
 
@@ -74,6 +74,16 @@ class TabularRegression(Task):
 
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([abs(a[self.answer_field] - t) for a, t in zip(answers, targets, strict=True)]))
+
+    def tensor_inputs(self, assets: StandardScaler) -> list[Tensor]:
+        """FP32 [N, features], the features in the model's order (GET /models)."""
+        return [Tensor(self.request_field, "FP32", (-1, len(assets.feature_names)))]
+
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return [Tensor(self.answer_field, "FP32", (-1,))]
+
+    def tensor_value(self, tensor: Tensor, element: np.ndarray, settings: Settings) -> list[float]:
+        return element.tolist()  # Python floats, as JSON rows of the friendly API give `check`
 
     def request_item(self, settings: Settings, assets: Callable[[], StandardScaler]) -> Any:
         schema = {
