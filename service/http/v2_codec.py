@@ -55,7 +55,11 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     head, binary = _split(body, header_length)
     try:
         header = json.loads(head)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
+        binary_after = exc.msg == "Extra data" and header_length is None
+        hint = " (binary tensor data after the JSON needs an Inference-Header-Content-Length header)" if binary_after else ""
+        raise InputError(f"invalid JSON: {exc}{hint}") from None
+    except ValueError as exc:  # not UTF-8
         raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InputError("the request must be a JSON object with `inputs`")

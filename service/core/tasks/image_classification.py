@@ -169,7 +169,7 @@ class ImageClassification(Task):
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
     def tensor_inputs(self, assets: ImageSpec) -> list[Tensor]:
-        """Encoded files (decoded here, as /classify_image does), or pixels a client decoded at the version's size."""
+        """Encoded files (decoded here, as the friendly endpoint does), or pixels a client decoded at the version's size."""
         return [Tensor(self.request_field, "BYTES", (-1,)), Tensor(PIXELS_TENSOR, "UINT8", (-1, assets.height, assets.width, 3))]
 
     def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
@@ -180,7 +180,7 @@ class ImageClassification(Task):
         ]
 
     def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
-        """An encoded image is raw bytes in binary tensor data and base64 in JSON (as in /classify_image's JSON)."""
+        """An encoded image is raw bytes in binary tensor data and base64 in JSON (as in the friendly endpoint's JSON)."""
         return element if tensor.name == PIXELS_TENSOR else upload_bytes(element, settings.max_image_bytes)
 
     def request_item(self, settings: Settings, assets: Callable[[], ImageSpec]) -> Any:
