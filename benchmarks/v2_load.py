@@ -4,7 +4,7 @@
     python -m benchmarks.v2_load --seconds 5 --models image_classifier --url http://host:3000
 
 One input per model (a photo, a review, a house), sent one per request, closed loop, at each
-client count, through:
+client count (every variant at one count before the next count), through:
 
 - the friendly endpoint: multipart JPEG (/classify_image), JSON (/sentiment, /predict_price);
 - v2 JSON: the image as base64 BYTES or its pixels as UINT8 numbers, the text, the row as FP32;
@@ -92,18 +92,35 @@ def variants(photo: Path, spec: ImageSpec) -> list[Variant]:
 
 
 HEADER = [
-    "| model | route | sends | bytes | clients | req/s | p50 ms | p99 ms | 4xx | 5xx | transport errors |",
-    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| model | route | sends | bytes | clients | req/s | p50 ms | p99 ms | server CPU ms/req | 4xx | 5xx | transport errors |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
-def row(variant: Variant, run: Run) -> str:
-    p50, p99 = run.p50_p99()
-    total = sum(run.codes.values())
-    c4 = sum(n for c, n in run.codes.items() if 400 <= c < 500)
-    c5 = sum(n for c, n in run.codes.items() if c >= 500)
-    return (f"| {variant.model} | {variant.route} | {variant.sends} | {variant.body_bytes():,} | {run.clients} | {total / run.seconds:,.1f} | "
-            f"{p50:,.1f} | {p99:,.1f} | {c4} | {c5} | {run.transport_errors} |")  # fmt: skip
+@dataclass(frozen=True)
+class Result:
+    variant: Variant
+    run: Run
+    cpu_ms: float  # CPU time of the server's processes per request: steadier than wall time on a shared machine
+
+    def row(self) -> str:
+        run, variant = self.run, self.variant
+        p50, p99 = run.p50_p99()
+        total = sum(run.codes.values())
+        c4 = sum(n for c, n in run.codes.items() if 400 <= c < 500)
+        c5 = sum(n for c, n in run.codes.items() if c >= 500)
+        return (f"| {variant.model} | {variant.route} | {variant.sends} | {variant.body_bytes():,} | {run.clients} | "
+                f"{total / run.seconds:,.1f} | {p50:,.1f} | {p99:,.1f} | {self.cpu_ms:.2f} | {c4} | {c5} | {run.transport_errors} |")  # fmt: skip
+
+
+def server_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of the server process and its workers so far (nan for a server we did not start)."""
+    if pid is None:
+        return float("nan")
+    import psutil
+
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def check_answers(url: str, chosen: list[Variant]) -> None:
@@ -132,7 +149,8 @@ def main() -> None:
         server = start_server(Path(args.models_root), Path(tempfile.mkdtemp()) / "server.log")
         url = server.url
     print("\n".join(HEADER), flush=True)
-    results: list[tuple[Variant, Run]] = []
+    results: list[Result] = []
+    pid = server.process.pid if server is not None else None
     try:
         served = {m["name"]: m for m in httpx.get(f"{url}/models", timeout=60).json()["models"]}
         spec = ImageSpec.from_json(served["image_classifier"]["preprocessing"])
@@ -140,46 +158,53 @@ def main() -> None:
         chosen = [v for v in variants(photo, spec) if v.model in args.models.split(",")]
         check_answers(url, chosen)
         runner: Callable = run_hey if args.client == "hey" else run_load
-        for variant in chosen:
-            make = lambda i, v=variant: v.request  # noqa: E731 - the same input every time
-            for clients in (int(c) for c in args.clients.split(",")):
-                results.append((variant, asyncio.run(runner(url, variant.label, clients, args.seconds, make, variant.path))))
-                print(row(*results[-1]), flush=True)
+        # Client counts outside, variants inside: on a shared machine, load from elsewhere that comes and
+        # goes then hits every variant of a row group alike instead of one variant's whole series.
+        for clients in (int(c) for c in args.clients.split(",")):
+            for variant in chosen:
+                make = lambda i, v=variant: v.request  # noqa: E731 - the same input every time
+                before = server_cpu_s(pid)
+                run = asyncio.run(runner(url, variant.label, clients, args.seconds, make, variant.path))
+                results.append(Result(variant, run, (server_cpu_s(pid) - before) * 1000 / max(1, sum(run.codes.values()))))
+                print(results[-1].row(), flush=True)
+        results.sort(key=lambda r: (chosen.index(r.variant), r.run.clients))
     finally:
         if server is not None:
             server.stop()
     write(results, args)
 
 
-def write(results: list[tuple[Variant, Run]], args: argparse.Namespace) -> None:
+def write(results: list[Result], args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     note = (
         f"{args.seconds:g} s per row, one item per request (the same input every time), closed loop, client: {args.client} "
-        "on the same machine as the server. `bytes`: one request body. Command: "
+        "on the same machine as the server. `bytes`: one request body; server CPU: user + system time of the server's "
+        "processes per request (hey's own CPU not included). Command: "
         f"`python -m benchmarks.v2_load --seconds {args.seconds:g} --clients {args.clients} --models {args.models}`."
     )
-    table = "\n".join(HEADER + [row(v, r) for v, r in results])
+    table = "\n".join(HEADER + [r.row() for r in results])
     (RESULTS / f"{args.out}.md").write_text(f"# Friendly API vs Open Inference Protocol (v2)\n\n{note}\n\n{table}\n")
     _plot(results, RESULTS / f"{args.out}.png")
 
 
-def _plot(results: list[tuple[Variant, Run]], path: Path) -> None:
+def _plot(results: list[Result], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(v.model for v, _ in results))
+    models = list(dict.fromkeys(r.variant.model for r in results))
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7), squeeze=False)
     for column, model in enumerate(models):
         top, bottom = axes[0][column], axes[1][column]
-        for variant in {v.label: v for v, _ in results if v.model == model}.values():
-            runs = [r for v, r in results if v.label == variant.label]
+        for variant in {r.variant.label: r.variant for r in results if r.variant.model == model}.values():
+            mine = [r for r in results if r.variant.label == variant.label]
             label = f"{variant.route}: {variant.sends}"
-            top.plot([r.clients for r in runs], [sum(r.codes.values()) / r.seconds for r in runs], "o-", label=label)
-            bottom.plot([r.clients for r in runs], [r.p50_p99()[1] for r in runs], "o-", label=label)
+            clients = [r.run.clients for r in mine]
+            top.plot(clients, [sum(r.run.codes.values()) / r.run.seconds for r in mine], "o-", label=label)
+            bottom.plot(clients, [r.cpu_ms for r in mine], "o-", label=label)
         top.set(title=model, ylabel="requests/s", xscale="log")
-        bottom.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", xscale="log", yscale="log")
+        bottom.set(xlabel="concurrent clients", ylabel="server CPU ms per request", xscale="log")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
