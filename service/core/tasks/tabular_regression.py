@@ -75,16 +75,6 @@ class TabularRegression(Task):
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([abs(a[self.answer_field] - t) for a, t in zip(answers, targets, strict=True)]))
 
-    def tensor_inputs(self, assets: StandardScaler) -> list[Tensor]:
-        """FP32 [N, features], the features in the model's order (GET /models)."""
-        return [Tensor(self.request_field, "FP32", (-1, len(assets.feature_names)))]
-
-    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
-        return [Tensor(self.answer_field, "FP32", (-1,))]
-
-    def tensor_value(self, tensor: Tensor, element: np.ndarray, settings: Settings) -> list[float]:
-        return element.tolist()  # Python floats, as JSON rows of the friendly API give `check`
-
     def request_item(self, settings: Settings, assets: Callable[[], StandardScaler]) -> Any:
         schema = {
             "oneOf": [
@@ -115,3 +105,13 @@ class TabularRegression(Task):
             if value is not None:
                 values[column] = value
         return values
+
+    def tensor_inputs(self, assets: StandardScaler) -> list[Tensor]:
+        """FP32 [N, features], the features in the model's order (GET /models)."""
+        return [Tensor(self.request_field, "FP32", (-1, len(assets.feature_names)))]
+
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return [Tensor(self.answer_field, "FP32", (-1,))]
+
+    def tensor_value(self, tensor: Tensor, element: np.ndarray, settings: Settings) -> list[float]:
+        return element.tolist()  # Python floats, as JSON rows of the friendly API give `check`

@@ -88,6 +88,18 @@ class TextClassification(Task):
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
+    def request_item(self, settings: Settings, assets: Callable[[], Any]) -> Any:
+        return Annotated[str, BeforeValidator(lambda value: self.check(value, None, settings))]
+
+    def table_columns(self, columns: Sequence[str], assets: Any, requested: str | None) -> list[str]:
+        try:
+            return [pick_column(columns, requested)]
+        except UsageError as exc:
+            raise UsageError(f"{exc}; name the text column with --text-column") from None
+
+    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
+        return row.get(columns[0])
+
     def tensor_inputs(self, assets: Any) -> list[Tensor]:
         return [Tensor(self.request_field, "BYTES", (-1,))]
 
@@ -102,15 +114,3 @@ class TextClassification(Task):
             except UnicodeDecodeError as exc:
                 raise InputError(f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         return element
-
-    def request_item(self, settings: Settings, assets: Callable[[], Any]) -> Any:
-        return Annotated[str, BeforeValidator(lambda value: self.check(value, None, settings))]
-
-    def table_columns(self, columns: Sequence[str], assets: Any, requested: str | None) -> list[str]:
-        try:
-            return [pick_column(columns, requested)]
-        except UsageError as exc:
-            raise UsageError(f"{exc}; name the text column with --text-column") from None
-
-    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
-        return row.get(columns[0])
