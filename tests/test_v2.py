@@ -47,6 +47,7 @@ SERVER_ENV = {
     "MODELSERVE_BATCHING": "on",  # v2 and friendly requests share the batcher, as on a GPU
     "MODELSERVE_MAX_ITEMS": str(MAX_ITEMS),
     "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
+    "MODELSERVE_MAX_REQUEST_PIXELS": str(160_000),  # the cat and the dog together (153,280 pixels), not three photos
     "MODELSERVE_RELOAD_POLL_S": "1",
 }
 RELOADED = "imdb_sentiment"
@@ -268,6 +269,7 @@ BAD_TENSORS = [
     ("not an image", "image_classifier", binary_input("images", "BYTES", [1], bytes_section(b"hello, not a picture")), "images[0]: is not a supported image"),
     ("not base64", "image_classifier", json_input("images", "BYTES", [1], ["%%%"]), "images[0]: is not valid base64"),
     ("truncated jpeg", "image_classifier", binary_input("images", "BYTES", [2], bytes_section(CAT, DOG[: len(DOG) // 2])), "images[1]: is truncated or corrupt"),
+    ("over the pixel budget", "image_classifier", binary_input("images", "BYTES", [3], bytes_section(CAT, DOG, CAT)), "229,760 pixels in all"),
     ("empty image element", "image_classifier", binary_input("images", "BYTES", [1], bytes_section(b"")), "images[0]: is empty (0 bytes)"),
     ("empty text element", "imdb_sentiment", json_input("texts", "BYTES", [2], ["fine", ""]), "texts[1]: is empty"),
     ("text not utf-8", "imdb_sentiment", binary_input("texts", "BYTES", [1], bytes_section(b"\xff\xfe bad")), "texts[0]: is not valid UTF-8"),
