@@ -100,7 +100,8 @@ def requests_per_batch(before: dict[str, tuple[float, float]], after: dict[str, 
     return (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
 
 
-async def run_load(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict]) -> Run:
+async def run_load(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict], path: str | None = None) -> Run:
+    """`path` (default: the endpoint) is where requests go; `endpoint` labels the run (benchmarks/v2_load.py runs several per path)."""
     run = Run(endpoint, clients, seconds)
     limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -112,7 +113,7 @@ async def run_load(url: str, endpoint: str, clients: int, seconds: float, make: 
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 try:
-                    response = await client.post(f"/{endpoint}", **make(i))
+                    response = await client.post(f"/{path or endpoint}", **make(i))
                 except httpx.HTTPError:
                     run.transport_errors += 1
                     continue
@@ -132,10 +133,12 @@ HEY_ERRORS = re.compile(r"^\s*\[(\d+)\]\s+(?!\d+ responses)", re.M)
 HEY_PERCENTILE = re.compile(r"^\s*(\d+)% in ([0-9.]+) secs", re.M)
 
 
-def request_body(endpoint: str, make: Callable[[int], dict]) -> tuple[str, bytes]:
-    """One fixed request (content type, body bytes), built by httpx so it is exactly what a client sends."""
-    request = httpx.Request("POST", f"http://localhost/{endpoint}", **make(0))
-    return request.headers["content-type"], request.read()
+def request_body(endpoint: str, make: Callable[[int], dict]) -> tuple[str, bytes, dict[str, str]]:
+    """One fixed request (content type, body bytes, other headers it sets), built by httpx so it is exactly what a client sends."""
+    args = make(0)
+    request = httpx.Request("POST", f"http://localhost/{endpoint}", **args)
+    extra = {k: v for k, v in args.get("headers", {}).items() if k.lower() != "content-type"}
+    return request.headers["content-type"], request.read(), extra
 
 
 def parse_hey(run: Run, report: str) -> None:
@@ -147,8 +150,8 @@ def parse_hey(run: Run, report: str) -> None:
     run.percentiles_ms = (percentiles.get(50, float("nan")), percentiles.get(99, float("nan")))
 
 
-async def run_hey(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict]) -> Run:
-    content_type, body = request_body(endpoint, make)
+async def run_hey(url: str, endpoint: str, clients: int, seconds: float, make: Callable[[int], dict], path: str | None = None) -> Run:
+    content_type, body, extra = request_body(path or endpoint, make)
     run = Run(endpoint, clients, seconds)
     with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
         handle.write(body)
@@ -168,7 +171,8 @@ async def run_hey(url: str, endpoint: str, clients: int, seconds: float, make: C
             content_type,
             "-D",
             handle.name,
-            f"{url}/{endpoint}",
+            *[arg for name, value in extra.items() for arg in ("-H", f"{name}: {value}")],
+            f"{url}/{path or endpoint}",
         ]
         result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=True)
         after = await batch_counters(client)

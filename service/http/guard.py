@@ -15,7 +15,8 @@
   with what was wrong. Starlette raises on each of these and BentoML answered 500,
   and BentoML fetches a *text* field of a file parameter as a URL.
 - A POST with a content type the route does not take gets 415; BentoML would
-  otherwise parse anything as JSON.
+  otherwise parse anything as JSON. A route entry ending in "/" covers the paths under
+  it (the v2 protocol's /v2/models/{name}/.../infer).
 - BentoML's 400 for a validation error says "1 validation error for Input"; the
   guard rewrites `error` into what was wrong and where ("texts[1]: is empty"),
   keeping pydantic's `detail` list, and caps what an error body quotes.
@@ -238,14 +239,13 @@ class RequestGuard:
             raise Refusal(400, f"invalid Content-Length {cap(length, 40)!r}", close=True)
         if length is not None and int(length) > self.max_request_bytes:
             raise Refusal(413, self._too_large(int(length)), close=True)
-        allowed = self.content_types.get(scope["path"]) if scope["method"] == "POST" else None
+        allowed = self._accepted(scope["path"]) if scope["method"] == "POST" else None
         content_type = headers.get("content-type", "")
         if allowed is not None:
             media_type = content_type.split(";")[0].strip().lower()
             if media_type not in allowed:
-                message = (
-                    f"content type {cap(media_type, 100) or '(none)'!r} is not accepted by {scope['path']}; send {' or '.join(allowed)}"
-                )
+                accepted = " or ".join(t or "none" for t in allowed)  # "": no Content-Type header (tritonclient sends none)
+                message = f"content type {cap(media_type, 100) or '(none)'!r} is not accepted by {scope['path']}; send {accepted}"
                 raise Refusal(415, message, close=True)
         buffered = await self._read_body(receive)
         fields = self.file_fields.get(scope["path"])
@@ -255,6 +255,13 @@ class RequestGuard:
             if problem:
                 raise Refusal(400, problem)
         return buffered
+
+    def _accepted(self, path: str) -> tuple[str, ...] | None:
+        """The content types a POST to `path` may have: its own entry, else the longest entry ending in "/" that prefixes it."""
+        if path in self.content_types:
+            return self.content_types[path]
+        prefixes = [p for p in self.content_types if p.endswith("/") and path.startswith(p)]
+        return self.content_types[max(prefixes, key=len)] if prefixes else None
 
     def _too_large(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "larger"

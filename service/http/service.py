@@ -6,7 +6,7 @@ One class, thin. Each endpoint is made from its catalog entry: the request item 
 comes from the entry's task, whose checks run per request on the event loop and are
 cheap by contract (an image's header, not its pixels); the work (decoding,
 preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
-GET /models and POST /admin/reload live in admin.py.
+GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from service.http.executor import Executor, ItemError
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
+from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
+from service.http.v2 import v2_app
 
 SETTINGS = Settings.from_env()
 cancel_finished_request_timers()
@@ -118,10 +120,12 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/"
         tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},
     )(ModelServe)
 )
+ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
 ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
-    content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()} | {"/admin/reload": ("application/json",)},
+    content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()}
+    | {"/admin/reload": ("application/json",), "/v2/": V2_CONTENT_TYPES},
     file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,

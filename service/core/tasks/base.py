@@ -31,6 +31,22 @@ from service.core.errors import UsageError
 Answer = dict[str, Any]
 Assets = Any  # what a task loads from a version directory (vectoriser, image spec, scaler)
 
+# The Open Inference Protocol's numeric datatypes as NumPy types (BYTES tensors are object arrays of bytes).
+V2_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
 # Batch scoring: where the inputs of a model come from.
 TABLE = "table"  # one row per input in a CSV, JSONL or Parquet file
 FOLDER = "folder"  # one file per input under a folder
@@ -49,6 +65,18 @@ class Gate:
 
     def relation(self, tolerance: float) -> str:
         return f"may be at most {tolerance} {'lower' if self.higher_is_better else 'higher'}"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the Open Inference Protocol (KServe v2, service/http/v2.py): name, datatype, shape (-1: any size)."""
+
+    name: str
+    datatype: str  # the protocol's names: "BYTES", "UINT8", "FP32", ...
+    shape: tuple[int, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,38 @@ class Task(ABC):
     def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
         """httpx keyword arguments that send raw `items` to the friendly endpoint (redeploy's smoke test)."""
         return {"json": {self.request_field: list(items)}}
+
+    # ------------------------------------------------------------ the Open Inference Protocol (KServe v2)
+
+    @abstractmethod
+    def tensor_inputs(self, assets: Assets) -> list[Tensor]:
+        """The v2 input tensors, batch first; a request sends exactly one of them (they are alternatives: encoded images or pixels)."""
+
+    @abstractmethod
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        """The v2 output tensors, batch first; each is named after the answer field it carries (see `output_arrays`)."""
+
+    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
+        """One element of input `tensor` along the batch dimension -> the raw value `check` takes.
+
+        BYTES elements arrive as `bytes` (binary tensor data) or `str` (JSON); numeric ones as a NumPy array.
+        """
+        return element
+
+    def output_arrays(self, answers: Sequence[Answer], metadata: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Answers of one request -> one array per v2 output, from the answer field of the same name.
+
+        A mapping (every class's probability) becomes one column per key, in order; text becomes UTF-8 bytes (BYTES).
+        """
+        arrays = {}
+        for tensor in self.tensor_outputs(metadata):
+            values = [answer[tensor.name] for answer in answers]
+            if tensor.datatype == "BYTES":
+                arrays[tensor.name] = np.array([str(v).encode() for v in values], dtype=object)
+            else:
+                rows = [list(v.values()) if isinstance(v, Mapping) else v for v in values]
+                arrays[tensor.name] = np.asarray(rows, dtype=V2_NUMPY_TYPES[tensor.datatype])
+        return arrays
 
     # ------------------------------------------------------------ batch scoring of tables
 

@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import ImageSpec, decode_opened, open_image
-from service.core.tasks.base import FOLDER, Answer, BatchSizes, Gate, Task
+from service.core.tasks.base import FOLDER, Answer, BatchSizes, Gate, Task, Tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
+PIXELS_TENSOR = "pixels"  # the v2 input of decoded images: UINT8 [N, height, width, 3]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,13 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
         raise InputError(f"cannot be read ({exc.strerror})") from None
 
 
+def _checked_pixels(pixels: np.ndarray, assets: ImageSpec) -> np.ndarray:
+    expected = (assets.height, assets.width, 3)
+    if pixels.dtype != np.uint8 or pixels.shape != expected:
+        raise InputError(f"pixels must be uint8 {list(expected)} (height, width, RGB), got {pixels.dtype} {list(pixels.shape)}")
+    return pixels
+
+
 class ImageClassification(Task):
     name = "image_classification"
     assets_kind = "image"
@@ -91,8 +99,13 @@ class ImageClassification(Task):
     def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
         return ImageSpec.from_json(metadata["preprocessing"])
 
-    def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage:
-        """Image bytes (or a file's path) -> the image with its header parsed; byte and pixel limits, no decoding."""
+    def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage | np.ndarray:
+        """Image bytes (or a file's path) -> the image with its header parsed; byte and pixel limits, no decoding.
+
+        Pixels a client decoded itself (the v2 `pixels` tensor) must be uint8 RGB at the version's size.
+        """
+        if isinstance(value, np.ndarray):
+            return _checked_pixels(value, assets)
         limit = settings.max_image_bytes
         data = read_limited(value, limit) if isinstance(value, Path) else value
         if not isinstance(data, bytes):
@@ -101,8 +114,10 @@ class ImageClassification(Task):
             raise InputError(f"is larger than the limit of {limit:,} bytes")
         return EncodedImage(open_image(data, settings.max_image_pixels))
 
-    def decode(self, item: EncodedImage, assets: ImageSpec, settings: Settings) -> np.ndarray:
+    def decode(self, item: EncodedImage | np.ndarray, assets: ImageSpec, settings: Settings) -> np.ndarray:
         """-> uint8 pixels at the version's size; a truncated or corrupt file is only found here."""
+        if isinstance(item, np.ndarray):  # pixels, checked against this version's size
+            return item
         try:
             return decode_opened(item.image, assets)
         except InputError:
@@ -110,13 +125,13 @@ class ImageClassification(Task):
         except Exception as exc:  # a decoder failure decode_opened does not anticipate: this image fails, nothing else
             raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
 
-    def check_request(self, items: Sequence[EncodedImage], settings: Settings) -> None:
+    def check_request(self, items: Sequence[EncodedImage | np.ndarray], settings: Settings) -> None:
         total = self.cost(items)
         if total > settings.max_request_pixels:
             raise InputError(f"the images have {total:,} pixels in all, more than the limit of {settings.max_request_pixels:,} per request")
 
-    def cost(self, items: Sequence[EncodedImage]) -> int:
-        return sum(item.pixels for item in items)
+    def cost(self, items: Sequence[EncodedImage | np.ndarray]) -> int:
+        return sum(item.shape[0] * item.shape[1] if isinstance(item, np.ndarray) else item.pixels for item in items)
 
     def pending_limit(self, settings: Settings) -> int:
         return settings.max_pending_pixels
@@ -155,6 +170,21 @@ class ImageClassification(Task):
 
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
+
+    def tensor_inputs(self, assets: ImageSpec) -> list[Tensor]:
+        """Encoded files (decoded here, as the friendly endpoint does), or pixels a client decoded at the version's size."""
+        return [Tensor(self.request_field, "BYTES", (-1,)), Tensor(PIXELS_TENSOR, "UINT8", (-1, assets.height, assets.width, 3))]
+
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return [
+            Tensor("label", "BYTES", (-1,)),
+            Tensor("score", "FP32", (-1,)),
+            Tensor("probabilities", "FP32", (-1, len(metadata["labels"]))),
+        ]
+
+    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
+        """An encoded image is raw bytes in binary tensor data and base64 in JSON (as in the friendly endpoint's JSON)."""
+        return element if tensor.name == PIXELS_TENSOR else upload_bytes(element, settings.max_image_bytes)
 
     def request_item(self, settings: Settings, assets: Callable[[], ImageSpec]) -> Any:
         """PIL.Image makes BentoML read `images` as multipart file fields; the validator hands on the checked, undecoded image."""

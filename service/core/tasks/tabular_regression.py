@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, create_mo
 from service.core.config import Settings
 from service.core.errors import UsageError
 from service.core.preprocessing import StandardScaler, feature_row, match_names
-from service.core.tasks.base import Answer, BatchSizes, Gate, Task
+from service.core.tasks.base import Answer, BatchSizes, Gate, Task, Tensor
 
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
 # How GET /models labels a version's feature ranges and starting row (see `describe`).
@@ -133,3 +133,13 @@ class TabularRegression(Task):
             if value is not None:
                 values[column] = value
         return values
+
+    def tensor_inputs(self, assets: StandardScaler) -> list[Tensor]:
+        """FP32 [N, features], the features in the model's order (GET /models)."""
+        return [Tensor(self.request_field, "FP32", (-1, len(assets.feature_names)))]
+
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return [Tensor(self.answer_field, "FP32", (-1,))]
+
+    def tensor_value(self, tensor: Tensor, element: np.ndarray, settings: Settings) -> list[float]:
+        return element.tolist()  # Python floats, as JSON rows of the friendly API give `check`

@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from service.core.config import Settings
 from service.core.errors import InputError, UsageError
 from service.core.preprocessing import TextVectorizer, check_text
-from service.core.tasks.base import Answer, BatchSizes, Gate, Task
+from service.core.tasks.base import Answer, BatchSizes, Gate, Task, Tensor
 
 # Table columns that hold the text, tried in order (any case): training and batch scoring share them.
 TEXT_COLUMNS = ("text", "review", "content", "body", "comment", "sentence")
@@ -112,3 +112,18 @@ class TextClassification(Task):
 
     def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
         return row.get(columns[0])
+
+    def tensor_inputs(self, assets: Any) -> list[Tensor]:
+        return [Tensor(self.request_field, "BYTES", (-1,))]
+
+    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return [Tensor("label", "BYTES", (-1,)), Tensor("probability_positive", "FP32", (-1,))]
+
+    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
+        """A text is UTF-8 bytes in binary tensor data, a string in JSON."""
+        if isinstance(element, bytes):
+            try:
+                return element.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        return element
