@@ -22,21 +22,23 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from math import isnan
 from pathlib import Path
 
 import httpx
 
 from benchmarks.launch import ROOT, free_port
-from benchmarks.load import RESULTS, Run, payloads, run_hey
+from benchmarks.load import RESULTS, Run, parse_hey, payloads, request_body, run_hey
 from service.core.registry import METADATA_FILE, Registry
 
 COMPOSE_FILE = ROOT / "deploy" / "replicas" / "compose.yaml"
@@ -45,8 +47,10 @@ BASE_IMAGES = ("modelserve-base:bookworm-py3.11", "python:3.11-slim-bookworm")
 BUILD_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
 POLL_S = 0.1
+BALANCER_POLL_S = 0.05
 PROMOTED_MODEL = "imdb_sentiment"  # cheap to reload; /sentiment answers name the version
 PROMOTED_ENDPOINT = "sentiment"
+SERVER_EVENT = re.compile(r"Server replicas/(\w+) is (?:going )?(DOWN|UP)")
 ENDPOINTS = ("sentiment", "predict_price", "classify_image")
 
 
@@ -207,18 +211,25 @@ class Cluster:
         return result.stdout + result.stderr
 
 
-def load_in_background(url: str, endpoint: str, clients: int, seconds: float) -> Callable[[], Run]:
-    """Start hey on `endpoint` through the balancer; the returned function waits for its result."""
-    box: dict[str, Run] = {}
-    make = payloads()[endpoint]
-    thread = threading.Thread(target=lambda: box.setdefault("run", asyncio.run(run_hey(url, endpoint, clients, seconds, make))))
-    thread.start()
+class HeyLoad:
+    """hey sending `clients` closed-loop clients to `endpoint` until stopped (SIGINT: hey then prints its report)."""
 
-    def result() -> Run:
-        thread.join()
-        return box["run"]
+    def __init__(self, url: str, endpoint: str, clients: int, max_seconds: float = 300) -> None:
+        content_type, body = request_body(endpoint, payloads()[endpoint])
+        with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
+            handle.write(body)
+        self.body, self.endpoint, self.clients = Path(handle.name), endpoint, clients
+        command = ["hey", "-z", f"{max_seconds:.0f}s", "-c", str(clients), "-t", "120", "-m", "POST", "-T", content_type, "-D", handle.name]
+        self.process = subprocess.Popen([*command, f"{url}/{endpoint}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.started = time.monotonic()
 
-    return result
+    def stop(self) -> Run:
+        self.process.send_signal(signal.SIGINT)
+        report, _ = self.process.communicate(timeout=120)
+        self.body.unlink()
+        run = Run(self.endpoint, self.clients, time.monotonic() - self.started)
+        parse_hey(run, report)
+        return run
 
 
 def failed(run: Run) -> int:
@@ -228,66 +239,96 @@ def failed(run: Run) -> int:
 
 @dataclass
 class Failover:
-    victim: str
+    victim: str  # the container
     requests: int = 0
     failed: int = 0
     retries: int = 0
     redispatches: int = 0
-    marked_down_s: float = float("nan")  # kill -> HAProxy's status for it leaves UP
-    last_sent_s: float = float("nan")  # kill -> last request HAProxy sent it before it came back
+    marked_down_s: float = float("nan")  # kill -> HAProxy logs it DOWN
+    last_sent_s: float = float("nan")  # kill -> last request HAProxy sent it before it came back (stats, 50 ms polls)
     restarted_s: float = float("nan")  # kill -> Docker's restart policy started the container again
     ready_s: float = float("nan")  # kill -> its own /readyz answers 200
-    back_up_s: float = float("nan")  # kill -> HAProxy's status for it is UP again
-    serving_s: float = float("nan")  # kill -> HAProxy sends it requests again
+    back_up_s: float = float("nan")  # kill -> HAProxy logs it UP again
+    serving_s: float = float("nan")  # kill -> HAProxy sends it requests again (stats)
+    ip: dict[str, str] = field(default_factory=dict, repr=False)  # its address now (a restart may change it)
 
 
-def kill_under_load(cluster: Cluster, clients: int = 32, seconds: float = 30, kill_after_s: float = 5) -> Failover:
-    """kill -9 one replica's server process (a crash: Docker's restart policy starts it again) while hey sends load."""
+def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90) -> Failover:
+    """kill -9 one replica's server process (a crash: Docker's restart policy starts it again) while hey sends load
+    through the balancer; the load goes on until the balancer sends the replica requests again, plus 2 s."""
     victim = cluster.replicas()[0]
-    slot = next(s.name for s in cluster.servers() if s.address.split(":")[0] == victim.ip)
-    done = load_in_background(cluster.url, PROMOTED_ENDPOINT, clients, seconds)
+    load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
     time.sleep(kill_after_s)
     before = {s.name: s for s in cluster.servers()}
-    killed = time.monotonic()
-    os.kill(victim.pid, 9)
-    result = Failover(slot)
-    _watch_failover(cluster, victim, result, killed, sessions=before[slot].sessions, timeout=seconds + 60)
-    run = done()
+    result = Failover(victim.container, ip={"ip": victim.ip})
+    killed, killed_wall = time.monotonic(), time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_container, args=(cluster, victim, result, killed, stop))
+    watcher.start()
+    try:
+        _watch_balancer(cluster, result, killed, {n: s.sessions for n, s in before.items()}, timeout)
+        time.sleep(2)
+    finally:
+        stop.set()
+        watcher.join()
+        run = load.stop()
     after = {s.name: s for s in cluster.servers()}
-    result.requests = sum(run.codes.values()) + run.transport_errors
-    result.failed = failed(run)
+    result.requests, result.failed = sum(run.codes.values()) + run.transport_errors, failed(run)
     result.retries = sum(after[n].retries - before[n].retries for n in after if n in before)
     result.redispatches = sum(after[n].redispatches - before[n].redispatches for n in after if n in before)
+    slots = {n for n, s in before.items() if s.address.split(":")[0] == victim.ip}
+    slots |= {n for n, s in after.items() if s.address.split(":")[0] == result.ip["ip"]}  # a restart may move it
+    result.marked_down_s, result.back_up_s = balancer_events(cluster, slots, killed_wall)
     return result
 
 
-def _watch_failover(cluster: Cluster, victim: Replica, result: Failover, killed: float, sessions: int, timeout: float) -> None:
-    """Poll HAProxy's stats, Docker and the victim's /readyz until the balancer sends it requests again."""
-    ip = victim.ip  # NaN in `result`: not seen yet
-    while time.monotonic() - killed < timeout and isnan(result.serving_s):
-        state = next(s for s in cluster.servers() if s.name == result.victim)
+def _watch_balancer(cluster: Cluster, result: Failover, killed: float, sessions: dict[str, int], timeout: float) -> None:
+    """Requests HAProxy sends to the victim's address (whichever slot holds it), every 50 ms, until it serves again."""
+    while time.monotonic() - killed < timeout and isnan(result.serving_s):  # NaN in `result`: not seen yet
+        servers = cluster.servers()
         now = time.monotonic() - killed
-        if state.status != "UP" and isnan(result.marked_down_s):
-            result.marked_down_s = now
-        elif state.status == "UP" and not isnan(result.marked_down_s) and isnan(result.back_up_s):
-            result.back_up_s = now
-        if state.sessions > sessions:
-            sessions = state.sessions
-            if isnan(result.back_up_s):
-                result.last_sent_s = now
-            else:
-                result.serving_s = now
+        for state in servers:
+            if state.address.split(":")[0] == result.ip["ip"] and state.sessions > sessions.get(state.name, 0):
+                if isnan(result.ready_s):
+                    result.last_sent_s = now
+                elif state.status == "UP":
+                    result.serving_s = now
+            sessions[state.name] = state.sessions
+        time.sleep(BALANCER_POLL_S)
+    if isnan(result.last_sent_s):
+        result.last_sent_s = 0.0  # nothing was sent to it after the kill
+
+
+def _watch_container(cluster: Cluster, victim: Replica, result: Failover, killed: float, stop: threading.Event) -> None:
+    while not stop.is_set() and isnan(result.ready_s):
         if isnan(result.restarted_s):
             again = cluster.replica(victim.container)
             if again.started_at != victim.started_at and again.pid and again.ip:
-                result.restarted_s, ip = time.monotonic() - killed, again.ip
-        elif isnan(result.ready_s):
+                result.restarted_s, result.ip["ip"] = time.monotonic() - killed, again.ip
+        else:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{ip}:3000/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"http://{result.ip['ip']}:3000/readyz", timeout=1).status_code == 200:
                     result.ready_s = time.monotonic() - killed
         time.sleep(POLL_S)
-    if isnan(result.last_sent_s):
-        result.last_sent_s = 0.0  # nothing was sent to it after the kill
+
+
+def balancer_events(cluster: Cluster, slots: set[str], since: float) -> tuple[float, float]:
+    """Seconds after `since` (wall clock) when HAProxy logged one of `slots` DOWN, and then UP, from its timestamped log."""
+    (balancer,) = docker("ps", "--quiet", "--filter", f"label=com.docker.compose.project={cluster.project}",
+                         "--filter", "label=com.docker.compose.service=balancer").stdout.split()  # fmt: skip
+    down = up = float("nan")
+    for line in docker("logs", "--timestamps", balancer).stdout.splitlines():
+        stamp, _, text = line.partition(" ")
+        match = SERVER_EVENT.search(text)
+        if not match or match[1] not in slots:
+            continue
+        moment = datetime.fromisoformat(stamp[:26] + "+00:00").timestamp() - since
+        if match[2] == "DOWN" and moment >= 0 and isnan(down):
+            down = moment
+        elif match[2] == "UP" and not isnan(down) and isnan(up):
+            up = moment
+    return down, up
 
 
 @dataclass
@@ -303,29 +344,33 @@ class Promotion:
     answered_by: set[str] = field(default_factory=set)  # balancer slots that answered those
 
 
-def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, seconds: float = 20) -> Promotion:
-    """Promote `new` in the shared registry under load; when each replica serves it; what the clients saw."""
+def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, settle_s: float = 3) -> Promotion:
+    """Promote `new` in the shared registry while hey sends load through the balancer; when each replica serves it;
+    then one request per replica slot several times over, each answer naming its version."""
     replicas = cluster.replicas()
-    done = load_in_background(cluster.url, PROMOTED_ENDPOINT, clients, seconds)
-    time.sleep(min(3.0, seconds / 4))
+    load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
     result = Promotion(PROMOTED_MODEL, old, new, cluster.poll_s)
-    promoted = time.monotonic()
-    Registry(cluster.registry).promote(PROMOTED_MODEL, new)
-    with httpx.Client(timeout=10) as client:
-        while len(result.seen_s) < len(replicas) and time.monotonic() - promoted < cluster.poll_s + 60:
-            for replica in replicas:
-                if replica.container not in result.seen_s:
-                    body = client.get(f"http://{replica.ip}:3000/models").json()
-                    if {m["name"]: m["version"] for m in body["models"]}.get(PROMOTED_MODEL) == new:
-                        result.seen_s[replica.container] = time.monotonic() - promoted
-            time.sleep(POLL_S)
-        make = payloads()[PROMOTED_ENDPOINT]
-        for i in range(12 * len(replicas)):
-            response = client.post(f"{cluster.url}/{PROMOTED_ENDPOINT}", **make(i))
-            version = response.json()[0]["version"] if response.status_code == 200 else -response.status_code
-            result.versions_after[version] = result.versions_after.get(version, 0) + 1
-            result.answered_by.add(response.headers.get("x-served-by", "?"))
-    run = done()
+    try:
+        time.sleep(settle_s)
+        promoted = time.monotonic()
+        Registry(cluster.registry).promote(PROMOTED_MODEL, new)
+        with httpx.Client(timeout=10) as client:
+            while len(result.seen_s) < len(replicas) and time.monotonic() - promoted < cluster.poll_s + 60:
+                for replica in replicas:
+                    if replica.container not in result.seen_s:
+                        body = client.get(f"http://{replica.ip}:3000/models").json()
+                        if {m["name"]: m["version"] for m in body["models"]}.get(PROMOTED_MODEL) == new:
+                            result.seen_s[replica.container] = time.monotonic() - promoted
+                time.sleep(POLL_S)
+            make = payloads()[PROMOTED_ENDPOINT]
+            for i in range(12 * len(replicas)):
+                response = client.post(f"{cluster.url}/{PROMOTED_ENDPOINT}", **make(i))
+                version = response.json()[0]["version"] if response.status_code == 200 else -response.status_code
+                result.versions_after[version] = result.versions_after.get(version, 0) + 1
+                result.answered_by.add(response.headers.get("x-served-by", "?"))
+            time.sleep(settle_s)
+    finally:
+        run = load.stop()
     result.requests, result.failed = sum(run.codes.values()) + run.transport_errors, failed(run)
     return result
 
