@@ -414,7 +414,8 @@ def report(rows: list[tuple[str, int, Run]], failover: Failover | None, promotio
         "# Replicas behind HAProxy (deploy/replicas)",
         "",
         f"`python -m benchmarks.replicas --replicas {args.replicas} --seconds {args.seconds:g} --clients {args.clients}`; "
-        f"{os.cpu_count()} cores shared by the replicas, HAProxy and hey; one item per request, closed loop. "
+        f"{os.cpu_count()} cores shared by the replicas, HAProxy and hey (load average {os.getloadavg()[0]:.1f} at the end: "
+        "other work shares this machine); one item per request, closed loop. "
         "`direct` is hey straight at one replica's port, without the balancer.",
         "",
         HEADER,
@@ -496,7 +497,7 @@ def main() -> None:
         finally:
             cluster.down()
     text = report(rows, failover, promotion, args)
-    print(text.split("\n\n", 3)[-1] if failover else "")
+    print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "replicas.md").write_text(text)
     plot(rows, RESULTS / "replicas.png")
