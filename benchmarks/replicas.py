@@ -375,6 +375,21 @@ def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, 
     return result
 
 
+def scale_down_under_load(cluster: Cluster, replicas: int, clients: int = 32, settle_s: float = 3) -> tuple[Run, float]:
+    """`docker-compose up --scale` to fewer replicas while hey sends load: the ones removed get SIGTERM and drain.
+    Returns hey's run and how long the scaling command took."""
+    load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
+    try:
+        time.sleep(settle_s)
+        started = time.monotonic()
+        cluster.compose("up", "--detach", "--scale", f"{SERVICE}={replicas}")
+        took = time.monotonic() - started
+        time.sleep(settle_s)
+    finally:
+        run = load.stop()
+    return run, took
+
+
 def direct_run(cluster: Cluster, endpoint: str, clients: int, seconds: float) -> Run:
     """hey straight at one replica's port, no balancer: what the balancer costs."""
     url = f"http://{cluster.replicas()[0].ip}:3000"

@@ -3,7 +3,8 @@
 Needs a Docker daemon, docker-compose and hey (skipped, with the reason shown, where any is
 missing: CI has no daemon). Builds modelserve:cpu with deploy/build-image.sh (cached layers:
 seconds) unless MODELSERVE_TEST_IMAGE names an image. About 2 minutes here: one replica is
-killed under 32 clients of load, then a new version is promoted in the shared registry.
+killed under 32 clients of load, a new version is promoted in the shared registry, and one
+replica is scaled away (SIGTERM, drain), each under 32 clients of load.
 The measured numbers are printed (pytest -s) and reported by benchmarks/replicas.py.
 """
 
@@ -16,7 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.replicas import Cluster, docker_problem, kill_under_load, promote_under_load, registry_with_next_version, serving_image
+from benchmarks.replicas import (
+    Cluster,
+    docker_problem,
+    failed,
+    kill_under_load,
+    promote_under_load,
+    registry_with_next_version,
+    scale_down_under_load,
+    serving_image,
+)
 
 REPLICAS = 3
 CLIENTS = 32
@@ -74,3 +84,11 @@ def test_a_promotion_reaches_every_replica_without_a_failed_request(cluster: Clu
     assert result.failed == 0 and result.requests > 500, result
     assert result.versions_after == {new: 12 * REPLICAS}, result
     assert len(result.answered_by) == REPLICAS, result
+
+
+def test_scaling_down_under_load_drains_without_a_failed_request(cluster: Cluster) -> None:
+    """The replica removed gets SIGTERM: it finishes what it has, HAProxy retries what it refuses."""
+    run, took = scale_down_under_load(cluster, REPLICAS - 1, clients=CLIENTS)
+    print(f"\nscaled {REPLICAS} -> {REPLICAS - 1} in {took:.1f}s under load: {sum(run.codes.values())} requests, codes {run.codes}")
+    assert len(cluster.replicas()) == REPLICAS - 1
+    assert failed(run) == 0 and sum(run.codes.values()) > 500, run.codes
