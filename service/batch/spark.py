@@ -17,21 +17,26 @@ finishes before anything is written, so a failed job leaves no output behind.
 from __future__ import annotations
 
 import argparse
+import atexit
+import hashlib
+import io
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-from pyspark import StorageLevel
+from pyspark import SparkConf, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -101,7 +106,8 @@ def start_session(args: argparse.Namespace) -> tuple[SparkSession, bool]:
     builder = SparkSession.builder.appName(f"modelserve batch {args.model}")
     if args.master:
         builder = builder.master(args.master)
-    settings = dict(OWN_SESSION_DEFAULTS)
+    given = SparkConf()  # what spark-submit (--conf, spark-defaults.conf) already says wins over our defaults
+    settings = {key: value for key, value in OWN_SESSION_DEFAULTS.items() if not given.contains(key)}
     for setting in args.conf:
         key, sep, value = setting.partition("=")
         if not sep:
@@ -140,16 +146,53 @@ class HadoopFS:
         fs.delete(jpath, True)
 
 
-def ship_code(spark: SparkSession, scratch: Path) -> None:
+_shipped: dict[str, set[str]] = {}  # names added to each SparkContext (by application id): Spark refuses a name twice
+_staging: list[Path] = []  # what addFile serves lives until this process exits: executors that join later fetch it then
+
+
+def ship(spark: SparkSession, name: str, make: Callable[[Path], None], python: bool = False) -> None:
+    """Add a file or folder to the job once per SparkContext, under a content-addressed `name`."""
+    sc = spark.sparkContext
+    added = _shipped.setdefault(sc.applicationId, set())
+    if name in added:
+        return
+    if not _staging:
+        _staging.append(Path(tempfile.mkdtemp(prefix="modelserve-spark-")))
+        atexit.register(shutil.rmtree, _staging[0], True)
+    target = _staging[0] / name
+    if not target.exists():
+        make(target)
+    if python:
+        sc.addPyFile(str(target))
+    else:
+        sc.addFile(str(target), recursive=target.is_dir())
+    added.add(name)
+
+
+def ship_code(spark: SparkSession) -> None:
     """Send this driver's service.core and service.batch to the executors, so they run the code the driver planned with."""
     root = Path(service.__file__).resolve().parent.parent
-    archive = scratch / "modelserve-code.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name in CODE_PACKAGES:
-            files = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
-            for file in files:
-                bundle.write(file, file.relative_to(root).as_posix())
-    spark.sparkContext.addPyFile(str(archive))
+            for file in [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py")):
+                bundle.writestr(zipfile.ZipInfo(file.relative_to(root).as_posix()), file.read_bytes())  # no timestamps: same code, same zip
+    data = buffer.getvalue()
+    ship(spark, f"modelserve-code-{hashlib.sha256(data).hexdigest()[:12]}.zip", lambda path: path.write_bytes(data), python=True)
+
+
+def ship_version(spark: SparkSession, model: LoadedModel) -> str:
+    """The version's files with the job, under a name of their own (SparkFiles keys by last path component: a version folder is "1")."""
+    name = f"modelserve-{model.name}-v{model.version}-{model.metadata['sha256'][:12]}"
+
+    def copy(target: Path) -> None:
+        target.mkdir()
+        for file in model.version_ref.path.iterdir():
+            if file.is_file() and file.suffix != ".png":  # the version's plots are not needed to score
+                shutil.copyfile(file, target / file.name)
+
+    ship(spark, name, copy)
+    return name
 
 
 class Progress(threading.Thread):
@@ -226,22 +269,48 @@ def suffix_match(suffixes: Sequence[str]) -> Column:
     return F.lower(F.col("path")).rlike(r"\.(" + "|".join(s.lstrip(".").lower() for s in suffixes) + ")$")
 
 
+def hadoop_path(uri: str) -> str:
+    """A file index URI (file:///a/x%20y.jpg) as binaryFile's `path` column writes it (Hadoop's Path.toString: file:/a/x y.jpg)."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}:{'//' + parts.netloc if parts.netloc else ''}{unquote(parts.path)}"
+
+
+def unscanned_files(images: DataFrame, listed: int) -> list[str]:
+    """Files the index lists that the scan yields no row for: Spark makes no split for a zero-byte file.
+
+    Only when the counts differ are the names compared (that crosses py4j once per file).
+    """
+    if images.select("path").count() == listed:
+        return []
+    seen = {row.path for row in images.select("path").collect()}
+    return sorted({hadoop_path(str(uri)) for uri in images._jdf.inputFiles()} - seen)
+
+
 def prepare_folder(spark: SparkSession, fs: HadoopFS, args: argparse.Namespace, model: LoadedModel, base: WorkerPlan) -> Prepared:
-    """Image files under a folder tree through binaryFile; keys are paths relative to the folder, as in the single-machine scorer."""
+    """Image files under a folder tree through binaryFile; keys are paths relative to the folder, as in the single-machine scorer.
+
+    Spark's file sources make no split for a zero-byte file, so binaryFile yields no row
+    for it; the file index does list it. Such files join the inputs with their (empty)
+    content, and the task refuses them ("is empty") as it does on one machine.
+    """
     task = model.task
     if not fs.is_dir(args.input):
         raise UsageError(f"{args.input}: no such folder (this model reads a folder tree of {', '.join(task.file_suffixes)} files)")
     root = fs.qualify(args.input)
-    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-    listing = reader.load(root).select("path", suffix_match(task.file_suffixes).alias("input"))
-    counts = {row["input"]: row["count"] for row in listing.groupBy("input").count().collect()}
-    total, skipped = counts.get(True, 0), counts.get(False, 0)
+    images = spark.read.format("binaryFile").options(recursiveFileLookup="true", pathGlobFilter=suffix_glob(task.file_suffixes)).load(root)
+    everything = spark.read.format("binaryFile").options(recursiveFileLookup="true").load(root)
+    total = len(images._jdf.inputFiles())  # the file index's count (a Java array's length: one py4j call)
+    skipped = len(everything._jdf.inputFiles()) - total
     notes = []
     if skipped:
-        shown = [r.path[len(root) + 1 :] for r in listing.filter(~F.col("input")).orderBy("path").limit(3).collect()]
+        others = everything.select("path").filter(~suffix_match(task.file_suffixes)).orderBy("path").limit(3)
+        shown = [r.path[len(root) + 1 :] for r in others.collect()]
         notes.append(f"note: skipping {skipped:,} file(s) without an input suffix: {', '.join(shown)}{', ...' if skipped > 3 else ''}")
-    images = reader.option("pathGlobFilter", suffix_glob(task.file_suffixes)).load(root)
-    frame = images.select(F.col("path").substr(len(root) + 2, 1 << 30).alias("path"), CONTENT)
+    frame = images.select("path", CONTENT)
+    empty = unscanned_files(images, total)
+    if empty:
+        frame = frame.unionByName(spark.createDataFrame([(path, b"") for path in empty], f"path string, {CONTENT} binary"))
+    frame = frame.select(F.col("path").substr(len(root) + 2, 1 << 30).alias("path"), CONTENT)
     plan = replace(base, source="folder", keys=("path",))
     return Prepared(frame, plan, total, images.rdd.getNumPartitions(), task.item_noun, notes)
 
@@ -351,19 +420,23 @@ def write(frame: DataFrame, path: str, fmt: str, overwrite: bool) -> None:
         frame = flatten(frame)
     writer = frame.write.mode("overwrite" if overwrite else "errorifexists")
     if fmt == "csv":
-        writer.option("header", "true").csv(path)
+        writer.options(header="true", escape='"').csv(path)  # quotes doubled, as RFC 4180 and Python's csv write them
     elif fmt == "jsonl":
         writer.option("ignoreNullFields", "false").json(path)
     else:
         writer.parquet(path)
 
 
-def executor_error(exc: BaseException) -> str | None:
-    """The executor's own message (checksum mismatch, ...) out of Spark's wrapped exception and Python traceback."""
-    for line in str(exc).splitlines():
+def failure(exc: BaseException) -> str:
+    """One line out of Spark's wrapped exception: the executor's own message (checksum mismatch, ...), else the Python
+    traceback's last line, else the exception's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
         if EXECUTOR_ERROR in line:
-            return line[line.index(EXECUTOR_ERROR) + len(EXECUTOR_ERROR) :].strip()
-    return None
+            return line[line.index(EXECUTOR_ERROR) + len(EXECUTOR_ERROR) :]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        return lines[-1]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 @dataclass
@@ -407,19 +480,12 @@ def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations,
 # ---------------------------------------------------------------- the job
 
 
-def base_plan(spark: SparkSession, args: argparse.Namespace, model: LoadedModel, settings: Settings, scratch: Path) -> WorkerPlan:
+def base_plan(spark: SparkSession, args: argparse.Namespace, model: LoadedModel, settings: Settings) -> WorkerPlan:
     """Where executors find the version (shipped with the job, or a shared registry) and how they run it."""
     if args.executor_model_root:
         model_dir, shipped = f"{args.executor_model_root.rstrip('/')}/{model.name}/{model.version}", False
     else:
-        # A copy under a name of its own: SparkFiles keys files by their last path component, and a version folder is "1".
-        model_dir, shipped = f"modelserve-{model.name}-v{model.version}-{model.metadata['sha256'][:12]}", True
-        staged = scratch / model_dir
-        staged.mkdir()
-        for file in model.version_ref.path.iterdir():
-            if file.is_file() and file.suffix != ".png":  # the version's plots are not needed to score
-                (staged / file.name).write_bytes(file.read_bytes())
-        spark.sparkContext.addFile(str(staged), recursive=True)
+        model_dir, shipped = ship_version(spark, model), True
     cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
     return WorkerPlan(
         name=model.name,
@@ -472,24 +538,22 @@ def run_spark(args: argparse.Namespace, stream: TextIO) -> int:
     label = f"{model.name} v{model.version}"
     progress = Progress(spark, label, stream)
     try:
-        with tempfile.TemporaryDirectory(prefix="modelserve-spark-") as scratch:
-            fs = HadoopFS(spark)
-            check_destinations(fs, dest, args.restart)
-            ship_code(spark, Path(scratch))
-            plan = base_plan(spark, args, model, settings, Path(scratch))
-            progress.start()
-            progress.set_phase("reading the input")
-            prepared = prepare(spark, args, model, plan, fs)
-            for note in prepared.notes:
-                print(note, file=stream)
-            prepared.frame = spread(prepared.frame, prepared.partitions, args.partitions, spark.sparkContext.defaultParallelism)
-            counts = score_and_write(spark, prepared, dest, args.restart, progress)
+        fs = HadoopFS(spark)
+        check_destinations(fs, dest, args.restart)
+        ship_code(spark)
+        plan = base_plan(spark, args, model, settings)
+        progress.start()
+        progress.set_phase("reading the input")
+        prepared = prepare(spark, args, model, plan, fs)
+        for note in prepared.notes:
+            print(note, file=stream)
+        prepared.frame = spread(prepared.frame, prepared.partitions, args.partitions, spark.sparkContext.defaultParallelism)
+        counts = score_and_write(spark, prepared, dest, args.restart, progress)
     except ModelServeError as exc:
         print(f"error: {exc}", file=stream)
         return exc.exit_code
     except Exception as exc:  # Spark's own: a task failed, an executor was lost, a write was refused
-        message = executor_error(exc) or f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        print(f"error: the Spark job failed, nothing was written: {message}", file=stream)
+        print(f"error: the Spark job failed, nothing was written: {failure(exc)}", file=stream)
         return EXIT_FAILED
     finally:
         progress.stop()
@@ -502,9 +566,10 @@ def run_spark(args: argparse.Namespace, stream: TextIO) -> int:
 
 def summarize(label: str, counts: Counts, unit: str, dest: Destinations, seconds: float, stream: TextIO) -> None:
     rate = counts.total / seconds if seconds > 0 else 0.0
+    shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
     print(
         f"{label}: {counts.total:,} {unit}s in = {counts.scored:,} scored + {counts.failed:,} failed"
-        f"{f' (see {dest.errors})' if counts.failed else ''}; wrote {dest.output} in {seconds:.1f} s ({rate:,.0f} {unit}s/s)",
+        f"{f' (see {dest.errors})' if counts.failed else ''}; wrote {dest.output} in {seconds:.1f} s ({shown} {unit}s/s)",
         file=stream,
         flush=True,
     )
