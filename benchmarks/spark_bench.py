@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import math
 import os
 import platform
 import re
@@ -70,11 +71,13 @@ class Line:
 
     @property
     def steady(self) -> float:
-        return (self.large.inputs - self.small.inputs) / max(self.large.seconds - self.small.seconds, 1e-9)
+        """The slope between the runs; NaN when the large run was not slower (noise swamped the difference)."""
+        extra = self.large.seconds - self.small.seconds
+        return (self.large.inputs - self.small.inputs) / extra if extra > 0 else math.nan
 
     @property
     def startup(self) -> float:
-        return max(self.small.seconds - self.small.inputs / self.steady, 0.0)
+        return max(self.small.seconds - self.small.inputs / self.steady, 0.0) if self.steady > 0 else math.nan
 
     @property
     def per_core(self) -> float:
@@ -149,6 +152,10 @@ def measure(args: argparse.Namespace) -> list[Line]:
 # ---------------------------------------------------------------- report
 
 
+def number(value: float, spec: str = ",.0f") -> str:
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
 def table(lines: list[Line]) -> list[str]:
     rows = [
         "| model | engine | inputs (small / large) | seconds (small / large) | end to end, large (inputs/s) | steady state (inputs/s) | per core (inputs/s) | start-up (s) |",
@@ -157,7 +164,7 @@ def table(lines: list[Line]) -> list[str]:
     for line in lines:
         rows.append(
             f"| {line.model} | {line.engine} | {line.small.inputs:,} / {line.large.inputs:,} | {line.small.seconds:.1f} / {line.large.seconds:.1f} "
-            f"| {line.large.rate:,.0f} | {line.steady:,.0f} | {line.per_core:,.0f} | {line.startup:.1f} |"
+            f"| {line.large.rate:,.0f} | {number(line.steady)} | {number(line.per_core)} | {number(line.startup, '.1f')} |"
         )
     return rows
 
@@ -192,10 +199,10 @@ def write_png(lines: list[Line], path: Path) -> None:
     for ax, model in zip(axes if len(models) > 1 else [axes], models):
         mine = [line for line in lines if line.model == model]
         labels = [f"{line.engine}\n{kind}" for line in mine for kind in ("steady state", "end to end")]
-        rates = [rate for line in mine for rate in (line.steady, line.large.rate)]
+        rates = [0.0 if math.isnan(rate) else rate for line in mine for rate in (line.steady, line.large.rate)]
         bars = ax.barh(labels, rates, color=["tab:blue", "tab:grey"] * len(mine))
         ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], padding=3, fontsize=8)
-        ax.set_title(f"{model} (start-up: " + ", ".join(f"{line.engine} {line.startup:.0f} s" for line in mine) + ")", fontsize=9)
+        ax.set_title(f"{model} (start-up: " + ", ".join(f"{line.engine} {number(line.startup)} s" for line in mine) + ")", fontsize=9)
         ax.set_xlabel("inputs/s")
         ax.invert_yaxis()
     fig.tight_layout()
