@@ -48,7 +48,7 @@ from service.batch.job import answer_fields
 from service.batch.spark_worker import CONTENT, CORRUPT_RECORD, EXECUTOR_ERROR, LINE, REASON, WorkerPlan, score_batches
 from service.core.catalog import entry
 from service.core.config import Settings
-from service.core.errors import EXIT_FAILED, EXIT_OK, EXIT_ROWS_FAILED, ModelServeError, UsageError
+from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model
 from service.core.tasks import FOLDER
@@ -552,6 +552,9 @@ def run_spark(args: argparse.Namespace, stream: TextIO) -> int:
     except ModelServeError as exc:
         print(f"error: {exc}", file=stream)
         return exc.exit_code
+    except KeyboardInterrupt:  # pyspark cancels the running jobs on SIGINT; what was written is taken back
+        print("\ninterrupted: nothing was written; run the same command again", file=stream)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # Spark's own: a task failed, an executor was lost, a write was refused
         print(f"error: the Spark job failed, nothing was written: {failure(exc)}", file=stream)
         return EXIT_FAILED
