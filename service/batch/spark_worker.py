@@ -31,7 +31,7 @@ from service.batch.run import Outcome, Scorer
 from service.core.config import Settings
 from service.core.errors import ModelLoadError, ModelServeError
 from service.core.registry import ModelVersion
-from service.core.runtime import load_model, max_batch_size, resolve_providers
+from service.core.runtime import LoadedModel, load_model, max_batch_size, resolve_providers
 
 REASON = "reason"  # the combined result's column: None for a scored row, why not for a refused one
 CORRUPT_RECORD = "_corrupt_record"  # Spark's CSV reader puts a record it cannot fit to the header here
@@ -68,14 +68,24 @@ class WorkerPlan:
         return pa.schema([*fields, pa.field(REASON, pa.string())])
 
 
-_scorers: dict[str, tuple[Scorer, int]] = {}  # one loaded version (and its batch size) per sha256, for the life of this Python worker
+_models: dict[tuple[str, int, tuple[str, ...]], LoadedModel] = {}  # by (sha256, threads, providers), for the life of this worker
 
 
 def scorer_for(plan: WorkerPlan) -> tuple[Scorer, int]:
-    """The worker's Scorer for the plan's version: loaded, checksummed and smoke-checked on first use, then reused."""
-    cached = _scorers.get(plan.sha256)
-    if cached is not None:
-        return cached
+    """A Scorer on the worker's session for the plan's version (loaded, checksummed and smoke-checked on first use), and its batch size.
+
+    The session is what is cached; the Scorer is made per task from the plan, so a later
+    job in the same session (a notebook) with other MODELSERVE_* limits gets its own.
+    """
+    key = (plan.sha256, plan.intra_op_threads, plan.settings.providers)
+    model = _models.get(key)
+    if model is None:
+        model = _models[key] = load_version(plan)
+    size = plan.batch_size or max_batch_size(plan.settings, plan.name, model.task, model.providers)
+    return Scorer(model, plan.settings), size
+
+
+def load_version(plan: WorkerPlan) -> LoadedModel:
     where = f"{plan.name} v{plan.version} on {socket.gethostname()}"
     try:
         path = _shipped_dir(plan.model_dir) if plan.shipped else Path(plan.model_dir)
@@ -88,9 +98,7 @@ def scorer_for(plan: WorkerPlan) -> tuple[Scorer, int]:
             )
     except ModelServeError as exc:  # Spark shows the traceback's last line; make it say what and where
         raise RuntimeError(f"{EXECUTOR_ERROR}{where}: {exc}") from None
-    size = plan.batch_size or max_batch_size(plan.settings, plan.name, model.task, model.providers)
-    cached = _scorers[plan.sha256] = (Scorer(model, plan.settings), size)
-    return cached
+    return model
 
 
 def _shipped_dir(name: str) -> Path:
