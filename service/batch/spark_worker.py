@@ -68,7 +68,9 @@ class WorkerPlan:
         return pa.schema([*fields, pa.field(REASON, pa.string())])
 
 
-_models: dict[tuple[str, int, tuple[str, ...]], LoadedModel] = {}  # by (sha256, threads, providers), for the life of this worker
+# Sessions by (sha256, where the files are, threads, providers), for the life of this Python worker: a job that names
+# another copy of the same version (--executor-model-root) has that copy verified, not a session loaded from elsewhere.
+_models: dict[tuple[str, str, bool, int, tuple[str, ...]], LoadedModel] = {}
 
 
 def scorer_for(plan: WorkerPlan) -> tuple[Scorer, int]:
@@ -77,7 +79,7 @@ def scorer_for(plan: WorkerPlan) -> tuple[Scorer, int]:
     The session is what is cached; the Scorer is made per task from the plan, so a later
     job in the same session (a notebook) with other MODELSERVE_* limits gets its own.
     """
-    key = (plan.sha256, plan.intra_op_threads, plan.settings.providers)
+    key = (plan.sha256, plan.model_dir, plan.shipped, plan.intra_op_threads, plan.settings.providers)
     model = _models.get(key)
     if model is None:
         model = _models[key] = load_version(plan)
