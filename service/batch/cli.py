@@ -114,6 +114,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restart", "--overwrite", dest="restart", action="store_true", help="discard saved progress and replace an existing OUTPUT"
     )
+    parser.add_argument(
+        "--engine", choices=("local", "spark"), default="local",
+        help="local (default): this machine, resumable; spark: Apache Spark (pip install -e '.[spark]', Java 17+), OUTPUT is a dataset folder",
+    )  # fmt: skip
+    spark = parser.add_argument_group("spark engine (--engine spark; --workers, --executor and --chunk-size do not apply)")
+    spark.add_argument("--master", help="Spark master: local[2], yarn, spark://host:7077, ... (default: spark-submit's, else local[*])")
+    spark.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="a Spark setting, as spark-submit's --conf; repeatable"
+    )
+    spark.add_argument(
+        "--partitions",
+        type=positive,
+        help="tasks to spread the inputs over (default: the input's split, or 4 per core when that is fewer than 2 per core)",
+    )
+    spark.add_argument(
+        "--executor-model-root",
+        help="the registry root as executors see it (a shared mount, e.g. /dbfs/models); default: ship the version's files with the job",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -188,6 +206,10 @@ def score(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setti
 def main(argv: Sequence[str] | None = None, stream: TextIO | None = None) -> int:
     args = parse_args(argv)
     err = stream or sys.stderr
+    if args.engine == "spark":
+        from service.batch.spark import run_spark  # pyspark only when asked for
+
+        return run_spark(args, err)
     work: WorkDir | None = None
     try:
         settings = Settings.from_env()

@@ -115,7 +115,7 @@ class TableInput:
         if isinstance(row, Unreadable):
             return {KEPT_PREFIX + c: None for c in self.columns}
         if self.format == "jsonl":
-            return {KEPT_PREFIX + c: _as_text(row.get(c)) for c in self.columns}
+            return {KEPT_PREFIX + c: as_text(row.get(c)) for c in self.columns}
         return {KEPT_PREFIX + c: row.get(c) for c in self.columns}
 
     def rows(self, start: int = 0, columns: Sequence[str] | None = None) -> Iterator[tuple[int, Row]]:
@@ -157,10 +157,7 @@ class TableInput:
             for fields in reader:
                 if not fields:
                     continue
-                if len(fields) != len(header):
-                    yield Unreadable(f"CSV row has {len(fields)} fields, the header has {len(header)}")
-                else:
-                    yield dict(zip(header, fields))
+                yield csv_row(header, fields)
 
     # -- JSONL
 
@@ -187,14 +184,8 @@ class TableInput:
     def _jsonl_rows(self) -> Iterator[Row]:
         with open(self.path, encoding="utf-8-sig") as handle:
             for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except ValueError as exc:
-                    yield Unreadable(f"line is not valid JSON ({exc})")
-                    continue
-                yield value if isinstance(value, dict) else Unreadable(f"line is a JSON {type(value).__name__}, not an object")
+                if line.strip():
+                    yield jsonl_row(line)
 
     # -- Parquet
 
@@ -217,7 +208,23 @@ class TableInput:
                 number += 1
 
 
-def _as_text(value: Any) -> str | None:
+def csv_row(header: Sequence[str], fields: Sequence[str]) -> Row:
+    """One CSV record's fields as a row, or why not (the Spark engine applies the same rule to the records Spark cannot fit)."""
+    if len(fields) != len(header):
+        return Unreadable(f"CSV row has {len(fields)} fields, the header has {len(header)}")
+    return dict(zip(header, fields))
+
+
+def jsonl_row(line: str) -> Row:
+    """One non-blank JSONL line as a row, or why not (shared with the Spark engine, which reads the lines as text)."""
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        return Unreadable(f"line is not valid JSON ({exc})")
+    return value if isinstance(value, dict) else Unreadable(f"line is a JSON {type(value).__name__}, not an object")
+
+
+def as_text(value: Any) -> str | None:
     """A JSON value as text for a kept column: strings as they are, anything else as JSON."""
     if value is None or isinstance(value, str):
         return value
