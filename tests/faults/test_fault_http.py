@@ -68,8 +68,10 @@ def test_content_length_and_chunked_together_is_refused_and_nothing_is_buffered(
         list(chunked(body)),
     )
     assert seen(answer.status) == 400
-    assert "both Content-Length and Transfer-Encoding" in answer.json()["error"]
-    assert "connection: close" in answer.head.lower() and answer.closed
+    # httptools (uvicorn's C parser) refuses the framing itself; h11 leaves it to the request guard.
+    text = answer.body.decode(errors="replace")
+    assert "both Content-Length and Transfer-Encoding" in text or "Invalid HTTP request" in text, text
+    assert answer.closed
     grown = sum(w.memory_info().rss for w in workers) - before
     assert grown < 30_000_000, f"workers grew by {grown / 1e6:.0f} MB"
 
