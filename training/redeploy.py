@@ -40,8 +40,9 @@ import httpx
 from service.core.catalog import CATALOG, entry
 from service.core.config import ClientSettings, Settings
 from service.core.errors import DeployError, Interrupted, UsageError, run_cli
-from service.core.registry import Registry
+from service.core.registry import Candidate, Registry
 from service.core.runtime import LoadedModel, load_model
+from training import live
 from training.__main__ import add_trainer_commands
 
 RELOAD_WAIT_S = 120
@@ -126,6 +127,24 @@ class ServiceClient:
             raise DeployError(f"service refused the reload ({status}): {message or str(body)[:300]}")
         return body
 
+    def candidate(self, name: str, candidate: Candidate | None) -> dict[str, Any]:
+        """POST /admin/candidate: serve `candidate` beside CURRENT in every worker, or clear it (None)."""
+        body = {"model": name, "clear": True} if candidate is None else {"model": name, **candidate.to_json()}
+        status, answer = self._json("POST", "/admin/candidate", json=body, headers={"Authorization": f"Bearer {self.token}"})
+        if status not in (200, 202) or not isinstance(answer, dict):
+            message = answer.get("error") if isinstance(answer, dict) else str(answer)[:300]
+            raise DeployError(f"service refused the candidate ({status}): {message}")
+        return answer
+
+    def metrics(self) -> str:
+        try:
+            response = self.http.get("/metrics")
+        except httpx.HTTPError as exc:
+            raise DeployError(f"GET {self.url}/metrics: no answer ({type(exc).__name__}: {exc})") from exc
+        if response.status_code != 200:
+            raise DeployError(f"GET {self.url}/metrics answered {response.status_code}")
+        return response.text
+
     def wait_for(self, name: str, version: int) -> float:
         started = time.monotonic()
         while time.monotonic() - started < RELOAD_WAIT_S:
@@ -188,6 +207,10 @@ def redeploy(args: argparse.Namespace) -> int:
         )
     if not ok:
         step(3, "--force given: promoting although the gate said no")
+    if args.canary is not None or args.shadow:
+        if args.no_reload:
+            raise UsageError("--canary and --shadow watch a running service; they cannot go with --no-reload")
+        return live_phase(args, registry, ServiceClient(args.url, args.token), new_ref.version, result.test_items[:SMOKE_ITEMS])
 
     registry.promote(name, new_ref.version)
     step(4, f"CURRENT: v{previous} -> v{new_ref.version}")
@@ -200,6 +223,38 @@ def redeploy(args: argparse.Namespace) -> int:
         step(6, "bentoml build")
         subprocess.run(["bentoml", "build"], check=True)
     print(f"done: {name} v{new_ref.version} is in production")
+    return 0
+
+
+def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, version: int, smoke_items: Sequence[Any]) -> int:
+    """Steps 4-6 with a live phase: CANDIDATE, watch /metrics, then promote or roll back; CANDIDATE is cleared whatever happens."""
+    name = args.model
+    current = registry.current_version(name)
+    candidate = Candidate(version, "shadow" if args.shadow else "canary", 0.0 if args.shadow else float(args.canary))
+    described = "in the shadow of" if args.shadow else f"as a {candidate.percent:g}% canary beside"
+    try:
+        with _signals_interrupt():
+            registry.set_candidate(name, candidate)
+            client.candidate(name, candidate)
+            step(4, f"CANDIDATE: v{version} {described} v{current}, watching for {args.watch:g} s")
+            verdict = live.watch(args, client.metrics, name, current, version, entry(name).task.predicts_value, lambda line: step(5, line))
+    except BaseException as exc:
+        registry.clear_candidate(name, "interrupted")
+        with contextlib.suppress(Exception):
+            client.candidate(name, None)
+        if isinstance(exc, KeyboardInterrupt | Interrupted):
+            raise Interrupted(f"interrupted during the live phase; CANDIDATE cleared, v{current} keeps serving") from exc
+        raise DeployError(f"live phase failed ({exc}); CANDIDATE cleared, v{current} keeps serving") from exc
+    if not (verdict.decided and verdict.promote):
+        registry.clear_candidate(name, "rolled-back")
+        client.candidate(name, None)
+        why = "; ".join(verdict.reasons) if verdict.decided else f"not enough traffic to decide ({'; '.join(verdict.reasons)})"
+        raise DeployError(f"rolled back: {why}; v{version} is kept in the registry, v{current} keeps serving")
+    step(6, f"promote: {'; '.join(verdict.reasons)}")
+    registry.promote(name, version)
+    registry.clear_candidate(name, "promoted")
+    deploy(registry, client, name, version, current, smoke_items)
+    print(f"done: {name} v{version} is in production")
     return 0
 
 
@@ -285,6 +340,7 @@ def _parser(argv: list[str], settings: Settings, client: ClientSettings) -> argp
         )
         sub.add_argument("--force", action="store_true", help="promote even if the gate says the new version is worse")
         sub.add_argument("--build", action="store_true", help="also run `bentoml build` for a container deployment")
+        live.add_arguments(sub)
         sub.set_defaults(handler=redeploy)
     back = commands.add_parser("rollback", help="point CURRENT back at the previously served version and reload")
     back.add_argument("model", choices=sorted(CATALOG))

@@ -34,7 +34,10 @@ from service.core.files import atomic_write_text
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
+CANDIDATE_FILE = "CANDIDATE"
 HISTORY_FILE = "HISTORY"
+CANDIDATE_MODES = ("canary", "shadow")
+MAX_CANDIDATE_BYTES = 1024
 STAGING_PREFIX = ".staging-"
 METADATA_SCHEMA_VERSION = 1
 MAX_POINTER_BYTES = 64  # CURRENT holds a version number; more than this is not one
@@ -172,6 +175,28 @@ def is_version_name(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A version served beside CURRENT for a while: to a share of the traffic (canary) or in its shadow.
+
+    canary: `percent` of the requests are answered by it. shadow: CURRENT answers every
+    request and the candidate scores it too, off the response path, for comparison.
+    """
+
+    version: int
+    mode: str
+    percent: float = 0.0
+
+    def check(self, where: str) -> None:
+        if self.mode not in CANDIDATE_MODES:
+            raise RegistryError(f"{where}: mode must be one of {CANDIDATE_MODES}, got {self.mode!r}")
+        if self.mode == "canary" and not 0 < self.percent <= 100:
+            raise RegistryError(f"{where}: a canary's percent must be in (0, 100], got {self.percent}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "mode": self.mode, "percent": self.percent}
+
+
 class Registry:
     """Read and change a model registry rooted at `root`."""
 
@@ -231,6 +256,46 @@ class Registry:
             raise RegistryError(f"{name}: no {CURRENT_FILE} (nothing promoted yet); versions: {self.versions(name)}")
         return self.get(name, version)
 
+    def candidate(self, name: str) -> Candidate | None:
+        """What CANDIDATE says for `name` (None when there is none); RegistryError when it is unusable."""
+        pointer = self.root / name / CANDIDATE_FILE
+        try:
+            data = json.loads(read_limited(pointer, MAX_CANDIDATE_BYTES))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{pointer}: expected a JSON object {{version, mode, percent}} ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("version"), int) or isinstance(data.get("version"), bool):
+            raise RegistryError(f"{pointer}: expected a JSON object with an integer version, found {str(data)[:200]}")
+        percent = data.get("percent", 0.0)
+        if not isinstance(percent, (int, float)) or isinstance(percent, bool):
+            raise RegistryError(f"{pointer}: percent must be a number, found {percent!r}")
+        candidate = Candidate(data["version"], str(data.get("mode")), float(percent))
+        candidate.check(str(pointer))
+        return candidate
+
+    def set_candidate(self, name: str, candidate: Candidate) -> None:
+        """Point CANDIDATE at a verified version, with its mode (atomic; recorded in HISTORY)."""
+        candidate.check(f"{name} candidate")
+        self.get(name, candidate.version).verify()
+        atomic_write_text(self.root / name / CANDIDATE_FILE, json.dumps(candidate.to_json()) + "\n")
+        self._history(name, f"candidate {candidate.mode} {candidate.percent:g}% {candidate.version}")
+
+    def clear_candidate(self, name: str, why: str = "cleared") -> Candidate | None:
+        """Remove CANDIDATE (recorded in HISTORY); return what it said, if anything."""
+        try:
+            previous = self.candidate(name)
+        except RegistryError:
+            previous = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / name / CANDIDATE_FILE).unlink()
+            self._history(name, f"candidate-{why} {previous.version if previous else '-'}")
+        return previous
+
+    def _history(self, name: str, event: str) -> None:
+        with open(self.root / name / HISTORY_FILE, "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {event}\n")
+
     def served_models(self) -> list[str]:
         """Models that have a CURRENT pointer, i.e. that a server should load."""
         return [n for n in self.model_names() if (self.root / n / CURRENT_FILE).is_file()]
@@ -281,10 +346,7 @@ class Registry:
         except RegistryError:  # a damaged CURRENT must not stop anyone from pointing it at a good version
             previous = None
         atomic_write_text(self.root / name / CURRENT_FILE, f"{version}\n")
-        with open(self.root / name / HISTORY_FILE, "a") as handle:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            kind = "rollback" if rollback else "promote"
-            handle.write(f"{stamp} {kind} {previous if previous is not None else '-'} {version}\n")
+        self._history(name, f"{'rollback' if rollback else 'promote'} {previous if previous is not None else '-'} {version}")
         return previous
 
     def _served_stack(self, name: str) -> list[int]:

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
 from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
-from service.core.registry import CURRENT_FILE, ModelVersion, Registry
+from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, Candidate, ModelVersion, Registry
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
 from service.core.workers import WorkerGroup
@@ -187,16 +187,30 @@ def max_batch_size(settings: Settings, name: str, task: Task, providers: Sequenc
     return settings.max_batch_size.get(name) or task.batch_size(gpu=any(p in GPU_PROVIDERS for p in providers))
 
 
+@dataclass(frozen=True)
+class CandidateSlot:
+    """A candidate version loaded beside CURRENT, and how it is served (registry.Candidate's mode and percent)."""
+
+    model: LoadedModel
+    mode: str
+    percent: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.model.version, "mode": self.mode, "percent": self.percent, "providers": self.model.providers}
+
+
 class ModelRuntime:
-    """The served models, one CURRENT version each, swappable while serving."""
+    """The served models, one CURRENT version each, swappable while serving, and their candidates."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = Registry(settings.model_root)
         self.providers = resolve_providers(settings.providers)
         self._models: dict[str, LoadedModel] = {}
+        self._candidates: dict[str, CandidateSlot] = {}
         self._lock = threading.Lock()  # one reload at a time
         self.refused: dict[str, dict[str, Any]] = {}
+        self.refused_candidates: dict[str, dict[str, Any]] = {}
         self.on_change: Callable[[], None] | None = None  # called after every reload attempt (the worker group publishes)
 
     def model_names(self) -> list[str]:
@@ -245,9 +259,56 @@ class ModelRuntime:
                 )
                 self._models[name] = self.load(name, fallback[name])
                 self._refuse(name, self._models[name], str(exc))
+        for name in names:  # a worker that starts during a canary serves it too
+            with contextlib.suppress(ReloadRefused):
+                self.reload_candidate(name)
 
     def get(self, name: str) -> LoadedModel:
         return self._models[name]
+
+    def candidate(self, name: str) -> CandidateSlot | None:
+        return self._candidates.get(name)
+
+    def candidates(self) -> dict[str, dict[str, Any]]:
+        return {name: slot.describe() for name, slot in self._candidates.items()}
+
+    def reload_candidate(self, name: str) -> dict[str, Any]:
+        """Follow `name`'s CANDIDATE: load a new candidate beside CURRENT (checked like a reload), change its mode, or drop it.
+
+        A candidate that cannot be served is refused (listed under refused_candidates) and
+        dropped: CURRENT answers everything, as without a candidate.
+        """
+        try:
+            with self._lock:
+                return self._reload_candidate(name)
+        finally:
+            if self.on_change is not None:
+                self.on_change()
+
+    def _reload_candidate(self, name: str) -> dict[str, Any]:
+        slot = self._candidates.get(name)
+        try:
+            wanted = self.registry.candidate(name)
+            if wanted is not None and name in self._models and wanted.version == self._models[name].version:
+                raise RegistryError(f"{name}: the candidate v{wanted.version} is the version CURRENT serves")
+            model = slot.model if slot and wanted and slot.model.version == wanted.version else self._load_candidate(name, wanted)
+        except (RegistryError, ModelLoadError) as exc:
+            self._candidates.pop(name, None)
+            reason = str(exc)[:2000]
+            self.refused_candidates[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+            log.warning("candidate of %s refused; CURRENT answers everything: %s", name, reason)
+            raise ReloadRefused(reason) from exc
+        self.refused_candidates.pop(name, None)
+        if wanted is None or model is None:
+            if self._candidates.pop(name, None) is not None:
+                log.info("candidate of %s cleared", name)
+            return {"model": name, "status": "no candidate"}
+        self._candidates[name] = CandidateSlot(model, wanted.mode, wanted.percent)  # one reference swap, as for CURRENT
+        log.info("candidate of %s: v%d, %s %g%%", name, model.version, wanted.mode, wanted.percent)
+        return {"model": name, "status": "candidate", **self._candidates[name].describe()}
+
+    def _load_candidate(self, name: str, wanted: Candidate | None) -> LoadedModel | None:
+        return None if wanted is None else self.load(name, wanted.version)
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
@@ -299,6 +360,14 @@ class ModelRuntime:
         log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, reason)
         return ReloadRefused(reason)
 
+    def candidate_pointer(self, name: str) -> str:
+        """CANDIDATE's content and modification time: a key that changes whenever the file does (for the watcher)."""
+        path = self.registry.root / name / CANDIDATE_FILE
+        try:
+            return f"{path.read_bytes()[:1024]!r}@{path.stat().st_mtime_ns}"
+        except OSError:
+            return "none"
+
     def pointer(self, name: str) -> str:
         """What CURRENT says for `name`, as a key that changes whenever the file does (for the watcher)."""
         try:
@@ -317,7 +386,12 @@ class ModelRuntime:
     def describe(self) -> dict[str, Any]:
         return {
             "models": [
-                m.describe() | {"endpoint": f"/{entry(m.name).endpoint}", "max_batch_size": self.batch_size(m.name)}
+                m.describe()
+                | {
+                    "endpoint": f"/{entry(m.name).endpoint}",
+                    "max_batch_size": self.batch_size(m.name),
+                    "candidate": self.candidates().get(m.name),
+                }
                 for m in self.served().values()
             ],
             "model_root": str(self.registry.root),
@@ -325,6 +399,7 @@ class ModelRuntime:
             "gpus": cuda_device_count(),
             "onnxruntime": ort.__version__,
             "refused_reloads": dict(self.refused),
+            "refused_candidates": dict(self.refused_candidates),
         }
 
     def versions(self) -> dict[str, int]:
@@ -347,9 +422,10 @@ class CurrentWatcher:
     def __init__(self, runtime: ModelRuntime, poll_s: float, group: WorkerGroup | None = None, tick_s: float = WATCH_TICK_S) -> None:
         self.runtime, self.poll_s, self.group, self.tick_s = runtime, poll_s, group, tick_s
         self._refused_pointers: dict[str, str] = {}
+        self._candidate_pointers: dict[str, str] = {name: runtime.candidate_pointer(name) for name in runtime.served()}
         self._next_poll = time.monotonic() + poll_s
         if group is not None:  # every reload attempt, wherever it comes from, is published to the other workers
-            runtime.on_change = lambda: group.publish(runtime.versions(), dict(runtime.refused))
+            runtime.on_change = lambda: group.publish(runtime.versions(), dict(runtime.refused), runtime.candidates())
             runtime.on_change()
 
     def start(self) -> CurrentWatcher:
@@ -380,10 +456,24 @@ class CurrentWatcher:
         for name in names:
             with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused and published
                 self.runtime.reload(name)
+            with contextlib.suppress(ReloadRefused):
+                self.runtime.reload_candidate(name)
         self.group.handled = max(self.group.handled, request["generation"])
-        self.group.publish(self.runtime.versions(), dict(self.runtime.refused))  # the confirmation the asking worker waits for
+        # the confirmation the asking worker waits for
+        self.group.publish(self.runtime.versions(), dict(self.runtime.refused), self.runtime.candidates())
+
+    def follow_candidates(self) -> None:
+        """A changed CANDIDATE file (new version, new mode or percentage, removed) is followed at once."""
+        for name in self.runtime.served():
+            pointer = self.runtime.candidate_pointer(name)
+            if self._candidate_pointers.get(name) == pointer:
+                continue
+            self._candidate_pointers[name] = pointer
+            with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused_candidates
+                self.runtime.reload_candidate(name)
 
     def follow_current(self) -> None:
+        self.follow_candidates()
         for name, model in self.runtime.served().items():
             pointer = self.runtime.pointer(name)
             if pointer.startswith(f"{model.version}@"):

@@ -85,10 +85,11 @@ class WorkerGroup:
     def status_path(self) -> Path:
         return self.directory / f"{STATUS_PREFIX}{self.pid}.json"
 
-    def publish(self, served: dict[str, int], refused: dict[str, Any]) -> None:
-        """Write this worker's state: what it serves, what it refused, the newest request it carried out."""
+    def publish(self, served: dict[str, int], refused: dict[str, Any], candidates: dict[str, Any] | None = None) -> None:
+        """Write this worker's state: what it serves (and beside it), what it refused, the newest request it carried out."""
         with self._lock:
             state = {"pid": self.pid, "generation": self.handled, "served": served, "refused": refused, "at": time.time()}
+            state["candidates"] = candidates or {}
             atomic_write_text(self.status_path, json.dumps(state))
 
     def request_reload(self, models: list[str]) -> int:

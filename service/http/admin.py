@@ -1,4 +1,4 @@
-"""GET /models and POST /admin/reload: a small Starlette app mounted beside the predict APIs.
+"""GET /models, POST /admin/reload and POST /admin/candidate: a small Starlette app mounted beside the predict APIs.
 
 BentoML APIs are POST-only and typed; these two are plain routes over the served
 models of this worker (the BentoML service instance holds them). A reload reaches
@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from service.core.config import Settings
-from service.core.errors import ReloadRefused
+from service.core.errors import NotFoundError, RegistryError, ReloadRefused, UsageError
+from service.core.registry import Candidate
 from service.core.runtime import ModelRuntime
 from service.core.workers import WorkerGroup
 
@@ -55,7 +56,7 @@ async def models_view(request: Request) -> JSONResponse:
     if runtime is None:
         return _error(503, "models are still loading")
     workers = _workers()
-    every = [{k: s.get(k) for k in ("pid", "served", "refused")} for s in workers.everyone()] if workers is not None else []
+    every = [{k: s.get(k) for k in ("pid", "served", "refused", "candidates")} for s in workers.everyone()] if workers is not None else []
     return JSONResponse(runtime.describe() | {"workers": every})
 
 
@@ -112,8 +113,72 @@ async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerG
     return JSONResponse({"results": results, "workers": summary})
 
 
+def _candidate_change(runtime: ModelRuntime, body: Any) -> tuple[str, Candidate | None]:
+    """(model, the candidate to set, or None to clear) from a POST /admin/candidate body; UsageError when it says neither."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise UsageError('send {"model": NAME, "version": V, "mode": "canary"|"shadow", "percent": P} or {"model": NAME, "clear": true}')
+    name = body["model"]
+    if name not in runtime:
+        raise NotFoundError(f"not served here: {name!r}; served: {list(runtime.served())}")
+    if body.get("clear") is True:
+        return name, None
+    version, percent = body.get("version"), body.get("percent", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(percent, int | float) or isinstance(percent, bool):
+        raise UsageError("version must be an integer and percent a number")
+    candidate = Candidate(version, str(body.get("mode")), float(percent))
+    try:
+        candidate.check(f"{name} candidate")
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    return name, candidate
+
+
+async def _change_candidate(runtime: ModelRuntime, name: str, candidate: Candidate | None) -> JSONResponse:
+    """Write CANDIDATE (the registry is the source of truth for every worker), follow it here, then in the other workers."""
+    try:
+        if candidate is None:
+            runtime.registry.clear_candidate(name)
+        else:
+            runtime.registry.set_candidate(name, candidate)
+    except OSError as exc:
+        return _error(
+            409, f"cannot write CANDIDATE in {runtime.registry.root} ({exc.strerror or exc}); change it where the registry is writable"
+        )
+    try:
+        result = await anyio.to_thread.run_sync(runtime.reload_candidate, name)
+    except ReloadRefused as exc:
+        runtime.registry.clear_candidate(name, "refused")
+        return _error(exc.http_status, f"candidate of {name} refused, CURRENT answers everything: {exc}")
+    workers = _workers()
+    if workers is not None and workers.expected > 1:
+        generation = workers.request_reload([name])
+        peers, missing = await anyio.to_thread.run_sync(workers.wait_for, generation, PEER_WAIT_S)
+        result |= {
+            "workers": {"expected": workers.expected, "confirmed": 1 + len(peers), "candidates": [p.get("candidates") for p in peers]}
+        }
+        if missing:
+            return JSONResponse(result | {"warning": f"{missing} worker(s) did not confirm within {PEER_WAIT_S:g} s"}, status_code=202)
+    return JSONResponse(result)
+
+
 def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """GET /models and POST /admin/reload, plus `extra_routes` (the playground's) in the same app: one mount at "/"."""
+    """GET /models, POST /admin/reload and /admin/candidate, plus `extra_routes` (the playground's) in the same app: one mount at "/"."""
+
+    async def candidate_view(request: Request) -> JSONResponse:
+        """POST /admin/candidate: serve a version beside CURRENT (canary P% or shadow), change its mode, or clear it."""
+        refused = _authorized(request, settings)
+        if refused is not None:
+            return refused
+        runtime = _runtime()
+        if runtime is None:
+            return _error(503, "models are still loading")
+        try:
+            name, candidate = _candidate_change(runtime, json.loads(await request.body() or b"null"))
+            return await _change_candidate(runtime, name, candidate)
+        except ValueError:
+            return _error(400, "invalid JSON body")
+        except (UsageError, NotFoundError, RegistryError) as exc:
+            return _error(exc.http_status, str(exc))
 
     async def reload_view(request: Request) -> JSONResponse:
         """POST /admin/reload {"model": NAME} (or {} for all): load CURRENT beside the old version, swap if it passes."""
@@ -137,5 +202,10 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         return await _reload(runtime, names, _workers())
 
     return Starlette(
-        routes=[Route("/models", models_view, methods=["GET"]), Route("/admin/reload", reload_view, methods=["POST"]), *extra_routes]
+        routes=[
+            Route("/models", models_view, methods=["GET"]),
+            Route("/admin/reload", reload_view, methods=["POST"]),
+            Route("/admin/candidate", candidate_view, methods=["POST"]),
+            *extra_routes,
+        ]
     )

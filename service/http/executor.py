@@ -24,7 +24,9 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +44,8 @@ log = logging.getLogger("modelserve.executor")
 T = TypeVar("T")
 Answers = list[dict[str, Any]]
 IN_FLIGHT_BATCHES = 2  # batches one model runs at once: the next is assembled while the last computes
+ROUTING_HEADER = "x-routing-key"  # requests with the same key get the same version during a canary
+MAX_SHADOW_PENDING = 64  # shadow requests waiting or running per worker; beyond, a request is not shadowed (counted)
 
 
 class ItemError(InputError):
@@ -143,8 +147,28 @@ class Batcher:
             self.wake.set()
 
 
+def stable_share(key: str) -> float:
+    """A routing key's place in [0, 1), the same in every worker and across restarts."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def route(runtime: ModelRuntime, name: str, key: str | None = None) -> tuple[LoadedModel, LoadedModel | None]:
+    """(the version that answers, a shadow version that also scores or None) for one request to `name`.
+
+    Canary: the candidate answers `percent`% of the requests, chosen by the routing key when
+    there is one (sticky), at random otherwise. Shadow: CURRENT answers, the candidate scores too.
+    """
+    current, slot = runtime.get(name), runtime.candidate(name)
+    if slot is None:
+        return current, None
+    if slot.mode == "shadow":
+        return current, slot.model
+    share = stable_share(key) if key else random.random()
+    return (slot.model if share * 100 < slot.percent else current), None
+
+
 class Executor:
-    """Runs checked requests for one worker: admission, a thread hop, batching per model version."""
+    """Runs checked requests for one worker: admission, a thread hop, batching per model version, shadows."""
 
     def __init__(self, settings: Settings, runtime: ModelRuntime) -> None:
         self.settings, self.runtime = settings, runtime
@@ -152,17 +176,18 @@ class Executor:
         self.admissions: dict[str, Admission] = {}
         self.in_progress: collections.Counter[str] = collections.Counter()  # requests per model, on the event loop
         self.batchers: dict[int, Batcher] = {}  # by id() of the LoadedModel: one per version object
+        self.shadows: set[asyncio.Task[None]] = set()  # running shadow scorings (a reference keeps each alive)
 
     def batches(self, model: LoadedModel) -> bool:
         if self.settings.batching == "auto":
             return any(p in GPU_PROVIDERS for p in model.providers)
         return self.settings.batching == "on"
 
-    async def predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
-        """Checked items of one request -> answers, from `model` (the version served when the request arrived)."""
+    async def predict(self, model: LoadedModel, items: Sequence[Any], shadow: LoadedModel | None = None) -> Answers:
+        """Checked items of one request -> answers from `model`; `shadow` (a candidate) scores them too, off the response path."""
         started, timing, outcome, answers = time.monotonic(), Timing(), "error", None
         try:
-            answers = await self._predict(model, items, timing)
+            answers = await self._predict(model, items, timing, shadow)
             outcome = "ok"
         except ItemError:
             outcome = "rejected"
@@ -183,16 +208,50 @@ class Executor:
         if answers is not None:
             metrics().answers(model.task, model.name, model.version, answers)
 
-    async def _predict(self, model: LoadedModel, items: Sequence[Any], timing: Timing) -> Answers:
+    async def _predict(self, model: LoadedModel, items: Sequence[Any], timing: Timing, shadow: LoadedModel | None) -> Answers:
         task = model.task
         admission = self.admissions.setdefault(model.name, Admission(task.pending_limit(self.settings)))
         with admission.admit(task.cost(items)), self._counted(model.name):
-            if not self.batches(model):
-                if task.is_light(items):
+            light = task.is_light(items)
+            if shadow is None and not self.batches(model):
+                if light:
                     return self._decode_and_predict(model, items)
                 return await self.run(model.name, self._decode_and_predict, model, items, timing=timing)
-            decoded = await self.run(model.name, self._decode, model, items, timing=timing)
-            return await self._batcher(model).submit(decoded, timing)
+            decoded = self._decode(model, items) if light else await self.run(model.name, self._decode, model, items, timing=timing)
+            if self.batches(model):
+                answers = await self._batcher(model).submit(decoded, timing)
+            elif light:
+                answers = self._predict_decoded(model, decoded)
+            else:
+                answers = await self.run(model.name, self._predict_decoded, model, decoded, timing=timing)
+            if shadow is not None:
+                self._start_shadow(shadow, decoded, answers)
+            return answers
+
+    def _start_shadow(self, candidate: LoadedModel, decoded: list[Any], served: Answers) -> None:
+        """Score the request with the candidate in the background and compare; never on the response path."""
+        if len(self.shadows) >= MAX_SHADOW_PENDING:
+            metrics().shadow_skipped.labels(candidate.name, str(candidate.version)).inc()
+            return
+
+        async def score() -> None:
+            started, outcome, answers = time.monotonic(), "error", None
+            try:
+                items = candidate.task.conform(decoded, candidate.assets)
+                answers = await self.run(f"shadow {candidate.name}", candidate.predict, items)
+                outcome = "ok"
+                metrics().shadow(candidate.task, candidate.name, candidate.version, served, answers)
+            except Overloaded:  # its worker threads are busy: this request goes unshadowed, counted
+                outcome = "overloaded"
+                metrics().shadow_skipped.labels(candidate.name, str(candidate.version)).inc()
+            except Exception:  # a candidate's failure is its own: counted against its version, never the client's answer
+                log.exception("shadow v%d of %s failed", candidate.version, candidate.name)
+            finally:
+                self._record(candidate, outcome, Timing(), time.monotonic() - started, answers)
+
+        task = asyncio.get_running_loop().create_task(score())
+        self.shadows.add(task)
+        task.add_done_callback(self.shadows.discard)
 
     @contextlib.contextmanager
     def _counted(self, name: str) -> Iterator[None]:
@@ -232,9 +291,12 @@ class Executor:
         return decoded
 
     def _decode_and_predict(self, model: LoadedModel, items: Sequence[Any]) -> Answers:
-        metrics().batch_size(model.name, model.version, len(items))
+        return self._predict_decoded(model, self._decode(model, items))
+
+    def _predict_decoded(self, model: LoadedModel, decoded: list[Any]) -> Answers:
+        metrics().batch_size(model.name, model.version, len(decoded))
         # Read when the work starts: alone, a request may use every core for its inference.
-        return model.predict(self._decode(model, items), alone=self.in_progress[model.name] <= 1)
+        return model.predict(decoded, alone=self.in_progress[model.name] <= 1)
 
     def _batcher(self, model: LoadedModel) -> Batcher:
         """The batcher of this version object. One of a version no longer served finishes what it holds, then stops."""

@@ -51,6 +51,9 @@ class Metrics:
         )
         self.value = Histogram("modelserve_predicted_value", "Regressors: the value answered", version, buckets=VALUE_BUCKETS)
         self.shadow_items = Counter("modelserve_shadow_items", "Items a shadow candidate scored beside the served version", version)
+        self.shadow_skipped = Counter(
+            "modelserve_shadow_skipped", "Requests not shadowed because MAX_SHADOW_PENDING shadow scorings were already pending", version
+        )
         self.shadow_disagreements = Counter(
             "modelserve_shadow_disagreements", "Shadow items whose label differs from the served version's", version
         )

@@ -30,7 +30,7 @@ from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
-from service.http.executor import Executor, ItemError
+from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
@@ -83,9 +83,10 @@ def predict_api(entry: CatalogEntry) -> Any:
     item = task.request_item(SETTINGS, assets)
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
-    async def predict(self: ModelServe, **request: Any) -> Response:
+    async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
+        model, shadow = route(self.runtime, entry.name, ctx.request.headers.get(ROUTING_HEADER))
         try:
-            answers = await self.executor.predict(served_model(entry.name), request[field])
+            answers = await self.executor.predict(model, request[field], shadow)
         except ItemError as exc:
             raise InvalidArgument(f"{field}[{exc.index}]: {exc}") from None
         except Overloaded as exc:  # BentoML would replace a 5xx's message with a generic one: answer it here
@@ -99,6 +100,7 @@ def predict_api(entry: CatalogEntry) -> Any:
     predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=bentoml.Context),  # for the routing-key header
             inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, annotation=items),
         ],
         return_annotation=list[task.answer_model],  # type: ignore[name-defined]
@@ -125,7 +127,7 @@ ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
     content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()}
-    | {"/admin/reload": ("application/json",), "/v2/": V2_CONTENT_TYPES},
+    | {"/admin/reload": ("application/json",), "/admin/candidate": ("application/json",), "/v2/": V2_CONTENT_TYPES},
     file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,

@@ -37,7 +37,7 @@ from service.core.config import Settings
 from service.core.errors import InputError, ModelServeError, NotFoundError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
 from service.core.tasks import Tensor
-from service.http.executor import Executor, ItemError
+from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, parse_request, to_array
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX models run by onnxruntime
@@ -84,14 +84,25 @@ def _serving() -> tuple[ModelRuntime, Executor]:
 
 
 def _model(runtime: ModelRuntime, request: Request) -> LoadedModel:
-    """The served version of the model in the path; 404 for a model or version this worker does not serve."""
+    """The version of the model in the path (CURRENT when none is named); 404 for one this worker does not serve."""
+    if "version" not in request.path_params and request.path_params["name"] in runtime:
+        return runtime.get(request.path_params["name"])
+    return _routed(runtime, request)[0]
+
+
+def _routed(runtime: ModelRuntime, request: Request) -> tuple[LoadedModel, LoadedModel | None]:
+    """(the version that answers, a shadow or None): a named version exactly (CURRENT or a live candidate),
+    otherwise as the friendly endpoints route (a canary's share, a shadow; service/http/executor.py)."""
     name, version = request.path_params["name"], request.path_params.get("version")
     if name not in runtime:
         raise NotFoundError(f"model {name!r} is not served here (served: {list(runtime.served())})")
-    model = runtime.get(name)
-    if version is not None and version != str(model.version):
-        raise NotFoundError(f"version {version!r} of {name} is not served; version {model.version} is")
-    return model
+    if version is None:
+        return route(runtime, name, request.headers.get(ROUTING_HEADER))
+    slot = runtime.candidate(name)
+    for model in (runtime.get(name), slot.model if slot else None):
+        if model is not None and version == str(model.version):
+            return model, None
+    raise NotFoundError(f"version {version!r} of {name} is not served; version {runtime.get(name).version} is")
 
 
 async def server_metadata(request: Request) -> Response:
@@ -182,7 +193,7 @@ def v2_app(settings: Settings) -> Starlette:
     @protocol_errors
     async def infer(request: Request) -> Response:
         runtime, executor = _serving()
-        model = _model(runtime, request)
+        model, shadow = _routed(runtime, request)
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             return _error(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send the body uncompressed")
         body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
@@ -191,7 +202,7 @@ def v2_app(settings: Settings) -> Starlette:
         else:
             infer_request, tensor, items = checked_request(model, body, header_length, settings)
         try:
-            answers = await executor.predict(model, items)
+            answers = await executor.predict(model, items, shadow)
         except ItemError as exc:
             raise InputError(f"{tensor.name}[{exc.index}]: {exc}") from None
         arrays = model.task.output_arrays(answers, model.metadata)
