@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.launch import start_server  # noqa: E402
 from benchmarks.load import run_hey, run_load  # noqa: E402
+from benchmarks.report import bars, figure, save_markdown  # noqa: E402
 from service.core.config import Settings  # noqa: E402
 from service.core.preprocessing import decode_image  # noqa: E402
 from service.core.registry import Registry  # noqa: E402
@@ -334,8 +335,7 @@ def write_markdown(
         "(the largest single process) and the sum over the scorer and its worker processes sampled every 0.1 s.",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    save_markdown(path, lines)
 
 
 def summary(results: list[Result]) -> list[str]:
@@ -367,31 +367,16 @@ def summary(results: list[Result]) -> list[str]:
 
 
 def write_png(results: list[Result], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(r.model for r in results))
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4))
-    for ax, model in zip(np.atleast_1d(axes), models):
-        rows = [r for r in results if r.model == model and not r.memory_run]
-        bars = ax.barh(
-            [f"{r.path}\n{r.config}" for r in rows],
-            [r.rate for r in rows],
-            color=["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows],
-        )
-        ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
-        rates = [r.rate for r in rows]
-        log = max(rates) > 20 * min(rates)  # a log axis only where the rates span orders of magnitude
-        if log:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(model)
-        ax.set_xlabel("inputs/s (log scale)" if log else "inputs/s")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with figure(path, 1, len(models), size=(5 * len(models), 4)) as (_, axes):
+        for ax, model in zip(axes[0], models, strict=True):
+            rows = [r for r in results if r.model == model and not r.memory_run]
+            rates = [r.rate for r in rows]
+            log = max(rates) > 20 * min(rates)  # a log axis only where the rates span orders of magnitude
+            colors = ["tab:blue" if r.path == "batch scorer" else "tab:grey" for r in rows]
+            bars(ax, [f"{r.path}\n{r.config}" for r in rows], rates, colors, model, "inputs/s (log scale)" if log else "inputs/s")
+            if log:
+                ax.set_xscale("log")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import figure
 from service.core.config import Settings
 from service.core.runtime import ModelRuntime
 
@@ -70,23 +71,12 @@ def main() -> None:
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8))
-    for ax, (name, points) in zip(np.atleast_1d(axes), curves.items()):
-        sizes, rates = zip(*points)
-        ax.plot(sizes, rates, "o-")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("items/s")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, len(curves), size=(5 * len(curves), 3.8)) as (_, axes):
+        for ax, (name, points) in zip(axes[0], curves.items(), strict=True):
+            sizes, rates = zip(*points, strict=True)
+            ax.plot(sizes, rates, "o-")
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="batch size", ylabel="items/s", title=name)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, Run, payloads, run_hey, run_load
+from benchmarks.report import figure
 
 HEADER = [
     "| commit | round | endpoint | clients | req/s | p50 ms | p99 ms | non-200 |",
@@ -62,25 +63,15 @@ def measure(trees: dict[str, Path], args: argparse.Namespace, work: Path) -> lis
 
 
 def plot(results: list[tuple[str, int, Run]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     endpoints = list(dict.fromkeys(r.endpoint for _, _, r in results))
-    fig, axes = plt.subplots(1, len(endpoints), figsize=(5 * len(endpoints), 4), squeeze=False)
-    for ax, endpoint in zip(axes[0], endpoints):
-        for commit in dict.fromkeys(c for c, _, _ in results):
-            for round_ in sorted({r for _, r, _ in results}):
-                runs = [run for c, r, run in results if c == commit and r == round_ and run.endpoint == endpoint]
-                x = [run.clients for run in runs]
-                ax.plot(x, [sum(run.codes.values()) / run.seconds for run in runs], "o-", label=f"{commit} round {round_}")
-        ax.set(title=endpoint, xlabel="concurrent clients", ylabel="requests/s", xscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, len(endpoints)) as (_, axes):
+        for ax, endpoint in zip(axes[0], endpoints, strict=True):
+            for commit in dict.fromkeys(c for c, _, _ in results):
+                for round_ in sorted({r for _, r, _ in results}):
+                    runs = [run for c, r, run in results if c == commit and r == round_ and run.endpoint == endpoint]
+                    x = [run.clients for run in runs]
+                    ax.plot(x, [sum(run.codes.values()) / run.seconds for run in runs], "o-", label=f"{commit} round {round_}")
+            ax.set(title=endpoint, xlabel="concurrent clients", ylabel="requests/s", xscale="log")
 
 
 def main() -> None:

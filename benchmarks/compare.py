@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from benchmarks.launch import BENTOML, ROOT, Server, free_port, start_process, start_server
 from benchmarks.load import RESULTS, SHARED, Run, payloads, run_hey
+from benchmarks.report import figure
 from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import Registry
 
@@ -107,32 +108,20 @@ def measure(args: argparse.Namespace, work: Path, report: Callable[[str], None])
 
 
 def plot(results: list[tuple[str, int, Run]], raw: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(ENDPOINTS), figsize=(11, 8), squeeze=False)
-    for column, endpoint in enumerate(ENDPOINTS):
-        for server in dict.fromkeys(s for s, _, _ in results):
-            runs = [(r, run) for s, r, run in results if s == server and run.endpoint == endpoint]
-            for round_ in sorted({r for r, _ in runs}):
-                chosen = [run for r, run in runs if r == round_]
-                x = [run.clients for run in chosen]
-                line = axes[0][column].plot(
-                    x, [sum(run.codes.values()) / run.seconds for run in chosen], "o-", label=f"{server} ({round_})"
-                )[0]
-                axes[1][column].plot(x, [run.p50_p99()[1] for run in chosen], "o-", color=line.get_color(), label=f"{server} ({round_})")
-        if endpoint == "classify_image":
-            axes[0][column].axhline(raw, color="grey", linestyle="--", label="raw session, pre-decoded")
-        axes[0][column].set(title=f"/{endpoint}: throughput", xlabel="clients", ylabel="requests/s", xscale="log")
-        axes[1][column].set(title=f"/{endpoint}: p99 latency", xlabel="clients", ylabel="ms", xscale="log", yscale="log")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 2, len(ENDPOINTS), size=(11, 8)) as (_, axes):
+        for column, endpoint in enumerate(ENDPOINTS):
+            top, bottom = axes[0][column], axes[1][column]
+            for server in dict.fromkeys(s for s, _, _ in results):
+                runs = [(r, run) for s, r, run in results if s == server and run.endpoint == endpoint]
+                for round_ in sorted({r for r, _ in runs}):
+                    chosen = [run for r, run in runs if r == round_]
+                    x, label = [run.clients for run in chosen], f"{server} ({round_})"
+                    line = top.plot(x, [sum(run.codes.values()) / run.seconds for run in chosen], "o-", label=label)[0]
+                    bottom.plot(x, [run.p50_p99()[1] for run in chosen], "o-", color=line.get_color(), label=label)
+            if endpoint == "classify_image":
+                top.axhline(raw, color="grey", linestyle="--", label="raw session, pre-decoded")
+            top.set(title=f"/{endpoint}: throughput", xlabel="clients", ylabel="requests/s", xscale="log")
+            bottom.set(title=f"/{endpoint}: p99 latency", xlabel="clients", ylabel="ms", xscale="log", yscale="log")
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import psutil
 
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, SHARED, Run, run_hey
+from benchmarks.report import figure
 from service.core.preprocessing import decode_image
 from service.core.registry import CURRENT_FILE, METADATA_FILE, Registry
 from service.core.runtime import LoadedModel, load_model
@@ -118,26 +119,16 @@ def http_rows(url: str, jpeg: bytes, clients: list[int], seconds: float) -> list
 
 
 def plot(rows: list[Run], raw: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    x = [r.clients for r in rows]
-    left.plot(x, [sum(r.codes.values()) / r.seconds for r in rows], "o-", label="HTTP, real JPEGs")
-    for name, rate in raw.items():
-        left.axhline(rate, linestyle="--", linewidth=1, label=f"raw session, {name}")
-    right.plot(x, [r.p50_p99()[0] for r in rows], "o-", label="p50")
-    right.plot(x, [r.p50_p99()[1] for r in rows], "o-", label="p99")
-    left.set(xlabel="clients", ylabel="images/s", xscale="log", title="Throughput")
-    right.set(xlabel="clients", ylabel="ms", xscale="log", yscale="log", title="Latency")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, size=(11, 4)) as (_, axes):
+        left, right = axes[0]
+        x = [r.clients for r in rows]
+        left.plot(x, [sum(r.codes.values()) / r.seconds for r in rows], "o-", label="HTTP, real JPEGs")
+        for name, rate in raw.items():
+            left.axhline(rate, linestyle="--", linewidth=1, label=f"raw session, {name}")
+        right.plot(x, [r.p50_p99()[0] for r in rows], "o-", label="p50")
+        right.plot(x, [r.p50_p99()[1] for r in rows], "o-", label="p99")
+        left.set(xlabel="clients", ylabel="images/s", xscale="log", title="Throughput")
+        right.set(xlabel="clients", ylabel="ms", xscale="log", yscale="log", title="Latency")
 
 
 def run_checks(args: argparse.Namespace, lines: list[str]) -> tuple[bool, list[Run], dict[str, float]]:

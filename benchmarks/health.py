@@ -25,6 +25,7 @@ from PIL import Image
 
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS
+from benchmarks.report import figure
 from service.core.config import Settings
 
 POLL_EVERY_S = 0.02
@@ -77,21 +78,12 @@ def measure(url: str, files: list, seconds: float, streams: int) -> dict[str, li
 
 
 def plot(samples: dict[str, list], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    t, latency = zip(*samples["timeline"], strict=True)
-    ax.plot(t, [v * 1000 for v in latency], ".", markersize=3, label="GET /readyz")
-    ax.axhline(50, color="grey", linestyle="--", label="50 ms")
-    ax.set(xlabel="seconds", ylabel="ms", title="/readyz while the heaviest allowed image requests decode", yscale="log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, size=(9, 3.8)) as (_, axes):
+        ax = axes[0][0]
+        t, latency = zip(*samples["timeline"], strict=True)
+        ax.plot(t, [v * 1000 for v in latency], ".", markersize=3, label="GET /readyz")
+        ax.axhline(50, color="grey", linestyle="--", label="50 ms")
+        ax.set(xlabel="seconds", ylabel="ms", title="/readyz while the heaviest allowed image requests decode", yscale="log")
 
 
 def main() -> None:

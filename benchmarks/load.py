@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.report import figure
+
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -57,11 +59,17 @@ class Run:
             return float("nan"), float("nan")
         return statistics.median(ok) * 1000, ok[min(len(ok) - 1, int(len(ok) * 0.99))] * 1000
 
+    def counts(self) -> tuple[int, int, int]:
+        """(requests answered, of which 4xx, of which 5xx)."""
+        return (
+            sum(self.codes.values()),
+            sum(n for c, n in self.codes.items() if 400 <= c < 500),
+            sum(n for c, n in self.codes.items() if c >= 500),
+        )
+
     def row(self) -> str:
         p50, p99 = self.p50_p99()
-        total = sum(self.codes.values())
-        c4 = sum(n for c, n in self.codes.items() if 400 <= c < 500)
-        c5 = sum(n for c, n in self.codes.items() if c >= 500)
+        total, c4, c5 = self.counts()
         return (f"| {self.endpoint} | {self.clients} | {total:,} | {total / self.seconds:,.1f} | {p50:,.1f} | {p99:,.1f} | "
                 f"{c4} | {c5} | {self.transport_errors} | {self.requests_per_batch:.1f} |")  # fmt: skip
 
@@ -225,31 +233,21 @@ def main() -> None:
 
 
 def _plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for endpoint in dict.fromkeys(r.endpoint for r in runs):
-        first: list[Run] = []
-        again: list[Run] = []  # a client count seen before: the idle run after the burst
-        for r in (r for r in runs if r.endpoint == endpoint):
-            (again if any(f.clients == r.clients for f in first) else first).append(r)
-        color = None
-        for group, style, label in ((first, "o-", endpoint), (again, "x", f"{endpoint}, after the burst")):
-            if group:
-                x = [r.clients for r in group]
-                color = left.plot(x, [sum(r.codes.values()) / r.seconds for r in group], style, color=color, label=label)[0].get_color()
-                right.plot(x, [r.p50_p99()[1] for r in group], style, color=color, label=label)
-    left.set(xlabel="concurrent clients", ylabel="requests/s", title="Throughput", xscale="log")
-    right.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="Tail latency", xscale="log", yscale="log")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, size=(11, 4)) as (_, axes):
+        left, right = axes[0]
+        for endpoint in dict.fromkeys(r.endpoint for r in runs):
+            first: list[Run] = []
+            again: list[Run] = []  # a client count seen before: the idle run after the burst
+            for r in (r for r in runs if r.endpoint == endpoint):
+                (again if any(f.clients == r.clients for f in first) else first).append(r)
+            color = None
+            for group, style, label in ((first, "o-", endpoint), (again, "x", f"{endpoint}, after the burst")):
+                if group:
+                    x = [r.clients for r in group]
+                    color = left.plot(x, [sum(r.codes.values()) / r.seconds for r in group], style, color=color, label=label)[0].get_color()
+                    right.plot(x, [r.p50_p99()[1] for r in group], style, color=color, label=label)
+        left.set(xlabel="concurrent clients", ylabel="requests/s", title="Throughput", xscale="log")
+        right.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="Tail latency", xscale="log", yscale="log")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.containers import daemon_problem, docker
 from benchmarks.launch import ROOT, free_port
 from benchmarks.load import RESULTS, Run, parse_hey, payloads, request_body, run_hey
+from benchmarks.report import figure
 from service.core.registry import METADATA_FILE, Registry
 
 COMPOSE_FILE = ROOT / "deploy" / "replicas" / "compose.yaml"
@@ -54,22 +56,9 @@ SERVER_EVENT = re.compile(r"Server replicas/(\w+) is (?:going )?(DOWN|UP)")
 ENDPOINTS = ("sentiment", "predict_price", "classify_image")
 
 
-def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
 def docker_problem() -> str | None:
     """Why the replicas cannot run here (no daemon, no docker-compose, no hey), or None."""
-    for tool in ("docker", "docker-compose", "hey"):
-        if shutil.which(tool) is None:
-            return f"no {tool} on PATH"
-    try:
-        info = docker("info", "--format", "{{.ServerVersion}}", timeout=20, check=False)
-    except subprocess.TimeoutExpired:
-        return "docker info timed out"
-    if info.returncode != 0 or not info.stdout.strip():
-        return f"no Docker daemon reachable ({(info.stderr.strip().splitlines() or ['docker info failed'])[-1]})"
-    return None
+    return daemon_problem(("docker", "docker-compose", "hey"))
 
 
 def serving_image(image: str | None) -> str:
@@ -458,29 +447,21 @@ def report(rows: list[tuple[str, int, Run]], failover: Failover | None, promotio
 
 
 def plot(rows: list[tuple[str, int, Run]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for endpoint in dict.fromkeys(r.endpoint for _, _, r in rows):
-        mine = [(n, r) for p, n, r in rows if p == "haproxy" and r.endpoint == endpoint]
-        color = left.plot([n for n, _ in mine], [sum(r.codes.values()) / r.seconds for _, r in mine], "o-", label=endpoint)[0].get_color()
-        right.plot([n for n, _ in mine], [r.p50_p99()[1] for _, r in mine], "o-", color=color, label=endpoint)
-        for p, _, r in rows:
-            if p == "direct" and r.endpoint == endpoint:
-                left.plot(
-                    [1], [sum(r.codes.values()) / r.seconds], "x", color=color, markersize=10, label=f"{endpoint}, direct (no balancer)"
-                )
-    left.set(xlabel="replicas", ylabel="requests/s", title="Throughput through HAProxy", xticks=sorted({n for _, n, _ in rows}))
-    right.set(xlabel="replicas", ylabel="p99 latency (ms)", title="Tail latency", xticks=sorted({n for _, n, _ in rows}))
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, size=(11, 4)) as (_, axes):
+        left, right = axes[0]
+        for endpoint in dict.fromkeys(r.endpoint for _, _, r in rows):
+            mine = [(n, r) for p, n, r in rows if p == "haproxy" and r.endpoint == endpoint]
+            color = left.plot([n for n, _ in mine], [sum(r.codes.values()) / r.seconds for _, r in mine], "o-", label=endpoint)[
+                0
+            ].get_color()
+            right.plot([n for n, _ in mine], [r.p50_p99()[1] for _, r in mine], "o-", color=color, label=endpoint)
+            for p, _, r in rows:
+                if p == "direct" and r.endpoint == endpoint:
+                    rate = sum(r.codes.values()) / r.seconds
+                    left.plot([1], [rate], "x", color=color, markersize=10, label=f"{endpoint}, direct (no balancer)")
+        ticks = sorted({n for _, n, _ in rows})
+        left.set(xlabel="replicas", ylabel="requests/s", title="Throughput through HAProxy", xticks=ticks)
+        right.set(xlabel="replicas", ylabel="p99 latency (ms)", title="Tail latency", xticks=ticks)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import httpx
 
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, Run, payloads, run_hey
+from benchmarks.report import figure
 from service.core.catalog import CATALOG
 from service.core.registry import METADATA_FILE, Registry
 
@@ -57,25 +58,16 @@ def row(mode: str, run: Run) -> str:
 
 
 def plot(results: list[tuple[str, Run]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     endpoints = list(dict.fromkeys(r.endpoint for _, r in results))
-    fig, axes = plt.subplots(1, len(endpoints), figsize=(5.5 * len(endpoints), 4), squeeze=False)
-    for ax, endpoint in zip(axes[0], endpoints, strict=True):
-        for mode in ("no candidate", "shadow candidate"):
-            runs = [r for m, r in results if m == mode and r.endpoint == endpoint]
-            clients = sorted({r.clients for r in runs})
-            rates = [max(sum(r.codes.values()) / r.seconds for r in runs if r.clients == c) for c in clients]
-            ax.plot(clients, rates, "o-", label=mode)
-        ax.set(title=f"/{endpoint}", xlabel="clients", ylabel="requests/s (best of rounds)", xscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, len(endpoints)) as (_, axes):
+        for ax, endpoint in zip(axes[0], endpoints, strict=True):
+            for mode in ("no candidate", "shadow candidate"):
+                runs = [r for m, r in results if m == mode and r.endpoint == endpoint]
+                clients = sorted({r.clients for r in runs})
+                ax.plot(
+                    clients, [max(sum(r.codes.values()) / r.seconds for r in runs if r.clients == c) for c in clients], "o-", label=mode
+                )
+            ax.set(title=f"/{endpoint}", xlabel="clients", ylabel="requests/s (best of rounds)", xscale="log")
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.report import bars, figure, save_markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data")
 REVIEWS = (10_000, 100_000)  # small and large run per engine: the slope between them is the steady state
@@ -184,29 +186,18 @@ def write_markdown(lines: list[Line], path: Path, command: str, load: tuple[floa
         "Reviews: a Parquet file of real IMDB reviews (row groups of 10,000); images: real cats-vs-dogs JPEGs (about 320 px) in a folder tree.",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(text))
+    save_markdown(path, text)
 
 
 def write_png(lines: list[Line], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(line.model for line in lines))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 3.5))
-    for ax, model in zip(axes if len(models) > 1 else [axes], models):
-        mine = [line for line in lines if line.model == model]
-        labels = [f"{line.engine}\n{kind}" for line in mine for kind in ("steady state", "end to end")]
-        rates = [0.0 if math.isnan(rate) else rate for line in mine for rate in (line.steady, line.large.rate)]
-        bars = ax.barh(labels, rates, color=["tab:blue", "tab:grey"] * len(mine))
-        ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], padding=3, fontsize=8)
-        ax.set_title(f"{model} (start-up: " + ", ".join(f"{line.engine} {number(line.startup)} s" for line in mine) + ")", fontsize=9)
-        ax.set_xlabel("inputs/s")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with figure(path, 1, len(models), size=(6 * len(models), 3.5)) as (_, axes):
+        for ax, model in zip(axes[0], models, strict=True):
+            mine = [line for line in lines if line.model == model]
+            labels = [f"{line.engine}\n{kind}" for line in mine for kind in ("steady state", "end to end")]
+            rates = [0.0 if math.isnan(rate) else rate for line in mine for rate in (line.steady, line.large.rate)]
+            startup = ", ".join(f"{line.engine} {number(line.startup)} s" for line in mine)
+            bars(ax, labels, rates, ["tab:blue", "tab:grey"] * len(mine), f"{model} (start-up: {startup})", "inputs/s")
 
 
 def main() -> None:

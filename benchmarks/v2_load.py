@@ -34,6 +34,7 @@ import numpy as np
 import tritonclient.http as triton
 
 from benchmarks.load import HOUSE, RESULTS, ROOT, SHARED, Run, run_hey, run_load
+from benchmarks.report import figure
 from service.core.preprocessing import ImageSpec, decode_image
 
 PHOTO = SHARED / "cats_vs_dogs_small" / "test" / "cats" / "cat.4501.jpg"
@@ -106,9 +107,7 @@ class Result:
     def row(self) -> str:
         run, variant = self.run, self.variant
         p50, p99 = run.p50_p99()
-        total = sum(run.codes.values())
-        c4 = sum(n for c, n in run.codes.items() if 400 <= c < 500)
-        c5 = sum(n for c, n in run.codes.items() if c >= 500)
+        total, c4, c5 = run.counts()
         return (f"| {variant.model} | {variant.route} | {variant.sends} | {variant.body_bytes():,} | {run.clients} | "
                 f"{total / run.seconds:,.1f} | {p50:,.1f} | {p99:,.1f} | {self.cpu_ms:.2f} | {c4} | {c5} | {run.transport_errors} |")  # fmt: skip
 
@@ -188,29 +187,17 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
 
 
 def _plot(results: list[Result], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(r.variant.model for r in results))
-    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7), squeeze=False)
-    for column, model in enumerate(models):
-        top, bottom = axes[0][column], axes[1][column]
-        for variant in {r.variant.label: r.variant for r in results if r.variant.model == model}.values():
-            mine = [r for r in results if r.variant.label == variant.label]
-            label = f"{variant.route}: {variant.sends}"
-            clients = [r.run.clients for r in mine]
-            top.plot(clients, [sum(r.run.codes.values()) / r.run.seconds for r in mine], "o-", label=label)
-            bottom.plot(clients, [r.cpu_ms for r in mine], "o-", label=label)
-        top.set(title=model, ylabel="requests/s", xscale="log")
-        bottom.set(xlabel="concurrent clients", ylabel="server CPU ms per request", xscale="log")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 2, len(models), size=(5.5 * len(models), 7)) as (_, axes):
+        for column, model in enumerate(models):
+            top, bottom = axes[0][column], axes[1][column]
+            for variant in {r.variant.label: r.variant for r in results if r.variant.model == model}.values():
+                mine = [r for r in results if r.variant.label == variant.label]
+                label, clients = f"{variant.route}: {variant.sends}", [r.run.clients for r in mine]
+                top.plot(clients, [sum(r.run.codes.values()) / r.run.seconds for r in mine], "o-", label=label)
+                bottom.plot(clients, [r.cpu_ms for r in mine], "o-", label=label)
+            top.set(title=model, ylabel="requests/s", xscale="log")
+            bottom.set(xlabel="concurrent clients", ylabel="server CPU ms per request", xscale="log")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.containers import daemon_problem, docker
 from benchmarks.launch import free_port
 from service.core.registry import Registry
 from training.datasets import BOSTON_FEATURES
@@ -48,23 +48,6 @@ HOUSE = {
     "B": 392.6,
     "LSTAT": 3.0,
 }
-
-
-def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def daemon_problem() -> str | None:
-    """Why no container can run here, or None when a Docker daemon answers."""
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    try:
-        info = docker("info", "--format", "{{.ServerVersion}}", timeout=20, check=False)
-    except subprocess.TimeoutExpired:
-        return "docker info timed out"
-    if info.returncode != 0 or not info.stdout.strip():
-        return f"no Docker daemon reachable ({(info.stderr.strip().splitlines() or ['docker info failed'])[-1]})"
-    return None
 
 
 @dataclass

@@ -24,6 +24,15 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 MiB = 1024 * 1024
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A settings field: its default and the line that documents it (the README's table is made from these)."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads")
 BATCHING = ("auto", "on", "off")
 T = TypeVar("T")
@@ -31,79 +40,58 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Settings:
-    model_root: Path = field(default=Path("models"), metadata={"doc": "registry root; each model's CURRENT version is served"})
-    models: tuple[str, ...] = field(default=(), metadata={"doc": "comma-separated subset of models to serve (empty: all with a CURRENT)"})
-    providers: tuple[str, ...] = field(
-        default=("tensorrt", "cuda", "cpu"),
-        metadata={"doc": "execution provider preference, first that really loads wins; GPU providers are skipped when no GPU is present"},
+    model_root: Path = setting(Path("models"), "registry root; each model's CURRENT version is served")
+    models: tuple[str, ...] = setting((), "comma-separated subset of models to serve (empty: all with a CURRENT)")
+    providers: tuple[str, ...] = setting(
+        ("tensorrt", "cuda", "cpu"),
+        "execution provider preference, first that really loads wins; GPU providers are skipped when no GPU is present",
     )
-    intra_op_threads: int = field(
-        default=0,
-        metadata={
-            "doc": "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)"
-        },
+    intra_op_threads: int = setting(
+        0,
+        "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)",
     )
-    workers: int = field(default=1, metadata={"doc": "BentoML worker processes (each loads every model)"})
-    max_request_bytes: int = field(default=32 * MiB, metadata={"doc": "largest request body; larger gets 413"})
-    max_image_bytes: int = field(default=10 * MiB, metadata={"doc": "largest single image file"})
-    max_image_pixels: int = field(default=40_000_000, metadata={"doc": "largest image (width x height), checked before decoding"})
-    max_items: int = field(default=64, metadata={"doc": "most images, texts or rows in one request"})
-    max_text_chars: int = field(default=50_000, metadata={"doc": "longest text; longer is refused with 400, never truncated silently"})
-    max_request_pixels: int = field(
-        default=100_000_000, metadata={"doc": "most pixels in one request's images, summed from their headers before anything is decoded"}
+    workers: int = setting(1, "BentoML worker processes (each loads every model)")
+    max_request_bytes: int = setting(32 * MiB, "largest request body; larger gets 413")
+    max_image_bytes: int = setting(10 * MiB, "largest single image file")
+    max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
+    max_items: int = setting(64, "most images, texts or rows in one request")
+    max_text_chars: int = setting(50_000, "longest text; longer is refused with 400, never truncated silently")
+    max_request_pixels: int = setting(
+        100_000_000, "most pixels in one request's images, summed from their headers before anything is decoded"
     )
-    max_pending_pixels: int = field(
-        default=200_000_000,
-        metadata={
-            "doc": "most image pixels being decoded or waiting to be, per worker; a request beyond it gets a fast 503 with Retry-After"
-        },
+    max_pending_pixels: int = setting(
+        200_000_000, "most image pixels being decoded or waiting to be, per worker; a request beyond it gets a fast 503 with Retry-After"
     )
-    work_threads: int = field(
-        default=0, metadata={"doc": "threads per worker that decode, preprocess and run CPU inference (0: one per core)"}
+    work_threads: int = setting(0, "threads per worker that decode, preprocess and run CPU inference (0: one per core)")
+    batching: str = setting(
+        "auto", "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"
     )
-    batching: str = field(
-        default="auto",
-        metadata={"doc": "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"},
+    batch_max_delay_ms: int = setting(
+        2, "with batching, the longest a request waits for others to join its batch (Triton's max_queue_delay)"
     )
-    batch_max_delay_ms: int = field(
-        default=2, metadata={"doc": "with batching, the longest a request waits for others to join its batch (Triton's max_queue_delay)"}
+    max_batch_size: dict[str, int] = setting(
+        {},
+        "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)",
     )
-    max_batch_size: dict[str, int] = field(
-        default_factory=dict,
-        metadata={
-            "doc": "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)"
-        },
+    queue_timeout_ms: int = setting(30_000, "how long an admitted request may wait for a worker thread or a batch before it gets a 503")
+    tensorrt_fp16: bool = setting(
+        False, "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"
     )
-    queue_timeout_ms: int = field(
-        default=30_000, metadata={"doc": "how long an admitted request may wait for a worker thread or a batch before it gets a 503"}
+    engine_cache: Path = setting(
+        Path("/tmp/modelserve-engines"), "TensorRT engine cache, one folder per model.onnx sha256 (built once per GPU)"
     )
-    tensorrt_fp16: bool = field(
-        default=False,
-        metadata={"doc": "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"},
+    tracing: bool = setting(False, "OpenTelemetry spans for requests (BentoML's tracing config exports them)")
+    access_log: bool = setting(False, "one log line per request (BentoML's access log)")
+    reload_poll_s: int = setting(
+        2, "seconds between checks of CURRENT; a changed pointer is loaded, checked and swapped in (0: only POST /admin/reload)"
     )
-    engine_cache: Path = field(
-        default=Path("/tmp/modelserve-engines"),
-        metadata={"doc": "TensorRT engine cache, one folder per model.onnx sha256 (built once per GPU)"},
+    request_timeout_s: int = setting(120, "BentoML request timeout")
+    header_timeout_s: int = setting(
+        10,
+        "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close",
     )
-    tracing: bool = field(default=False, metadata={"doc": "OpenTelemetry spans for requests (BentoML's tracing config exports them)"})
-    access_log: bool = field(default=False, metadata={"doc": "one log line per request (BentoML's access log)"})
-    reload_poll_s: int = field(
-        default=2,
-        metadata={
-            "doc": "seconds between checks of CURRENT; a changed pointer is loaded, checked and swapped in (0: only POST /admin/reload)"
-        },
-    )
-    request_timeout_s: int = field(default=120, metadata={"doc": "BentoML request timeout"})
-    header_timeout_s: int = field(
-        default=10,
-        metadata={
-            "doc": "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close"
-        },
-    )
-    body_timeout_s: int = field(
-        default=60, metadata={"doc": "the whole request body must arrive within this many seconds of its headers, else 408 and close"}
-    )
-    admin_token: str = field(default="", metadata={"doc": "bearer token for POST /admin/reload; empty disables the admin API (403)"})
+    body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
+    admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,8 +127,8 @@ class Settings:
 class ClientSettings:
     """What a client of a running service needs (redeploy, benchmarks): where it is and the admin token."""
 
-    url: str = field(default="http://127.0.0.1:3000", metadata={"doc": "the running service, for `python -m training.redeploy`"})
-    admin_token: str = field(default="", metadata={"doc": "bearer token for POST /admin/reload; empty disables the admin API (403)"})
+    url: str = setting("http://127.0.0.1:3000", "the running service, for `python -m training.redeploy`")
+    admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:

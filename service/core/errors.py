@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the work could not be done (model will not load, a step failed)
@@ -20,72 +20,62 @@ EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM, as shells report Ctrl-C
 
 
 class ModelServeError(Exception):
-    """An expected failure whose message is meant for people."""
+    """An expected failure whose message is meant for people.
+
+    A subclass states its HTTP status and exit code in its class line:
+    `class NotFoundError(ModelServeError, http_status=404, exit_code=EXIT_USAGE)`.
+    """
 
     http_status: ClassVar[int] = 500
     exit_code: ClassVar[int] = EXIT_FAILED
 
+    def __init_subclass__(cls, http_status: int | None = None, exit_code: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if http_status is not None:
+            cls.http_status = http_status
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class ConfigError(ModelServeError, ValueError):
+
+class ConfigError(ModelServeError, ValueError, exit_code=EXIT_USAGE):
     """A MODELSERVE_* variable has a value that cannot be used."""
 
-    exit_code = EXIT_USAGE
 
-
-class InputError(ModelServeError, ValueError):
+class InputError(ModelServeError, ValueError, http_status=400, exit_code=EXIT_USAGE):
     """One input item (image, text, feature row) cannot be processed; the client's mistake.
 
     A ValueError too, so that pydantic turns it into a per-request validation error.
     """
 
-    http_status = 400
-    exit_code = EXIT_USAGE
 
-
-class UsageError(ModelServeError):
+class UsageError(ModelServeError, http_status=400, exit_code=EXIT_USAGE):
     """A command line, or a request as a whole, asks for something that cannot be done as given."""
 
-    http_status = 400
-    exit_code = EXIT_USAGE
 
-
-class NotFoundError(ModelServeError):
+class NotFoundError(ModelServeError, http_status=404, exit_code=EXIT_USAGE):
     """A model or version that is not served or not in the registry."""
 
-    http_status = 404
-    exit_code = EXIT_USAGE
 
-
-class RegistryError(ModelServeError):
+class RegistryError(ModelServeError, http_status=409, exit_code=EXIT_USAGE):
     """The registry is missing something or a version is not usable."""
 
-    http_status = 409
-    exit_code = EXIT_USAGE
 
-
-class ModelLoadError(ModelServeError):
+class ModelLoadError(ModelServeError, http_status=409):
     """A model version could not be loaded or failed its smoke prediction."""
 
-    http_status = 409
 
-
-class ReloadRefused(ModelServeError):
+class ReloadRefused(ModelServeError, http_status=409):
     """A new version was not swapped in; the old one keeps serving."""
 
-    http_status = 409
 
-
-class Overloaded(ModelServeError):
+class Overloaded(ModelServeError, http_status=503):
     """More work is in flight than this worker takes on; the client should retry shortly (503 + Retry-After)."""
 
-    http_status = 503
     retry_after_s: ClassVar[int] = 1
 
 
-class DataError(ModelServeError, ValueError):
+class DataError(ModelServeError, ValueError, exit_code=EXIT_USAGE):
     """Training data cannot be used; the message says why."""
-
-    exit_code = EXIT_USAGE
 
 
 class ExportError(ModelServeError):
@@ -96,10 +86,8 @@ class DeployError(ModelServeError):
     """A redeploy step failed; the message says which and why."""
 
 
-class Interrupted(ModelServeError):
+class Interrupted(ModelServeError, exit_code=EXIT_INTERRUPTED):
     """SIGINT or SIGTERM: stop, keep what is committed."""
-
-    exit_code = EXIT_INTERRUPTED
 
 
 def run_cli(main: Callable[[], int]) -> int:

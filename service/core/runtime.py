@@ -278,12 +278,7 @@ class ModelRuntime:
         A candidate that cannot be served is refused (listed under refused_candidates) and
         dropped: CURRENT answers everything, as without a candidate.
         """
-        try:
-            with self._lock:
-                return self._reload_candidate(name)
-        finally:
-            if self.on_change is not None:
-                self.on_change()
+        return self._changing(self._reload_candidate, name)
 
     def _reload_candidate(self, name: str) -> dict[str, Any]:
         slot = self._candidates.get(name)
@@ -323,9 +318,13 @@ class ModelRuntime:
         listed under `refused_reloads`. An exception that is not a RegistryError or
         ModelLoadError is a bug, logged with its traceback, but still only a refusal.
         """
+        return self._changing(self._reload, name)
+
+    def _changing(self, change: Callable[[str], dict[str, Any]], name: str) -> dict[str, Any]:
+        """One change at a time; the worker group hears of every attempt, refused or not."""
         try:
             with self._lock:
-                return self._reload(name)
+                return change(name)
         finally:
             if self.on_change is not None:
                 self.on_change()

@@ -69,6 +69,15 @@ def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
     return None
 
 
+def _admitted(request: Request, settings: Settings) -> ModelRuntime | JSONResponse:
+    """This worker's runtime for an admin call with the right token; the refusal to send otherwise."""
+    refused = _authorized(request, settings)
+    if refused is not None:
+        return refused
+    runtime = _runtime()
+    return _error(503, "models are still loading") if runtime is None else runtime
+
+
 async def _reload(runtime: ModelRuntime, names: list[str], workers: WorkerGroup | None) -> JSONResponse:
     results = []
     for name in names:
@@ -166,12 +175,9 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
 
     async def candidate_view(request: Request) -> JSONResponse:
         """POST /admin/candidate: serve a version beside CURRENT (canary P% or shadow), change its mode, or clear it."""
-        refused = _authorized(request, settings)
-        if refused is not None:
-            return refused
-        runtime = _runtime()
-        if runtime is None:
-            return _error(503, "models are still loading")
+        runtime = _admitted(request, settings)
+        if isinstance(runtime, JSONResponse):
+            return runtime
         try:
             name, candidate = _candidate_change(runtime, json.loads(await request.body() or b"null"))
             return await _change_candidate(runtime, name, candidate)
@@ -182,12 +188,9 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
 
     async def reload_view(request: Request) -> JSONResponse:
         """POST /admin/reload {"model": NAME} (or {} for all): load CURRENT beside the old version, swap if it passes."""
-        refused = _authorized(request, settings)
-        if refused is not None:
-            return refused
-        runtime = _runtime()
-        if runtime is None:
-            return _error(503, "models are still loading")
+        runtime = _admitted(request, settings)
+        if isinstance(runtime, JSONResponse):
+            return runtime
         raw = await request.body()  # however it is framed: Content-Length or chunked (the guard has read and counted it)
         try:
             body = json.loads(raw) if raw.strip() else {}

@@ -243,3 +243,17 @@ class Task(ABC):
     def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
         """One table row -> the raw value `validate` takes; `from_text`: cells are CSV text."""
         raise UsageError(f"{self.name} reads a {self.input_source}, not a table")
+
+
+class ClassificationTask(Task):
+    """What classifiers share: answers carry a label and a probability; a redeploy is gated on accuracy."""
+
+    gate = Gate("accuracy", higher_is_better=True, default_tolerance=0.01)
+    probability_field: ClassVar[str]  # the answer's probability that metrics and shadow comparisons read
+
+    def observation(self, answer: Answer) -> tuple[str | None, float]:
+        return answer["label"], answer[self.probability_field]
+
+    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
+        """Share of answers whose label is the target's."""
+        return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))

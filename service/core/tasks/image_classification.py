@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import ImageSpec, decode_opened, open_image
-from service.core.tasks.base import FOLDER, Answer, BatchSizes, Gate, Task, Tensor
+from service.core.tasks.base import FOLDER, Answer, BatchSizes, ClassificationTask, Tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
 PIXELS_TENSOR = "pixels"  # the v2 input of decoded images: UINT8 [N, height, width, 3]
@@ -78,7 +78,7 @@ def _checked_pixels(pixels: np.ndarray, assets: ImageSpec) -> np.ndarray:
     return pixels
 
 
-class ImageClassification(Task):
+class ImageClassification(ClassificationTask):
     name = "image_classification"
     assets_kind = "image"
     request_field = "images"
@@ -90,7 +90,7 @@ class ImageClassification(Task):
         f"a folder, walked recursively in sorted order; files ending in {' '.join(IMAGE_SUFFIXES)}\n"
         'are inputs (any case), names starting with "." are ignored'
     )
-    gate = Gate("accuracy", higher_is_better=True, default_tolerance=0.01)
+    probability_field = "score"
     # CPU: ~200 img/s at every batch size from 1 to 64 (benchmarks/results/batch_sizes.md), so a big batch only adds
     # latency. GPU: batch 256 is 20x batch 1 for this network (../shared/GPU.md, H100, io-binding).
     batch_sizes = BatchSizes(cpu=8, gpu=256)
@@ -164,12 +164,6 @@ class ImageClassification(Task):
         if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
             return "probabilities do not sum to 1"
         return super().check_answer(answer)
-
-    def observation(self, answer: Answer) -> tuple[str | None, float]:
-        return answer["label"], answer["score"]
-
-    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
-        return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
     def tensor_inputs(self, assets: ImageSpec) -> list[Tensor]:
         """Encoded files (decoded here, as the friendly endpoint does), or pixels a client decoded at the version's size."""

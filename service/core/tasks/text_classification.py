@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from service.core.config import Settings
 from service.core.errors import InputError, UsageError
 from service.core.preprocessing import TextVectorizer, check_text
-from service.core.tasks.base import Answer, BatchSizes, Gate, Task, Tensor
+from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, Tensor
 
 # Table columns that hold the text, tried in order (any case): training and batch scoring share them.
 TEXT_COLUMNS = ("text", "review", "content", "body", "comment", "sentence")
@@ -44,7 +44,7 @@ def pick_column(columns: Sequence[str], requested: str | None, candidates: Seque
     raise UsageError(f"cannot tell which column to read (looked for {list(candidates)}); columns are {list(columns)}")
 
 
-class TextClassification(Task):
+class TextClassification(ClassificationTask):
     name = "text_classification"
     assets_kind = "text"
     request_field = "texts"
@@ -54,7 +54,7 @@ class TextClassification(Task):
         "CSV, JSONL or Parquet; the text column is --text-column, else the first of\n"
         f"{', '.join(TEXT_COLUMNS)} (any case), else the only column"
     )
-    gate = Gate("accuracy", higher_is_better=True, default_tolerance=0.01)
+    probability_field = "probability_positive"
     batch_sizes = BatchSizes(cpu=64, gpu=64)  # CPU saturates at 64 (benchmarks/results/batch_sizes.md); not measured on a GPU
     answer_model: ClassVar[type[BaseModel]] = TextAnswer
 
@@ -84,12 +84,6 @@ class TextClassification(Task):
         if not 0.0 <= answer["probability_positive"] <= 1.0:
             return "probability outside [0, 1]"
         return super().check_answer(answer)
-
-    def observation(self, answer: Answer) -> tuple[str | None, float]:
-        return answer["label"], answer["probability_positive"]
-
-    def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
-        return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
 
     def describe(self, assets: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
         negative, positive = metadata["labels"]
