@@ -204,7 +204,7 @@ class HeyLoad:
     """hey sending `clients` closed-loop clients to `endpoint` until stopped (SIGINT: hey then prints its report)."""
 
     def __init__(self, url: str, endpoint: str, clients: int, max_seconds: float = 300) -> None:
-        content_type, body = request_body(endpoint, payloads()[endpoint])
+        content_type, body, _ = request_body(endpoint, payloads()[endpoint])
         with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
             handle.write(body)
         self.body, self.endpoint, self.clients = Path(handle.name), endpoint, clients

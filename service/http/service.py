@@ -90,7 +90,10 @@ def predict_api(entry: CatalogEntry) -> Any:
         except ItemError as exc:
             raise InvalidArgument(f"{field}[{exc.index}]: {exc}") from None
         except Overloaded as exc:  # BentoML would replace a 5xx's message with a generic one: answer it here
-            return JSONResponse({"error": str(exc)}, status_code=exc.http_status, headers={"Retry-After": str(exc.retry_after_s)})
+            # With a ctx parameter BentoML gives the response ctx's status and headers: set them there.
+            ctx.response.status_code = exc.http_status
+            ctx.response.metadata["Retry-After"] = str(exc.retry_after_s)
+            return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
         # Serialized here: BentoML would validate every answer into the response model again and
         # dump it through its IO machinery (about a tenth of the event loop's time per request).
         return Response(json.dumps(answers).encode(), media_type="application/json")

@@ -180,4 +180,6 @@ def test_sigterm_under_load_finishes_what_is_in_flight(single: Server) -> None:
     )
     assert code == 0
     assert not [o for o in load.outcomes if o.status is not None and o.status != 200], "no request got an error status"
-    assert len(reset) <= CLIENTS, "only connections the kernel had queued but the server never read are reset"
+    # Only connections the kernel had queued but the server never read are reset; a client that reconnects at
+    # once may be queued (and reset) once more before the listening socket closes: at most twice per client.
+    assert len(reset) <= 2 * CLIENTS, "only connections the kernel had queued but the server never read are reset"
