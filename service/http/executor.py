@@ -214,7 +214,7 @@ class Executor:
         with admission.admit(task.cost(items)), self._counted(model.name):
             light = task.is_light(items)
             if shadow is None and not self.batches(model):
-                if light:
+                if light and self.in_progress[model.name] <= 1:  # alone: the hop would cost more than the work
                     return self._decode_and_predict(model, items)
                 return await self.run(model.name, self._decode_and_predict, model, items, timing=timing)
             decoded = self._decode(model, items) if light else await self.run(model.name, self._decode, model, items, timing=timing)
