@@ -3,8 +3,9 @@
     python -m benchmarks.compare [--rounds 2] [--seconds 15] [--clients 1,8,32]
 
 Peers (benchmarks/peers/): a stock BentoML 1.4 service (batchable APIs, default settings)
-and a plain FastAPI app calling onnxruntime per request; all three use the same ONNX files
-and the project's preprocessing. Each is started in turn and driven by hey at each client
+and a plain FastAPI app calling onnxruntime per request; they run model.onnx with the
+project's preprocessing. Ours runs twice: as shipped (on this CPU the image model's checked
+INT8 variant) and as "modelserve fp32" (MODELSERVE_INT8=false, the very files the peers run). Each is started in turn and driven by hey at each client
 count with one real item per request (a photo from ../shared/data, else the test fixture;
 a real review). Rounds alternate the order of the servers. The raw onnxruntime session's
 img/s on pre-decoded photos (the ceiling on these cores) is measured in the same run.
@@ -47,8 +48,11 @@ def start_peer(name: str, log: Path) -> Server:
 
 
 def start(name: str, work: Path) -> Server:
+    """modelserve as shipped (INT8 image model on this CPU), "modelserve fp32" (MODELSERVE_INT8=false, the peers' file), or a peer."""
     log = work / f"{name.replace(' ', '_')}.log"
-    return start_server(MODELS, log) if name == "modelserve" else start_peer(name, log)
+    if name.startswith("modelserve"):
+        return start_server(MODELS, log, MODELSERVE_INT8=str(name == "modelserve").lower())
+    return start_peer(name, log)
 
 
 def raw_session_rate() -> tuple[float, str]:
@@ -129,7 +133,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--servers", default="modelserve,stock BentoML,FastAPI + onnxruntime")
+    parser.add_argument("--servers", default="modelserve,modelserve fp32,stock BentoML,FastAPI + onnxruntime")
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"compare-{os.getpid()}"
     work.mkdir(parents=True)
