@@ -179,7 +179,7 @@ def run_raw(model: LoadedModel, items: Sequence[Any], batch: int, threads: int, 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model.version_ref.model_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model.model_file.path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     batches = [model.task.to_tensor(items[i : i + batch], model.assets) for i in range(0, len(items), batch)] * RAW_REPEAT
     session.run(None, {name: batches[0]})  # warm-up

@@ -3,8 +3,9 @@
     python -m benchmarks.compare [--rounds 2] [--seconds 15] [--clients 1,8,32]
 
 Peers (benchmarks/peers/): a stock BentoML 1.4 service (batchable APIs, default settings)
-and a plain FastAPI app calling onnxruntime per request; all three use the same ONNX files
-and the project's preprocessing. Each is started in turn and driven by hey at each client
+and a plain FastAPI app calling onnxruntime per request; they run model.onnx with the
+project's preprocessing. Ours runs twice: as shipped (on this CPU the image model's checked
+INT8 variant) and as "modelserve fp32" (MODELSERVE_INT8=false, the very files the peers run). Each is started in turn and driven by hey at each client
 count with one real item per request (a photo from ../shared/data, else the test fixture;
 a real review). Rounds alternate the order of the servers. The raw onnxruntime session's
 img/s on pre-decoded photos (the ceiling on these cores) is measured in the same run.
@@ -47,13 +48,17 @@ def start_peer(name: str, log: Path) -> Server:
 
 
 def start(name: str, work: Path) -> Server:
+    """modelserve as shipped (INT8 image model on this CPU), "modelserve fp32" (MODELSERVE_INT8=false, the peers' file), or a peer."""
     log = work / f"{name.replace(' ', '_')}.log"
-    return start_server(MODELS, log) if name == "modelserve" else start_peer(name, log)
+    if name.startswith("modelserve"):
+        return start_server(MODELS, log, MODELSERVE_INT8=str(name == "modelserve").lower())
+    return start_peer(name, log)
 
 
-def raw_session_rate() -> tuple[float, str]:
-    """Best images/s of a bare onnxruntime session on pre-decoded photos at batch 1: the ceiling here."""
+def raw_session_rate(int8: bool) -> tuple[float, str]:
+    """Best images/s of a bare onnxruntime session on pre-decoded photos at batch 1 (the ceiling here), on model.onnx or its INT8 variant."""
     version = Registry(MODELS).current("image_classifier")
+    path = version.variant_path(version.verify(), "int8") if int8 else version.model_path
     spec = ImageSpec.from_json(version.read_metadata()["preprocessing"])
     photos = sorted((SHARED / "cats_vs_dogs_small" / "test").rglob("*.jpg"))[:64] or [ROOT / "tests" / "fixtures" / "cat.jpg"]
     pixels = [decode_image(p.read_bytes(), spec)[None] for p in photos]
@@ -62,7 +67,7 @@ def raw_session_rate() -> tuple[float, str]:
     for threads, concurrent in ((0, 1), (1, cores), (0, cores)):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(version.model_path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         session.run(None, {"image": pixels[0]})
         done, deadline = 0, time.perf_counter() + RAW_SECONDS
 
@@ -107,7 +112,7 @@ def measure(args: argparse.Namespace, work: Path, report: Callable[[str], None])
     return results
 
 
-def plot(results: list[tuple[str, int, Run]], raw: float, path: Path) -> None:
+def plot(results: list[tuple[str, int, Run]], raw: dict[str, float], path: Path) -> None:
     with figure(path, 2, len(ENDPOINTS), size=(11, 8)) as (_, axes):
         for column, endpoint in enumerate(ENDPOINTS):
             top, bottom = axes[0][column], axes[1][column]
@@ -119,7 +124,8 @@ def plot(results: list[tuple[str, int, Run]], raw: float, path: Path) -> None:
                     line = top.plot(x, [sum(run.codes.values()) / run.seconds for run in chosen], "o-", label=label)[0]
                     bottom.plot(x, [run.p50_p99()[1] for run in chosen], "o-", color=line.get_color(), label=label)
             if endpoint == "classify_image":
-                top.axhline(raw, color="grey", linestyle="--", label="raw session, pre-decoded")
+                for (label, rate), style in zip(raw.items(), ("--", ":"), strict=True):
+                    top.axhline(rate, color="grey", linestyle=style, label=f"raw session, pre-decoded, {label}")
             top.set(title=f"/{endpoint}: throughput", xlabel="clients", ylabel="requests/s", xscale="log")
             bottom.set(title=f"/{endpoint}: p99 latency", xlabel="clients", ylabel="ms", xscale="log", yscale="log")
 
@@ -129,13 +135,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--servers", default="modelserve,stock BentoML,FastAPI + onnxruntime")
+    parser.add_argument("--servers", default="modelserve,modelserve fp32,stock BentoML,FastAPI + onnxruntime")
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"compare-{os.getpid()}"
     work.mkdir(parents=True)
-    raw, raw_config = raw_session_rate()
+    raw = {label: raw_session_rate(label == "int8") for label in ("fp32", "int8")}
     lines = [
-        f"Raw onnxruntime session, pre-decoded photos, batch 1: {raw:,.0f} img/s ({raw_config}).",
+        *[f"Raw onnxruntime session, pre-decoded photos, batch 1, {k}: {rate:,.0f} img/s ({config})." for k, (rate, config) in raw.items()],
         "",
         "| server | round | endpoint | clients | req/s | p50 ms | p99 ms | non-200 |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
@@ -150,7 +156,7 @@ def main() -> None:
     note = f"{args.seconds:.0f} s per row, one item per request, hey on the same machine ({len(os.sched_getaffinity(0))} cores); rounds alternate the order."
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.md").write_text("# Our service and its peers, one run\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
-    plot(results, raw, RESULTS / "compare.png")
+    plot(results, {k: rate for k, (rate, _) in raw.items()}, RESULTS / "compare.png")
 
 
 if __name__ == "__main__":

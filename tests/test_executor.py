@@ -103,7 +103,7 @@ def test_sessions_answer_alike_alone_concurrently_and_with_io_binding() -> None:
     model = load_model(version, ["CPUExecutionProvider"])
     batch = np.stack([decode_image((FIXTURES / name).read_bytes(), model.assets) for name in ("cat.jpg", "dog.jpg")])
     reference = model.infer(batch)
-    bound = Sessions(version.model_path, model.metadata["sha256"], SessionConfig(("CPUExecutionProvider",), 0), io_binding=True)
+    bound = Sessions(model.model_file.path, model.model_file.sha256, SessionConfig(("CPUExecutionProvider",), 0), io_binding=True)
     assert np.allclose(bound.run({"image": batch})[0], reference, atol=1e-6), "the io-binding path answers like the plain one"
     barrier = threading.Barrier(4)
 

@@ -79,6 +79,10 @@ def test_models_reports_versions_metrics_and_real_providers(client: httpx.Client
         assert model["providers"] == ["CPUExecutionProvider"], "no GPU here: CPU, and nothing asked for CUDA"
         assert model["inputs"] and model["metrics"]["test"]
     assert served["image_classifier"]["labels"] == ["cats", "dogs"]
+    assert served["image_classifier"]["model_file"] == {"file": "model.int8.onnx", "precision": "int8"}, (
+        "the CPU runs the checked INT8 file"
+    )
+    assert served["imdb_sentiment"]["model_file"] == {"file": "model.onnx", "precision": "fp32"}
     assert body["gpus"] == 0
 
 

@@ -141,6 +141,10 @@ def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
     assert metadata["architecture"]["pretrained"] is True and metadata["training"]["phase2"]["epochs"] == 1
     assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 64, 64, 3]}
     assert (registry.get("image_classifier", 1).path / "confusion_matrix.png").is_file()
+    check = metadata["variants"]["int8"][
+        "check"
+    ]  # made at export, calibrated on the training images, checked on the 120 test images (60 per class)
+    assert check["samples"] == 120 and metadata["variants"]["int8"]["written"] == check["passed"]
 
 
 def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path) -> None:

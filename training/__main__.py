@@ -4,6 +4,7 @@
     python -m training list
     python -m training promote MODEL 2                         # or: latest
     python -m training rollback MODEL
+    python -m training quantize MODEL [VERSION] --data PATH    # a new version: VERSION + a checked INT8 variant
 
 Training writes a new version and never changes what is served; `promote` does.
 TensorFlow is imported only by the training commands.
@@ -40,7 +41,9 @@ def add_trainer_commands(
 
 def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*CATALOG, "list", "promote", "rollback"]) + "}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join([*CATALOG, "list", "promote", "rollback", "quantize"]) + "}"
+    )
     add_trainer_commands(commands, argv, "train into a new registry version:", registry)
     listing = commands.add_parser("list", help="versions per model, * marks CURRENT")
     listing.add_argument("--registry", default=registry)
@@ -51,7 +54,31 @@ def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="point CURRENT back at the previously served version")
     rollback.add_argument("model")
     rollback.add_argument("--registry", default=registry)
+    quantize = commands.add_parser("quantize", help="a new version: an existing one plus a checked INT8 variant (image models)")
+    quantize.add_argument("model", choices=list(CATALOG))
+    quantize.add_argument("version", nargs="?", help="the version to start from (default: CURRENT)")
+    quantize.add_argument("--data", help="the training data: calibration from its training split, the check on its test split")
+    quantize.add_argument("--seed", type=int, default=0)
+    quantize.add_argument("--registry", default=registry)
     return parser
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training.quantize import add_int8_variant
+
+    module = importlib.import_module(CATALOG[args.model].trainer)
+    if not hasattr(module, "quantization_data"):
+        raise UsageError(f"{args.model} has no INT8 variant: its trainer ({CATALOG[args.model].trainer}) gives no calibration data")
+    registry = Registry(args.registry)
+    if args.version is not None and not args.version.isdecimal():
+        raise UsageError(f"version must be a number, got {args.version!r}")
+    source = registry.current(args.model) if args.version is None else registry.get(args.model, int(args.version))
+    calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
+    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
+    variant = version.read_metadata()["variants"]["int8"]
+    state = "written" if variant["written"] else "REFUSED (not written)"
+    print(f"== {version.name} v{version.version}: v{source.version} + INT8 variant {state}; CURRENT unchanged")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -71,6 +98,12 @@ def _train(args: argparse.Namespace) -> int:
     print("   test: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
     print(f"   parity: max abs diff {metadata['parity']['max_abs_diff']:.2e} on {metadata['parity']['samples']} inputs")
     print(f"   model.onnx {metadata['model_bytes'] / 1e6:.2f} MB, plots: {', '.join(metadata['plots'])}")
+    int8 = metadata.get("variants", {}).get("int8")
+    if int8 is not None:
+        check, state = int8["check"], f"{int8['file']} {int8.get('bytes', 0) / 1e6:.2f} MB" if int8["written"] else "INT8 REFUSED"
+        print(
+            f"   {state}: accuracy {check['accuracy_int8']:.4f} vs fp32 {check['accuracy_fp32']:.4f}, same label {check['label_agreement']:.2%}"
+        )
     print(
         f"   served version unchanged (CURRENT = {current}); to serve this one: python -m training promote {version.name} {version.version}"
     )
@@ -100,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = _parser(argv, str(Settings.from_env().model_root)).parse_args(argv)
+        if args.command == "quantize":
+            return _quantize(args)
         return _train(args) if args.command in CATALOG else _registry_command(args)
 
     return run_cli(body)

@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument(
+        "--int8", action=argparse.BooleanOptionalAction, default=True, help="make and check an INT8 variant for CPUs (default: yes)"
+    )
 
 
 def augmentation(seed: int) -> keras.Sequential:
@@ -256,4 +259,12 @@ def train(args: argparse.Namespace) -> TrainingResult:
         test_targets=[data.class_names[int(y)] for y in truth],
         confusion_matrix=matrix,
         phase_boundaries=[args.epochs] if fine_tuned_layers else [],
+        calibration_inputs=data.train.images if args.int8 else None,
     )
+
+
+def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training images to calibrate an INT8 variant on, and the test images and labels to check it (`python -m training quantize`)."""
+    data = load_image_folders(args.data, ImageSpec.from_json(preprocessing), seed=args.seed)
+    log("data", f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check")
+    return data.train.images, data.test.images, data.test.labels

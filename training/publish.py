@@ -65,6 +65,8 @@ class TrainingResult:
     confusion_matrix: np.ndarray | None = None
     phase_boundaries: list[int] = field(default_factory=list)
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
+    # Training inputs to calibrate an INT8 variant on (training/quantize.py); None: no INT8 variant.
+    calibration_inputs: np.ndarray | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -95,6 +97,16 @@ def write_plots(result: TrainingResult, staging: Path) -> list[str]:
     return plots
 
 
+def write_variants(result: TrainingResult, model_path: Path) -> dict[str, Any]:
+    """The INT8 variant beside model.onnx when the trainer gave calibration inputs; its metadata block (or none)."""
+    if result.calibration_inputs is None:
+        return {}
+    from training.quantize import int8_variant
+
+    labels = np.array([result.labels.index(t) for t in result.test_targets])
+    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels)}
+
+
 def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
     """Export, check parity, write assets, plots and metadata; return the new version."""
     with registry.new_version(result.name) as staged:
@@ -111,6 +123,7 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             flush=True,
         )
 
+        variants = write_variants(result, model_path)
         assets, plots = write_assets(result, staging), write_plots(result, staging)
         metadata = {
             "schema_version": METADATA_SCHEMA_VERSION,
@@ -134,7 +147,7 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             "training": result.training | {"history": result.history},
             "assets": assets,
             "plots": plots,
-        }
+        } | ({"variants": variants} if variants else {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     assert staged.published is not None
     staged.published.verify()

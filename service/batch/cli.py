@@ -161,7 +161,7 @@ def load(args: argparse.Namespace, settings: Settings) -> tuple[LoadedModel, lis
     providers = resolve_providers(settings.providers)
     args.executor = choose_executor(args, args.model)
     # Thread workers share this session; worker processes load their own.
-    model = load_model(ref, providers, session_threads(args, settings) if args.executor == "thread" else 1)
+    model = load_model(ref, providers, session_threads(args, settings) if args.executor == "thread" else 1, int8=settings.int8)
     if args.batch_size is None:
         args.batch_size = max_batch_size(settings, args.model, task, providers)
     return model, providers
@@ -196,7 +196,7 @@ def score(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setti
     rate = (state.position - start_position) / elapsed if elapsed > 0 else math.inf
     model = job.model
     print(
-        f"{model.name} v{model.version}: {state.scored:,} of {job.total:,} {job.unit}s scored, {state.failed:,} failed"
+        f"{model.name} v{model.version} ({model.model_file.path.name}): {state.scored:,} of {job.total:,} {job.unit}s scored, {state.failed:,} failed"
         f"{f' (see {job.errors})' if state.failed else ''}; wrote {job.output} in {elapsed:.1f} s ({rate:,.0f} {job.unit}s/s)",
         file=err,
     )

@@ -92,7 +92,7 @@ def load_version(plan: WorkerPlan) -> LoadedModel:
     try:
         path = _shipped_dir(plan.model_dir) if plan.shipped else Path(plan.model_dir)
         providers = resolve_providers(plan.settings.providers)
-        model = load_model(ModelVersion(plan.name, plan.version, path), providers, plan.intra_op_threads)
+        model = load_model(ModelVersion(plan.name, plan.version, path), providers, plan.intra_op_threads, int8=plan.settings.int8)
         if model.metadata["sha256"] != plan.sha256:
             raise ModelLoadError(
                 f"{path} holds a different model.onnx (sha256 {model.metadata['sha256'][:12]}...) "

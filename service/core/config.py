@@ -74,6 +74,7 @@ class Settings:
         "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)",
     )
     queue_timeout_ms: int = setting(30_000, "how long an admitted request may wait for a worker thread or a batch before it gets a 503")
+    int8: bool = setting(True, "run a version's INT8 variant (checked at export) on the CPU provider; GPUs always run model.onnx")
     tensorrt_fp16: bool = setting(
         False, "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"
     )

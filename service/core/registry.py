@@ -32,6 +32,7 @@ from service.core.errors import RegistryError
 from service.core.files import atomic_write_text
 
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # the checked INT8 variant beside model.onnx (metadata "variants" -> "int8")
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
 CANDIDATE_FILE = "CANDIDATE"
@@ -116,6 +117,27 @@ class ModelVersion:
                 f"(metadata says {metadata['sha256'][:12]}..., file is {actual[:12]}...)"
             )
         return metadata
+
+    def variant_path(self, metadata: dict[str, Any], kind: str) -> Path:
+        """The file of a variant that passed its check at export (metadata "variants"), checksum verified.
+
+        RegistryError when there is none, it was refused at export, or its file is missing, outside
+        the version directory or not the file that was checked.
+        """
+        where = f"{self.name} v{self.version}"
+        variant = metadata.get("variants", {}).get(kind) if isinstance(metadata.get("variants"), dict) else None
+        if not isinstance(variant, dict) or not variant.get("written") or not isinstance(variant.get("file"), str):
+            raise RegistryError(f"{where} has no {kind} variant that passed its check")
+        path = self.path / variant["file"]
+        if not path.is_file() or not path.resolve().is_relative_to(self.path.resolve()):
+            raise RegistryError(f"{where}: {kind} variant {variant['file']} is missing or not inside the version directory")
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise RegistryError(f"{where}: {variant['file']} cannot be read ({exc.strerror or exc})") from exc
+        if actual != variant.get("sha256"):
+            raise RegistryError(f"{where}: checksum mismatch for {variant['file']}: not the file that passed the {kind} check")
+        return path
 
 
 @dataclass

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,48 @@ import onnxruntime as ort
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
 from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
-from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, Candidate, ModelVersion, Registry
+from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, MODEL_FILE, Candidate, ModelVersion, Registry
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
 from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
 WATCH_TICK_S = 0.25  # how often the CURRENT watcher looks for reload requests from other workers
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """Which file of a version the sessions run: model.onnx (fp32), or its checked INT8 variant."""
+
+    path: Path
+    sha256: str
+    precision: str  # "fp32" or "int8"
+    note: str = ""  # why a version's INT8 variant is not the one running
+
+    def describe(self) -> dict[str, str]:
+        return {"file": self.path.name, "precision": self.precision} | ({"note": self.note} if self.note else {})
+
+
+def choose_model_file(version: ModelVersion, metadata: dict[str, Any], config: SessionConfig, int8: bool = True) -> ModelFile:
+    """INT8 on the CPU provider when the version has a variant that passed its check (and `int8`); model.onnx otherwise.
+
+    GPU providers run model.onnx (TensorRT may make its own fp16 engine from it). A variant whose
+    file is missing or is not the file that was checked is not used, and the note says why.
+    """
+    fp32 = ModelFile(version.model_path, metadata["sha256"], "fp32")
+    variants = metadata.get("variants")
+    if not isinstance(variants, dict) or "int8" not in variants:
+        return fp32
+    if config.gpu:
+        return replace(fp32, note=f"INT8 variant not used: GPU providers run {MODEL_FILE}")
+    if not int8:
+        return replace(fp32, note="INT8 variant not used: MODELSERVE_INT8 is off")
+    try:
+        path = version.variant_path(metadata, "int8")
+    except RegistryError as exc:
+        log.warning("%s; running %s", exc, MODEL_FILE)
+        return replace(fp32, note=f"INT8 variant refused: {exc}")
+    return ModelFile(path, variants["int8"]["sha256"], "int8")
 
 
 @dataclass
@@ -48,6 +83,7 @@ class LoadedModel:
     task: Task
     assets: Any  # the task's assets for this version (vectoriser, image spec, scaler)
     requested_providers: list[str]
+    model_file: ModelFile
     loaded_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -115,6 +151,7 @@ class LoadedModel:
             "loaded_at": self.loaded_at,
             "providers": self.providers,
             "requested_providers": self.requested_providers,
+            "model_file": self.model_file.describe(),
             "sessions": self.sessions.describe(),
             "plots": list(meta.get("plots", [])),  # GET /models/{name}/versions/{version}/plots/{file}
             "request": self.task.describe(self.assets, meta),
@@ -129,8 +166,12 @@ def load_model(
     task: Task | None = None,
     tensorrt_fp16: bool = False,
     engine_cache: Path | None = None,
+    int8: bool = True,
 ) -> LoadedModel:
-    """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError."""
+    """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError.
+
+    `int8`: run the version's checked INT8 variant where the CPU provider runs it (choose_model_file).
+    """
     where = f"{version.name} v{version.version}"
     task = task or entry(version.name).task
     metadata = version.verify()  # metadata schema + sha256 of model.onnx
@@ -140,10 +181,11 @@ def load_model(
             f"{where} is a {kind!r} model; {version.name} is served as {task.name}, which takes {task.assets_kind!r} models"
         )
     config = SessionConfig(tuple(providers), intra_op_threads, tensorrt_fp16, engine_cache)
+    chosen = choose_model_file(version, metadata, config, int8)
     try:
-        sessions = Sessions(version.model_path, metadata["sha256"], config)
+        sessions = Sessions(chosen.path, chosen.sha256, config)
     except Exception as exc:
-        raise ModelLoadError(f"{where}: onnxruntime cannot load {version.model_path.name}: {exc}") from exc
+        raise ModelLoadError(f"{where}: onnxruntime cannot load {chosen.path.name}: {exc}") from exc
     expected = [i["name"] for i in metadata["inputs"]]
     if expected != sessions.input_names:
         raise ModelLoadError(f"{where}: graph inputs {sessions.input_names} differ from metadata {expected}")
@@ -151,14 +193,14 @@ def load_model(
         assets = task.load_assets(version.path, metadata)
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{where}: preprocessing assets unusable: {exc}") from exc
-    model = LoadedModel(version, metadata, sessions, task, assets, list(providers))
+    model = LoadedModel(version, metadata, sessions, task, assets, list(providers), chosen)
     model.smoke_check()
     if tensorrt_fp16 and "TensorrtExecutionProvider" in model.providers:
         model = _fp16_or_fp32(model, config)
     dropped = [p for p in providers if p not in model.providers]
     if dropped:
         log.info("%s: requested %s did not load; running on %s", where, dropped, model.providers)
-    log.info("loaded %s on %s", where, ", ".join(model.providers))
+    log.info("loaded %s (%s) on %s", where, chosen.path.name, ", ".join(model.providers))
     return model
 
 
@@ -234,7 +276,12 @@ class ModelRuntime:
     def _load(self, ref: ModelVersion) -> LoadedModel:
         settings = self.settings
         return load_model(
-            ref, self.providers, settings.intra_op_threads, tensorrt_fp16=settings.tensorrt_fp16, engine_cache=settings.engine_cache
+            ref,
+            self.providers,
+            settings.intra_op_threads,
+            tensorrt_fp16=settings.tensorrt_fp16,
+            engine_cache=settings.engine_cache,
+            int8=settings.int8,
         )
 
     def load_all(self, fallback: Mapping[str, int] | None = None) -> None:
