@@ -72,6 +72,10 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     registry, metadata = trained_version(tmp_path / "models", "imdb_sentiment")
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
     assert metadata["labels"] == ["negative", "positive"]
+    assert metadata["architecture"]["variant"] == "nb" and metadata["architecture"]["nb_weighting"]
+    assert metadata["preprocessing"]["ngram_max"] == 3 and metadata["training"]["optimizer"] == "adam"
+    short = metadata["metrics"]["short_reviews"]
+    assert short["test"] == metadata["metrics"]["test"]["first_sentence_accuracy"] and 0.5 < short["validation"] <= 1.0
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
     session = onnx_session(registry, "imdb_sentiment")
     assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
@@ -89,14 +93,46 @@ def test_seed_variant_is_selectable(tmp_path: Path) -> None:
     data = write_reviews_csv(tmp_path / "reviews.csv", n=400)
     assert (
         main(
-            ["imdb_sentiment", "--variant", "seed", "--data", str(data), "--registry", str(tmp_path), "--epochs", "3", "--batch-size", "32"]
+            ["imdb_sentiment", "--variant", "seed", "--data", str(data), "--registry", str(tmp_path), "--epochs", "8", "--batch-size", "32"]
         )
         == 0
     )
     _, metadata = trained_version(tmp_path, "imdb_sentiment")
     assert metadata["preprocessing"]["mode"] == "multi_hot" and metadata["preprocessing"]["ngram_max"] == 1
     assert metadata["training"]["optimizer"] == "rmsprop" and metadata["architecture"]["variant"] == "seed"
+    assert metadata["architecture"]["layers"] == ["Dense(16, relu)", "Dense(16, relu)", "Dense(1, sigmoid)"]
+    assert metadata["architecture"]["nb_weighting"] is None
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
+
+
+def test_nb_ratio_is_folded_into_the_exported_model() -> None:
+    """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
+    import scipy.sparse as sp
+
+    from training.imdb_sentiment import VARIANTS, build_model, fit, nb_ratio
+
+    x = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32))
+    y = np.array([1, 1, 0, 0], np.float32)
+    # present in positives p = 1 + [2, 1, 0], in negatives q = 1 + [0, 1, 2]; r = log((p / 6) / (q / 6))
+    assert np.allclose(nb_ratio(x, y), np.log([3 / 1, 2 / 2, 1 / 3]), atol=1e-6)
+    config = VARIANTS["nb"] | {"epochs": 2, "batch_size": 2}
+    keras.utils.set_random_seed(0)
+    exported, history = fit(x, y, config)
+    assert len(history["loss"]) == 2
+    keras.utils.set_random_seed(0)
+    reference = build_model(3, config, sparse=True)  # the same initial weights, trained by hand on x * r
+    reference.fit(sp.csr_matrix(x @ sp.diags(nb_ratio(x, y))), y, batch_size=2, epochs=2, shuffle=True, verbose=0)
+    expected = reference.predict(sp.csr_matrix(x @ sp.diags(nb_ratio(x, y))), verbose=0)
+    assert np.allclose(exported.predict(x.toarray(), verbose=0), expected, atol=1e-5)
+
+
+def test_first_sentence_is_the_short_review_check() -> None:
+    from training.imdb_sentiment import first_sentence, sentences
+
+    text = "Wow.<br /><br />What a film! I loved it, truly. Go & see it"
+    assert sentences(text) == ["Wow. What a film!", "I loved it, truly.", "Go & see it"]
+    assert first_sentence(text) == "Wow. What a film!"
+    assert len(first_sentence("word " * 100).split()) == 40
 
 
 def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
