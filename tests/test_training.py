@@ -158,6 +158,18 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     assert np.abs(predicted - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
 
 
+def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
+    data = write_housing_csv(tmp_path / "housing.csv", n=300)
+    args = ["boston_housing", "--data", str(data), "--registry", str(tmp_path), "--epochs", "15", "--folds", "2", "--ensemble", "3"]
+    assert main(args) == 0
+    registry, metadata = trained_version(tmp_path, "boston_housing")
+    assert metadata["architecture"]["ensemble"] == 3 and metadata["architecture"]["width"] == 64
+    assert metadata["metrics"]["test"]["mae"] < 0.5 * metadata["metrics"]["test"]["baseline_mae_train_mean"]
+    assert len(metadata["training"]["history"]["val_mae"]) == 15
+    session = onnx_session(registry, "boston_housing")
+    assert [o.shape[1] for o in session.get_outputs()] == [1], "the members are averaged into one price"
+
+
 def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
     """Random VGG16 weights saved to a file stand in for ImageNet weights (none can be downloaded).
 

@@ -33,9 +33,10 @@ from training.publish import TrainingResult
 
 NAME = "boston_housing"
 SKEWED_FEATURES = ("CRIM", "ZN", "INDUS", "DIS", "RAD", "TAX", "LSTAT")
+_NOTES_NETWORK = {"width": 64, "depth": 2, "l2": 0.0, "dropout": 0.0}  # the seed's Dense(64) x 2, no regularisation
 VARIANTS: dict[str, dict[str, Any]] = {
-    "seed": {"loss": "mse", "epochs": 80, "ensemble": 1, "log1p": ()},
-    "robust": {"loss": "huber", "epochs": 120, "ensemble": 5, "log1p": SKEWED_FEATURES},
+    "seed": _NOTES_NETWORK | {"loss": "mse", "epochs": 80, "ensemble": 1, "log1p": ()},
+    "robust": _NOTES_NETWORK | {"loss": "huber", "huber_delta": 1.0, "epochs": 120, "ensemble": 5, "log1p": SKEWED_FEATURES},
 }
 DEFAULT_BATCH = 16
 DEFAULT_FOLDS = 4
@@ -50,18 +51,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="K for K-fold validation (default: %(default)s)")
 
 
-def build_network(n_features: int, loss: str, name: str = NAME) -> keras.Model:
-    model = keras.Sequential(
-        [
-            keras.Input((n_features,), name="features"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1),
-        ],
-        name=name,
-    )
-    model.compile(optimizer="rmsprop", loss=loss, metrics=["mae"])
+def build_network(n_features: int, config: dict[str, Any], name: str = NAME) -> keras.Model:
+    """Dense(width, relu) x depth -> Dense(1); the seed's network is width 64, depth 2, no regularisation."""
+    regularizer = keras.regularizers.L2(config["l2"]) if config["l2"] else None
+    layers: list[keras.layers.Layer] = [keras.Input((n_features,), name="features")]
+    for _ in range(config["depth"]):
+        layers.append(keras.layers.Dense(config["width"], activation="relu", kernel_regularizer=regularizer))
+        if config["dropout"]:
+            layers.append(keras.layers.Dropout(config["dropout"]))
+    layers.append(keras.layers.Dense(1))
+    model = keras.Sequential(layers, name=name)
+    model.compile(optimizer="rmsprop", loss=_loss(config), metrics=["mae"])
     return model
+
+
+def _loss(config: dict[str, Any]) -> Any:
+    return keras.losses.Huber(config["huber_delta"]) if config["loss"] == "huber" else config["loss"]
 
 
 def fit_ensemble(
@@ -72,19 +77,29 @@ def fit_ensemble(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     verbose: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train `ensemble` networks; return one model averaging them, and their mean history."""
-    members, histories = [], []
-    for i in range(config["ensemble"]):
-        network = build_network(x.shape[1], config["loss"], NAME if config["ensemble"] == 1 else f"member_{i}")
+    """Train `ensemble` networks; return one model averaging them, and their mean history.
+
+    The members train side by side in one Keras model, each on its own loss (the loss is
+    averaged over the members' outputs, and RMSprop's step does not depend on that
+    scale): one fit instead of one per member, 4-5x faster here on 2 cores.
+    """
+    if config["ensemble"] == 1:
+        network = build_network(x.shape[1], config)
         history = network.fit(x, y, validation_data=validation, epochs=config["epochs"], batch_size=batch_size, verbose=verbose).history
-        members.append(network)
-        histories.append(history)
-    mean_history = {k: [float(v) for v in np.mean([h[k] for h in histories], axis=0)] for k in histories[0]}
-    if len(members) == 1:
-        return members[0], mean_history
+        return network, {k: [float(v) for v in values] for k, values in history.items()}
     inputs = keras.Input((x.shape[1],), name="features")
+    members = [build_network(x.shape[1], config, f"member_{i}") for i in range(config["ensemble"])]
+    side_by_side = keras.Model(inputs, keras.layers.Concatenate(name="members")([m(inputs) for m in members]), name=f"{NAME}_train")
+    side_by_side.compile(
+        optimizer="rmsprop", loss=_loss(config), metrics=["mae"]
+    )  # MAE averaged over members, as each member's history was
+    targets = np.repeat(y[:, None], config["ensemble"], axis=1)
+    validation_data = None if validation is None else (validation[0], np.repeat(validation[1][:, None], config["ensemble"], axis=1))
+    history = side_by_side.fit(
+        x, targets, validation_data=validation_data, epochs=config["epochs"], batch_size=batch_size, verbose=verbose
+    ).history
     averaged = keras.layers.Average(name="price")([m(inputs) for m in members])
-    return keras.Model(inputs, averaged, name=NAME), mean_history
+    return keras.Model(inputs, averaged, name=NAME), {k: [float(v) for v in values] for k, values in history.items()}
 
 
 def k_fold(
@@ -135,14 +150,20 @@ def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[s
     return {
         "architecture": {
             "variant": args.variant,
-            "layers": ["Dense(64, relu)", "Dense(64, relu)", "Dense(1)"],
+            "layers": [_layer(config)] * config["depth"] + ["Dense(1)"],
+            "width": config["width"],
+            "depth": config["depth"],
+            "l2": config["l2"],
+            "dropout": config["dropout"],
             "ensemble": config["ensemble"],
+            "ensemble_training": "members side by side in one Keras model, each on its own loss" if config["ensemble"] > 1 else None,
             "features": list(features),
             "log1p_features": list(config["log1p"]),
         },
         "training": {
             "optimizer": "rmsprop",
             "loss": config["loss"],
+            "huber_delta": config.get("huber_delta"),
             "metric": "mae",
             "epochs": config["epochs"],
             "batch_size": args.batch_size,
@@ -151,6 +172,11 @@ def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[s
             "history": "mean over K folds",
         },
     }
+
+
+def _layer(config: dict[str, Any]) -> str:
+    extras = (f", L2({config['l2']})" if config["l2"] else "") + (f", Dropout({config['dropout']})" if config["dropout"] else "")
+    return f"Dense({config['width']}, relu){extras}"
 
 
 def _example(data: TabularData) -> dict[str, Any]:
