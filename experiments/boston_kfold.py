@@ -81,6 +81,8 @@ GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("robust, 200 epochs, 10 nets", BASE | {"epochs": 200, "ensemble": 10}),
         ("robust, 200 epochs, batch 32", BASE | {"epochs": 200, "batch_size": 32}),
     ],
+    "longest": [("robust, 400 epochs", BASE | {"epochs": 400})],
+    "longest_wide": [("robust, 300 epochs, 10 nets", BASE | {"epochs": 300, "ensemble": 10})],
 }
 
 

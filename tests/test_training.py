@@ -164,6 +164,8 @@ def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
     assert main(args) == 0
     registry, metadata = trained_version(tmp_path, "boston_housing")
     assert metadata["architecture"]["ensemble"] == 3 and metadata["architecture"]["width"] == 64
+    assert metadata["architecture"]["variant"] == "robust_long" and metadata["training"]["chosen_by"].startswith("v2:")
+    assert metadata["training"]["loss"] == "huber" and metadata["training"]["huber_delta"] == 1.0
     assert metadata["metrics"]["test"]["mae"] < 0.5 * metadata["metrics"]["test"]["baseline_mae_train_mean"]
     assert len(metadata["training"]["history"]["val_mae"]) == 15
     session = onnx_session(registry, "boston_housing")
