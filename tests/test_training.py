@@ -74,6 +74,7 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     assert metadata["labels"] == ["negative", "positive"]
     assert metadata["architecture"]["variant"] == "nb" and metadata["architecture"]["nb_weighting"]
     assert metadata["preprocessing"]["ngram_max"] == 3 and metadata["training"]["optimizer"] == "adam"
+    assert metadata["training"]["chosen_by"].startswith("v2:")
     short = metadata["metrics"]["short_reviews"]
     assert short["test"] == metadata["metrics"]["test"]["first_sentence_accuracy"] and 0.5 < short["validation"] <= 1.0
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()

@@ -63,6 +63,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_VARIANT = "nb"
+# Why each variant exists (metadata training.chosen_by): accuracy on the held-out 20% of the training reviews.
+CHOSEN_BY = {
+    "seed": "the notes' recipe",
+    "tfidf": "v1: validation accuracy 0.9090 (seed 0.8856)",
+    "nb": "v2: validation accuracy 0.9252, first sentences 0.7360 (tfidf 0.9090); as accurate as Dense(16, 16) + dropout on the same "
+    "features (0.9250) with a 16x smaller graph, and as Adam 0.01 for 12 epochs (0.9260 at best) in half the time",
+}
 VALIDATION_FRACTION = 0.2
 PARITY_TEST_ROWS = 200
 NB_ALPHA = 1.0  # Laplace smoothing of the log-count ratio
@@ -208,6 +215,7 @@ def _records(variant: str, config: dict[str, Any], vectorizer: TextVectorizer, s
             "seed": seed,
             "validation_fraction": VALIDATION_FRACTION,
             "final_fit": "all training reviews, same epochs (the seed's procedure)",
+            "chosen_by": CHOSEN_BY.get(variant),
         },
     }
 
