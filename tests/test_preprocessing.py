@@ -99,6 +99,21 @@ def test_tfidf_vectorizer_roundtrip() -> None:
     assert math.isclose(float(np.linalg.norm(x[0])), 1.0, rel_tol=1e-5) and not x[1].any()
 
 
+@pytest.mark.parametrize("mode", ["multi_hot", "tfidf"])
+def test_sparse_rows_equal_the_dense_transform(mode: str) -> None:
+    vectorizer = TextVectorizer.fit(
+        ["good film", "bad bad film", "good good plot", "the film was good, not bad"] * 2, 50, ngram_max=3, mode=mode
+    )  # type: ignore[arg-type]
+    texts = ["good film", "bad bad film", "nothing known here", "the film was good, not bad", "good good good plot"]
+    values, columns, starts = vectorizer.transform_rows(texts)
+    dense = np.zeros((len(texts), vectorizer.size), np.float32)
+    for row in range(len(texts)):
+        dense[row, columns[starts[row] : starts[row + 1]]] = values[starts[row] : starts[row + 1]]
+    assert np.array_equal(dense, vectorizer.transform(texts))
+    assert starts[3] == starts[2], "a text with no known token has an empty row"
+    assert [len(part) for part in vectorizer.transform_rows([])] == [0, 0, 1]
+
+
 def test_feature_rows_by_name_or_position() -> None:
     values = list(range(1, 14))
     by_name = {name.lower(): v for name, v in zip(BOSTON_FEATURES, values)}

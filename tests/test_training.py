@@ -72,6 +72,11 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     registry, metadata = trained_version(tmp_path / "models", "imdb_sentiment")
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
     assert metadata["labels"] == ["negative", "positive"]
+    assert metadata["architecture"]["variant"] == "nb" and metadata["architecture"]["nb_weighting"]
+    assert metadata["preprocessing"]["ngram_max"] == 3 and metadata["training"]["optimizer"] == "adam"
+    assert metadata["training"]["chosen_by"].startswith("v2:")
+    short = metadata["metrics"]["short_reviews"]
+    assert short["test"] == metadata["metrics"]["test"]["first_sentence_accuracy"] and 0.5 < short["validation"] <= 1.0
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
     session = onnx_session(registry, "imdb_sentiment")
     assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
@@ -89,14 +94,46 @@ def test_seed_variant_is_selectable(tmp_path: Path) -> None:
     data = write_reviews_csv(tmp_path / "reviews.csv", n=400)
     assert (
         main(
-            ["imdb_sentiment", "--variant", "seed", "--data", str(data), "--registry", str(tmp_path), "--epochs", "3", "--batch-size", "32"]
+            ["imdb_sentiment", "--variant", "seed", "--data", str(data), "--registry", str(tmp_path), "--epochs", "8", "--batch-size", "32"]
         )
         == 0
     )
     _, metadata = trained_version(tmp_path, "imdb_sentiment")
     assert metadata["preprocessing"]["mode"] == "multi_hot" and metadata["preprocessing"]["ngram_max"] == 1
     assert metadata["training"]["optimizer"] == "rmsprop" and metadata["architecture"]["variant"] == "seed"
+    assert metadata["architecture"]["layers"] == ["Dense(16, relu)", "Dense(16, relu)", "Dense(1, sigmoid)"]
+    assert metadata["architecture"]["nb_weighting"] is None
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
+
+
+def test_nb_ratio_is_folded_into_the_exported_model() -> None:
+    """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
+    import scipy.sparse as sp
+
+    from training.imdb_sentiment import VARIANTS, build_model, fit, nb_ratio
+
+    x = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32))
+    y = np.array([1, 1, 0, 0], np.float32)
+    # present in positives p = 1 + [2, 1, 0], in negatives q = 1 + [0, 1, 2]; r = log((p / 6) / (q / 6))
+    assert np.allclose(nb_ratio(x, y), np.log([3 / 1, 2 / 2, 1 / 3]), atol=1e-6)
+    config = VARIANTS["nb"] | {"epochs": 2, "batch_size": 2}
+    keras.utils.set_random_seed(0)
+    exported, history = fit(x, y, config)
+    assert len(history["loss"]) == 2
+    keras.utils.set_random_seed(0)
+    reference = build_model(3, config, sparse=True)  # the same initial weights, trained by hand on x * r
+    reference.fit(sp.csr_matrix(x @ sp.diags(nb_ratio(x, y))), y, batch_size=2, epochs=2, shuffle=True, verbose=0)
+    expected = reference.predict(sp.csr_matrix(x @ sp.diags(nb_ratio(x, y))), verbose=0)
+    assert np.allclose(exported.predict(x.toarray(), verbose=0), expected, atol=1e-5)
+
+
+def test_first_sentence_is_the_short_review_check() -> None:
+    from training.imdb_sentiment import first_sentence, sentences
+
+    text = "Wow.<br /><br />What a film! I loved it, truly. Go & see it"
+    assert sentences(text) == ["Wow. What a film!", "I loved it, truly.", "Go & see it"]
+    assert first_sentence(text) == "Wow. What a film!"
+    assert len(first_sentence("word " * 100).split()) == 40
 
 
 def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
@@ -120,6 +157,20 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     x, y = housing_rows(50, seed=7)
     predicted = np.array([a["price"] for a in model.predict(list(x))])
     assert np.abs(predicted - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+
+def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
+    data = write_housing_csv(tmp_path / "housing.csv", n=300)
+    args = ["boston_housing", "--data", str(data), "--registry", str(tmp_path), "--epochs", "15", "--folds", "2", "--ensemble", "3"]
+    assert main(args) == 0
+    registry, metadata = trained_version(tmp_path, "boston_housing")
+    assert metadata["architecture"]["ensemble"] == 3 and metadata["architecture"]["width"] == 64
+    assert metadata["architecture"]["variant"] == "robust_long" and metadata["training"]["chosen_by"].startswith("v2:")
+    assert metadata["training"]["loss"] == "huber" and metadata["training"]["huber_delta"] == 1.0
+    assert metadata["metrics"]["test"]["mae"] < 0.5 * metadata["metrics"]["test"]["baseline_mae_train_mean"]
+    assert len(metadata["training"]["history"]["val_mae"]) == 15
+    session = onnx_session(registry, "boston_housing")
+    assert [o.shape[1] for o in session.get_outputs()] == [1], "the members are averaged into one price"
 
 
 def test_image_classifier_pretrained_path(tmp_path: Path) -> None:

@@ -4,19 +4,31 @@ Seed (the IMDB binary classifier of the notes): multi-hot vectors of the 10,000 
 frequent words -> Dense(16, relu) -> Dense(16, relu) -> Dense(1, sigmoid), rmsprop,
 binary cross-entropy, 4 epochs, batch 512. `--variant seed` trains exactly that.
 
-Default variant `tfidf`: unigrams + bigrams ("not good" carries what "good" alone
-does not), TF-IDF weighted, into the same Dense stack with dropout. Tokenising and
-the vocabulary live in service/core/preprocessing.py, outside the ONNX graph, because
-tf2onnx cannot convert string ops; the service imports the same code.
+Variant `tfidf` (v1): unigrams + bigrams ("not good" carries what "good" alone does
+not), TF-IDF weighted, into the same Dense stack with dropout.
+
+Default variant `nb` (v2, chosen on the held-out 20% of the training reviews, see the
+README): uni-, bi- and trigrams, 200,000 of them, TF-IDF weighted and then scaled by
+their naive-Bayes log-count ratio (Wang & Manning's NBSVM features: how much more often
+an n-gram appears in positive than in negative training reviews), into a logistic
+regression (Dense(1, sigmoid)) trained with Adam. The ratios are multiplied into the
+features while training and folded into the Dense kernel for export, so the exported
+graph and the service's preprocessing are the plain TF-IDF ones.
+
+Tokenising and the vocabulary live in service/core/preprocessing.py, outside the ONNX
+graph, because tf2onnx cannot convert string ops; the service imports the same code.
 
 As in the seed, a first run holds out 20% of the training reviews to draw the
 validation curves, then the final model is fitted on all training reviews for the
-same number of epochs and evaluated once on the test split.
+same number of epochs and evaluated once on the test split. Both are also scored on
+short reviews: the first sentence of every held-out (and test) review.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
+import re
 from typing import Any
 
 import keras
@@ -24,28 +36,51 @@ import numpy as np
 import scipy.sparse as sp
 
 from service.core.preprocessing import VOCABULARY_FILE, TextVectorizer
-from training.datasets import SENTIMENT_LABELS, load_reviews
+from training.datasets import SENTIMENT_LABELS, TextData, load_reviews
 from training.evaluate import classification_test
 from training.export import PARITY_MIN_SAMPLES, TensorSpec, parity_inputs
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
 
 NAME = "imdb_sentiment"
+_NOTES = {"hidden": (16, 16), "optimizer": "rmsprop", "nb": False}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "seed": {
-        "mode": "multi_hot",
-        "ngram_max": 1,
-        "max_tokens": 10_000,
+    "seed": _NOTES
+    | {"mode": "multi_hot", "ngram_max": 1, "max_tokens": 10_000, "dropout": 0.0, "epochs": 4, "batch_size": 512, "learning_rate": 1e-3},
+    "tfidf": _NOTES
+    | {"mode": "tfidf", "ngram_max": 2, "max_tokens": 40_000, "dropout": 0.5, "epochs": 6, "batch_size": 128, "learning_rate": 1e-3},
+    "nb": {
+        "mode": "tfidf",
+        "ngram_max": 3,
+        "max_tokens": 200_000,
+        "nb": True,
+        "hidden": (),
         "dropout": 0.0,
-        "epochs": 4,
-        "batch_size": 512,
-        "learning_rate": 1e-3,
+        "optimizer": "adam",
+        "epochs": 6,
+        "batch_size": 128,
+        "learning_rate": 0.02,
     },
-    "tfidf": {"mode": "tfidf", "ngram_max": 2, "max_tokens": 40_000, "dropout": 0.5, "epochs": 6, "batch_size": 128, "learning_rate": 1e-3},
+}
+DEFAULT_VARIANT = "nb"
+# Why each variant exists (metadata training.chosen_by): accuracy on the held-out 20% of the training reviews.
+CHOSEN_BY = {
+    "seed": "the notes' recipe",
+    "tfidf": "v1: validation accuracy 0.9090 (seed 0.8856)",
+    "nb": "v2: validation accuracy 0.9252, first sentences 0.7360 (tfidf 0.9090); as accurate as Dense(16, 16) + dropout on the same "
+    "features (0.9250) with a 16x smaller graph, and as Adam 0.01 for 12 epochs (0.9260 at best) in half the time",
 }
 VALIDATION_FRACTION = 0.2
-VECTORIZE_CHUNK = 2_000
 PARITY_TEST_ROWS = 200
+NB_ALPHA = 1.0  # Laplace smoothing of the log-count ratio
+PREDICT_CHUNK = 256
+# The short-review check: the first sentence of each held-out review (>= 4 words, at most 40).
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+_MARKUP_RE = re.compile(r"<[^>]{0,200}>")
+SENTENCE_MIN_WORDS = 4
+SENTENCE_MAX_WORDS = 40
+SHORT_CHECK = f"first sentence of each review ({SENTENCE_MIN_WORDS}-{SENTENCE_MAX_WORDS} words, training.imdb_sentiment.first_sentence)"
+NB_RECORD = "naive-Bayes log-count ratio (alpha 1, binarised training features) times TF-IDF while training; folded into the first Dense kernel for export"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,92 +88,153 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", help="aclImdb folder or .tar.gz, or a .csv/.jsonl with text and label columns (default: download aclImdb)"
     )
     parser.add_argument("--test-data", help="separate .csv/.jsonl test set (for table data)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="tfidf")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT)
     parser.add_argument("--max-tokens", type=int, help="vocabulary size (default: the variant's)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the variant's)")
     parser.add_argument("--batch-size", type=int, help="default: the variant's")
+    parser.add_argument("--learning-rate", type=float, help="default: the variant's")
 
 
-class SparseBatches(keras.utils.PyDataset):
-    """Densify a sparse matrix one batch at a time: 25k x 40k dense floats would be 4 GB."""
+def sentences(text: str) -> list[str]:
+    """A review cut into sentences; a piece under SENTENCE_MIN_WORDS words joins the next, long ones are cut."""
+    words_so_far: list[str] = []
+    out = []
+    for piece in _SENTENCE_END_RE.split(_MARKUP_RE.sub(" ", html.unescape(text)).strip()):
+        words_so_far += piece.split()
+        if len(words_so_far) >= SENTENCE_MIN_WORDS:
+            out.append(" ".join(words_so_far[:SENTENCE_MAX_WORDS]))
+            words_so_far = []
+    if words_so_far:
+        out.append(" ".join(words_so_far[:SENTENCE_MAX_WORDS]))
+    return out or [text]
 
-    def __init__(self, x: sp.csr_matrix, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        super().__init__()
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(x.shape[0])
 
-    def __len__(self) -> int:
-        return int(np.ceil(self.x.shape[0] / self.batch_size))
-
-    def __getitem__(self, index: int) -> Any:
-        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = self.x[rows].toarray()
-        return batch if self.y is None else (batch, self.y[rows])
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.rng.shuffle(self.order)
+def first_sentence(text: str) -> str:
+    return sentences(text)[0]
 
 
 def vectorize(vectorizer: TextVectorizer, texts: list[str]) -> sp.csr_matrix:
-    chunks = [sp.csr_matrix(vectorizer.transform(texts[i : i + VECTORIZE_CHUNK])) for i in range(0, len(texts), VECTORIZE_CHUNK)]
-    return sp.vstack(chunks, format="csr")
+    values, columns, starts = vectorizer.transform_rows(texts)
+    return sp.csr_matrix((values, columns, starts), shape=(len(texts), vectorizer.size))
 
 
-def build_model(input_size: int, dropout: float, learning_rate: float) -> keras.Model:
-    layers: list[keras.layers.Layer] = [keras.Input((input_size,), name="features"), keras.layers.Dense(16, activation="relu")]
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(16, activation="relu"))
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout))
+def nb_ratio(x: sp.csr_matrix, y: np.ndarray) -> np.ndarray:
+    """Naive-Bayes log-count ratio per feature over binarised rows: log((p/|p|1) / (q/|q|1)), p and q smoothed by NB_ALPHA."""
+    present = (x > 0).astype(np.float64)
+    p = NB_ALPHA + np.asarray(present[y == 1].sum(axis=0)).ravel()
+    q = NB_ALPHA + np.asarray(present[y == 0].sum(axis=0)).ravel()
+    return np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
+
+
+def build_model(input_size: int, config: dict[str, Any], sparse: bool = False) -> keras.Model:
+    """The Dense stack; `sparse` takes SciPy/TF sparse rows (training), otherwise dense `features` (export)."""
+    layers: list[keras.layers.Layer] = [keras.Input((input_size,), name="features", sparse=sparse)]
+    for units in config["hidden"]:
+        layers.append(keras.layers.Dense(units, activation="relu"))
+        if config["dropout"]:
+            layers.append(keras.layers.Dropout(config["dropout"]))
     layers.append(keras.layers.Dense(1, activation="sigmoid"))
     model = keras.Sequential(layers, name=NAME)
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
+    rate = config["learning_rate"]
+    optimizer = keras.optimizers.RMSprop(rate) if config["optimizer"] == "rmsprop" else keras.optimizers.Adam(rate)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     return model
 
 
-def validation_run(x_train: sp.csr_matrix, y_train: np.ndarray, config: dict[str, Any], seed: int) -> dict[str, list[float]]:
-    """The seed's first run: hold out VALIDATION_FRACTION of the training reviews to draw the curves."""
+def fit(
+    x: sp.csr_matrix, y: np.ndarray, config: dict[str, Any], validation: tuple[sp.csr_matrix, np.ndarray] | None = None
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train on sparse rows (NB-scaled when the variant says so); return the dense export model, ratios folded in, and the history.
+
+    Sparse rows, not densified batches: 200,000 features x 25,000 reviews do not fit densely.
+    """
+    ratio = nb_ratio(x, y) if config["nb"] else np.ones(x.shape[1], np.float32)
+    scale = sp.diags(ratio)
+    trained = build_model(x.shape[1], config, sparse=True)
+    validation_data = None if validation is None else (sp.csr_matrix(validation[0] @ scale), validation[1])
+    history = trained.fit(
+        sp.csr_matrix(x @ scale),
+        y,
+        batch_size=config["batch_size"],
+        epochs=config["epochs"],
+        shuffle=True,
+        validation_data=validation_data,
+        verbose=fit_verbosity(),
+    ).history
+    exported = build_model(x.shape[1], config)
+    weights = trained.get_weights()
+    weights[0] = weights[0] * ratio[:, None]  # (x * r) @ W == x @ (r[:, None] * W)
+    exported.set_weights(weights)
+    return exported, {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def predict(model: keras.Model, x: sp.csr_matrix, chunk: int = PREDICT_CHUNK) -> np.ndarray:
+    """Probabilities for sparse rows, densified a chunk at a time (25,000 x 200,000 floats would be 20 GB)."""
+    parts = [model.predict(x[i : i + chunk].toarray(), batch_size=chunk, verbose=0).ravel() for i in range(0, x.shape[0], chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def short_accuracy(model: keras.Model, vectorizer: TextVectorizer, texts: list[str], labels: np.ndarray) -> float:
+    """Accuracy on the first sentence of each review (the short-review check)."""
+    x = vectorize(vectorizer, [first_sentence(t) for t in texts])
+    return float(((predict(model, x) >= 0.5) == labels.astype(bool)).mean())
+
+
+def validation_run(
+    data: TextData, vectorizer: TextVectorizer, x_train: sp.csr_matrix, config: dict[str, Any], seed: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """The seed's first run: hold out VALIDATION_FRACTION of the training reviews to draw the curves; also score their first sentences."""
+    y_train = data.train_labels
     order = np.random.RandomState(seed).permutation(len(y_train))
     n_val = int(len(order) * VALIDATION_FRACTION)
     val_idx, fit_idx = order[:n_val], order[n_val:]
     log("train", f"validation run: {len(fit_idx):,} reviews, {n_val:,} held out, {config['epochs']} epochs")
-    probe = build_model(x_train.shape[1], config["dropout"], config["learning_rate"])
-    return probe.fit(
-        SparseBatches(x_train[fit_idx], y_train[fit_idx], config["batch_size"], shuffle=True, seed=seed),
-        validation_data=SparseBatches(x_train[val_idx], y_train[val_idx], 1024, shuffle=False),
-        epochs=config["epochs"],
-        verbose=fit_verbosity(),
-    ).history
+    probe, history = fit(x_train[fit_idx], y_train[fit_idx], config, validation=(x_train[val_idx], y_train[val_idx]))
+    short = short_accuracy(probe, vectorizer, [data.train_texts[i] for i in val_idx], y_train[val_idx])
+    log("train", f"validation accuracy {history['val_accuracy'][-1]:.4f}; on the held-out reviews' first sentences {short:.4f}")
+    return history, {k: float(v[-1]) for k, v in history.items()} | {"first_sentence_accuracy": short, "samples": int(n_val)}
 
 
-def _records(args: argparse.Namespace, config: dict[str, Any], vectorizer: TextVectorizer) -> dict[str, Any]:
+def _records(variant: str, config: dict[str, Any], vectorizer: TextVectorizer, seed: int) -> dict[str, Any]:
     """The architecture and training blocks of metadata.json."""
+    dropout = f", Dropout({config['dropout']})" if config["dropout"] else ""
     return {
         "architecture": {
-            "variant": args.variant,
-            "layers": ["Dense(16, relu)", "Dense(16, relu)", "Dense(1, sigmoid)"],
+            "variant": variant,
+            "layers": [f"Dense({u}, relu){dropout}" for u in config["hidden"]] + ["Dense(1, sigmoid)"],
             "dropout": config["dropout"],
+            "nb_weighting": NB_RECORD if config["nb"] else None,
             "input": f"{config['mode']} n-grams 1..{config['ngram_max']}, {vectorizer.size} features",
         },
         "training": {
-            "optimizer": "rmsprop",
+            "optimizer": config["optimizer"],
             "learning_rate": config["learning_rate"],
             "loss": "binary_crossentropy",
             "epochs": config["epochs"],
             "batch_size": config["batch_size"],
-            "seed": args.seed,
+            "seed": seed,
             "validation_fraction": VALIDATION_FRACTION,
             "final_fit": "all training reviews, same epochs (the seed's procedure)",
+            "chosen_by": CHOSEN_BY.get(variant),
         },
+    }
+
+
+def _preprocessing(vectorizer: TextVectorizer) -> dict[str, Any]:
+    return {
+        "kind": "text",
+        "vocabulary_file": VOCABULARY_FILE,
+        "mode": vectorizer.mode,
+        "ngram_max": vectorizer.ngram_max,
+        "vocabulary_size": vectorizer.size,
+        "tokenizer": "service.core.preprocessing.tokenize",
+        "threshold": 0.5,
     }
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
     config = dict(VARIANTS[args.variant])
-    for key in ("max_tokens", "epochs", "batch_size"):
+    for key in ("max_tokens", "epochs", "batch_size", "learning_rate"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     keras.utils.set_random_seed(args.seed)
@@ -153,18 +249,19 @@ def train(args: argparse.Namespace) -> TrainingResult:
     x_test = vectorize(vectorizer, data.test_texts)
     y_train, y_test = data.train_labels, data.test_labels
 
-    history = validation_run(x_train, y_train, config, args.seed)
+    history, validation = validation_run(data, vectorizer, x_train, config, args.seed)
     log("train", f"final model: all {len(y_train):,} training reviews, {config['epochs']} epochs")
-    model = build_model(vectorizer.size, config["dropout"], config["learning_rate"])
-    model.fit(
-        SparseBatches(x_train, y_train, config["batch_size"], shuffle=True, seed=args.seed),
-        epochs=config["epochs"],
-        verbose=fit_verbosity(),
-    )
+    keras.utils.set_random_seed(args.seed)
+    model, _ = fit(x_train, y_train, config)
 
-    probabilities = model.predict(SparseBatches(x_test, None, 1024, shuffle=False), verbose=0).ravel()
     truth = y_test.astype(int)
-    test_metrics, matrix = classification_test(truth, (probabilities >= 0.5).astype(int), SENTIMENT_LABELS)
+    test_metrics, matrix = classification_test(truth, (predict(model, x_test) >= 0.5).astype(int), SENTIMENT_LABELS)
+    test_metrics["first_sentence_accuracy"] = short_accuracy(model, vectorizer, list(data.test_texts), y_test)
+    log(
+        "test",
+        f"accuracy {test_metrics['accuracy']:.4f}; on the test reviews' first sentences {test_metrics['first_sentence_accuracy']:.4f}",
+    )
+    short = {"check": SHORT_CHECK, "validation": validation["first_sentence_accuracy"], "test": test_metrics["first_sentence_accuracy"]}
 
     parity_rows = np.random.RandomState(args.seed).choice(len(y_test), size=min(len(y_test), PARITY_TEST_ROWS), replace=False)
     return TrainingResult(
@@ -174,22 +271,14 @@ def train(args: argparse.Namespace) -> TrainingResult:
         input_spec=TensorSpec("features", "float32", (None, vectorizer.size)),
         output_name="probability",
         labels=list(SENTIMENT_LABELS),
-        preprocessing={
-            "kind": "text",
-            "vocabulary_file": VOCABULARY_FILE,
-            "mode": vectorizer.mode,
-            "ngram_max": vectorizer.ngram_max,
-            "vocabulary_size": vectorizer.size,
-            "tokenizer": "service.core.preprocessing.tokenize",
-            "threshold": 0.5,
-        },
+        preprocessing=_preprocessing(vectorizer),
         assets={VOCABULARY_FILE: vectorizer.to_json()},
-        metrics={"test": test_metrics, "validation_run": {k: float(v[-1]) for k, v in history.items()}},
-        history={k: [float(x) for x in v] for k, v in history.items()},
+        metrics={"test": test_metrics, "validation_run": validation, "short_reviews": short},
+        history=history,
         history_metric="accuracy",
         parity_inputs=parity_inputs(x_test[parity_rows].toarray(), x_train[:PARITY_MIN_SAMPLES].toarray(), most=PARITY_TEST_ROWS),
         data={"dataset": "IMDB movie reviews", **data.source, "synthetic": False},
-        **_records(args, config, vectorizer),
+        **_records(args.variant, config, vectorizer, args.seed),
         test_items=list(data.test_texts),
         test_targets=[SENTIMENT_LABELS[int(y)] for y in truth],
         confusion_matrix=matrix,

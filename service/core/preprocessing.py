@@ -100,20 +100,33 @@ class TextVectorizer:
             idf = (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
         return cls(vocabulary=vocabulary, ngram_max=ngram_max, mode=mode, idf=idf)
 
+    def _row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Column ids (ascending) and values of one text's features; empty when no token is known."""
+        ids = [i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None]
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        if self.mode == "multi_hot":
+            return unique, np.ones(len(unique), np.float32)
+        assert self.idf is not None
+        weights = (1.0 + np.log(counts)) * self.idf[unique]
+        return unique, (weights / np.linalg.norm(weights)).astype(np.float32)
+
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.size), dtype=np.float32)
         for row, text in enumerate(texts):
-            ids = [i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None]
-            if not ids:
-                continue
-            if self.mode == "multi_hot":
-                out[row, ids] = 1.0
-                continue
-            unique, counts = np.unique(np.asarray(ids), return_counts=True)
-            assert self.idf is not None
-            weights = (1.0 + np.log(counts)) * self.idf[unique]
-            out[row, unique] = weights / np.linalg.norm(weights)
+            ids, values = self._row(text)
+            out[row, ids] = values
         return out
+
+    def transform_rows(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`transform` as CSR parts (values, column ids, row starts): a corpus with a large vocabulary does not fit densely (training)."""
+        rows = [self._row(text) for text in texts]
+        starts = np.zeros(len(rows) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum([len(ids) for ids, _ in rows])
+        if not rows:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64), starts
+        return np.concatenate([v for _, v in rows]), np.concatenate([i for i, _ in rows]), starts
 
     def to_json(self) -> dict[str, Any]:
         return {
