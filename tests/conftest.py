@@ -7,6 +7,7 @@ registry); a module that needs more (a registry it builds itself) overrides `ser
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from benchmarks.launch import ROOT, Server, start_server
 FIXTURES = Path(__file__).parent / "fixtures"
 SHIPPED_MODELS = ROOT / "models"
 CLIENT_TIMEOUT_S = 120
+# The servers tests start run one worker unless a module asks for more (the multi-worker tests
+# set 2): per-worker bounds and logs are then exact. The default (one per CPU) is what the
+# container tests and the benchmarks run.
+os.environ.setdefault("MODELSERVE_WORKERS", "1")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from selenium.webdriver.common.keys import Keys
 from benchmarks.launch import ROOT, Server, start_server
 from service.core.catalog import CATALOG
 from service.core.registry import Registry
+from service.core.runtime import load_model
 from tests.browser import chromium, chromium_paths, open_playground, wait_for
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 
@@ -114,9 +115,11 @@ def test_models_says_how_to_call_each_model(models: dict[str, dict[str, Any]]) -
     table = models["tabular_regression"]["request"]
     assert [f["name"] for f in table["features"]] == models["tabular_regression"]["preprocessing"]["features"]
     assert all(f["min"] < f["max"] for f in table["features"]) and table["unit"] == "$1000s"
-    # The shipped version predates recorded ranges and example rows: the estimate says so.
-    assert table["range_seen"] is False and "mean ± 2 std" in table["range_source"]
-    assert table["example"]["real"] is False and "training mean" in table["example"]["source"]
+    # The served v2 records the training ranges and a real test row; v1 predates both, and its estimate says so.
+    assert table["range_seen"] is True and table["example"]["real"] is True
+    v1 = load_model(Registry(SHIPPED_MODELS).get("boston_housing", 1), ["CPUExecutionProvider"]).describe()["request"]
+    assert v1["range_seen"] is False and "mean ± 2 std" in v1["range_source"]
+    assert v1["example"]["real"] is False and "training mean" in v1["example"]["source"]
 
 
 def test_plots_are_served_only_when_the_version_lists_them(client: httpx.Client, models: dict[str, dict[str, Any]]) -> None:
@@ -306,6 +309,9 @@ def test_model_cards_show_version_metrics_providers_and_load_their_plots(page: A
         body = text_of(page, card)
         assert f"v{model['version']}" in body and model["data"]["dataset"] in body
         assert all(p in body for p in model["providers"])
+        assert f"runs {model['model_file']['file']} ({model['model_file']['precision']})" in body, (
+            "the file the session runs (INT8 or fp32)"
+        )
         for metric in model["metrics"]["test"]:
             assert metric in body
     assert severe_console_lines(page) == []

@@ -49,3 +49,13 @@ def test_bad_configuration_is_refused() -> None:
         Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "16"})
     with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
         Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
+
+
+def test_workers_default_to_one_per_cpu_the_process_may_use() -> None:
+    import os
+
+    assert Settings().workers == 0, "the default: one worker per CPU"
+    assert 1 <= Settings().worker_count() <= len(os.sched_getaffinity(0))
+    assert Settings(workers=3).worker_count() == 3
+    with pytest.raises(ConfigError, match="WORKERS"):
+        Settings.from_env({"MODELSERVE_WORKERS": "-1"})

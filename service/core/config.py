@@ -33,7 +33,7 @@ def setting(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
-NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads")
+NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads", "workers")
 BATCHING = ("auto", "on", "off")
 T = TypeVar("T")
 
@@ -50,7 +50,10 @@ class Settings:
         0,
         "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)",
     )
-    workers: int = setting(1, "BentoML worker processes (each loads every model)")
+    workers: int = setting(
+        0,
+        "BentoML worker processes, each loading every model; 0: one per CPU the process may use (cgroup quota respected, benchmarks/results/compare.md)",
+    )
     max_request_bytes: int = setting(32 * MiB, "largest request body; larger gets 413")
     max_image_bytes: int = setting(10 * MiB, "largest single image file")
     max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
@@ -97,6 +100,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return _from_env(cls, environ)
+
+    def worker_count(self) -> int:
+        """MODELSERVE_WORKERS, or for 0 the CPUs this process may use as BentoML counts them for its own `workers="cpu_count"`."""
+        if self.workers:
+            return self.workers
+        from bentoml._internal.resource import CpuResource  # BentoML's count honours a cgroup CPU quota (containers)
+
+        return max(1, int(CpuResource.from_system()))
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""

@@ -49,7 +49,7 @@ class ModelServe:
     def __init__(self) -> None:
         _configure_logging()
         self.runtime = ModelRuntime(SETTINGS)
-        self.workers = WorkerGroup(SETTINGS.workers)  # before loading: a request made before this load counts as carried out
+        self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
         self.executor = Executor(SETTINGS, self.runtime)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
@@ -117,7 +117,7 @@ for _entry in CATALOG.values():
 ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
-        workers=SETTINGS.workers,
+        workers=SETTINGS.worker_count(),
         traffic={"timeout": SETTINGS.request_timeout_s},
         resources={"cpu": "1"},
         logging={"access": {"enabled": SETTINGS.access_log}},

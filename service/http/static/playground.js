@@ -580,6 +580,9 @@ function modelCard(model) {
         el("p", { class: "hint" }, "What the onnxruntime session really uses:"),
         el("ul", { class: "providers" }, (model.providers || []).map((p) => el("li", {}, el("code", {}, p)))),
         el("p", { class: "hint" }, `requested: ${(model.requested_providers || []).join(", ")}`),
+        model.model_file
+          ? el("p", { class: "hint model-file" }, "runs ", el("code", {}, model.model_file.file), ` (${model.model_file.precision})`, model.model_file.note ? ` — ${model.model_file.note}` : "")
+          : null,
       ),
       plots.length ? el("section", { class: "plots" }, el("h3", {}, "Plots"), el("div", { class: "plot-grid" }, plots)) : null,
     ),
