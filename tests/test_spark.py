@@ -30,6 +30,7 @@ from PIL import Image
 from benchmarks.launch import ROOT
 from service.batch import cli
 from service.core import errors as codes
+from service.core.registry import Registry
 from tests.generate import class_image, housing_rows, image_bytes, review
 from training.datasets import BOSTON_FEATURES
 
@@ -40,6 +41,7 @@ from service.batch import spark  # noqa: E402  (needs pyspark)
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
 
 MODEL_ROOT = ROOT / "models"
+SERVED = {name: Registry(MODEL_ROOT).current_version(name) for name in ("imdb_sentiment", "boston_housing")}
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-6
 SESSION_CONF = {
@@ -143,7 +145,7 @@ def test_10000_reviews_give_the_single_machine_answers_and_reasons(tmp_path: Pat
     status, log = score("spark", "imdb_sentiment", str(source), "-o", str(tmp_path / "spark.parquet"), "--keep-columns")
     assert status == codes.EXIT_ROWS_FAILED, log
     assert "10,000 rows in = 9,910 scored + 90 failed" in log, log
-    assert "imdb_sentiment v1: scoring, " in log and "tasks done" in log, "progress lines while it scores"
+    assert f"imdb_sentiment v{SERVED['imdb_sentiment']}: scoring, " in log and "tasks done" in log, "progress lines while it scores"
     local_status, local_log = score("local", "imdb_sentiment", str(source), "-o", str(tmp_path / "local.parquet"), "--keep-columns")
     assert local_status == codes.EXIT_ROWS_FAILED, local_log
 
@@ -291,7 +293,7 @@ def test_model_file_with_a_wrong_checksum_is_refused_on_the_executor(tmp_path: P
     """The driver's copy is sound; the executors' (a shared root) is not: the job fails, names why, and writes nothing."""
     executor_root = tmp_path / "executor-models"
     shutil.copytree(MODEL_ROOT / "boston_housing", executor_root / "boston_housing")
-    model_file = executor_root / "boston_housing" / "1" / "model.onnx"
+    model_file = executor_root / "boston_housing" / str(SERVED["boston_housing"]) / "model.onnx"
     data = bytearray(model_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model_file.write_bytes(bytes(data))
@@ -305,7 +307,7 @@ def test_model_file_with_a_wrong_checksum_is_refused_on_the_executor(tmp_path: P
     status, log = score("spark", *args)
     assert status == codes.EXIT_FAILED, log
     assert "the Spark job failed, nothing was written" in log and "checksum mismatch for model.onnx" in log, log
-    assert "boston_housing v1 on " in log, "the message says which executor refused"
+    assert f"boston_housing v{SERVED['boston_housing']} on " in log, "the message says which executor refused"
     assert not out.exists() and not (tmp_path / "prices.errors.parquet").exists()
 
     status, log = score("spark", *args[:4])  # the same job with the files shipped from the driver

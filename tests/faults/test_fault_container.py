@@ -31,7 +31,8 @@ FIND_WORKERS = (  # no procps in the slim image: read /proc (this script's own c
 def container(image: str) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture imported above
     name = f"modelserve-fault-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    docker("run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:3000", image)
+    # One worker (the default is one per CPU): the case where nothing else answers while it is replaced.
+    docker("run", "--detach", "--name", name, "--env", "MODELSERVE_WORKERS=1", "--publish", f"127.0.0.1:{port}:3000", image)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(url), timeout=READY_TIMEOUT_S, every=0.3)
