@@ -60,12 +60,12 @@ def session_rates(files: dict[str, Path], photos: np.ndarray, rounds: int, secon
 
 def http_rates(clients: list[int], seconds: float, work: Path) -> dict[tuple[str, int], tuple[float, float]]:
     """(req/s, p99 ms) per (precision, clients) through the real service."""
-    results = {}
+    results, photo = {}, payloads()["classify_image"]  # read the photos once
     for label, setting in (("int8", "true"), ("fp32", "false")):
         server = start_server(MODELS, work / f"serve-{label}.log", MODELSERVE_INT8=setting)
         try:
             for n in clients:
-                run = asyncio.run(run_hey(server.url, "classify_image", n, seconds, payloads()["classify_image"]))
+                run = asyncio.run(run_hey(server.url, "classify_image", n, seconds, photo))
                 ok = run.codes.get(200, 0)
                 assert ok == sum(run.codes.values()) and not run.transport_errors, run.codes
                 results[(label, n)] = (ok / run.seconds, run.p50_p99()[1])
