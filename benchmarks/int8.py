@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import onnxruntime as ort
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, SHARED, payloads, run_hey
 from benchmarks.report import figure, save_markdown
+from service.core.cpu import cpu_report
 from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import Registry
 from service.core.sessions import SessionConfig, open_session
@@ -122,7 +122,7 @@ def report(
         lines.append(f"| {path.name} | {path.stat().st_size / 1e6:.1f} | {accuracy[label]:.4f} | " + " | ".join(cells) + " |")
     ratios = [f"session batch {b}: {rates[('int8', b)] / rates[('fp32', b)]:.2f}x" for b in BATCHES]
     ratios += [f"{n} clients: {served[('int8', n)][0] / served[('fp32', n)][0]:.2f}x" for n in clients]
-    cpu = platform.processor() or platform.machine()
+    cpu = f"{cpu_report()['model']} (int8 kernels: {cpu_report()['int8_kernels']})"
     return [
         f"{MODEL} v{version}, onnxruntime {ort.__version__} CPUExecutionProvider on {cpu} with {len(os.sched_getaffinity(0))} cores; "
         f"session: median of {args.rounds} alternating rounds of {args.seconds:g} s; end to end: {args.http_seconds:g} s per row, hey on "

@@ -73,8 +73,8 @@ def _quantize(args: argparse.Namespace) -> int:
     if args.version is not None and not args.version.isdecimal():
         raise UsageError(f"version must be a number, got {args.version!r}")
     source = registry.current(args.model) if args.version is None else registry.get(args.model, int(args.version))
-    calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
-    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
+    calibration, test_inputs, test_labels, shifted = module.quantization_data(args, source.verify()["preprocessing"])
+    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels, shifted)
     variant = version.read_metadata()["variants"]["int8"]
     state = "written" if variant["written"] else "REFUSED (not written)"
     print(f"== {version.name} v{version.version}: v{source.version} + INT8 variant {state}; CURRENT unchanged")

@@ -67,6 +67,8 @@ class TrainingResult:
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
     # Training inputs to calibrate an INT8 variant on (training/quantize.py); None: no INT8 variant.
     calibration_inputs: np.ndarray | None = None
+    # The test inputs under the synthetic shifts (training/shifts.py), which the INT8 check covers too.
+    int8_shifted: dict[str, np.ndarray] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -104,7 +106,7 @@ def write_variants(result: TrainingResult, model_path: Path) -> dict[str, Any]:
     from training.quantize import int8_variant
 
     labels = np.array([result.labels.index(t) for t in result.test_targets])
-    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels)}
+    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels, result.int8_shifted)}
 
 
 def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
