@@ -74,6 +74,10 @@ def photos(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
+    return tiny_registry(tmp_path)
+
+
+def tiny_registry(tmp_path: Path) -> Registry:
     """A registry whose image_classifier v1 is the tiny model, with the shipped model's metadata fitted to it."""
     version = tmp_path / NAME / "1"
     version.mkdir(parents=True)
@@ -109,14 +113,14 @@ def test_a_calibrated_variant_passes_its_check_on_both_kernel_paths_and_runs_on_
     assert set(check["paths"]) == {"this_cpu", "exact_int8"} and check["shifted_samples"] == 600
     assert set(check["paths"]["exact_int8"]["shifts"]["by_shift"]) == {"dark", "noise"}
     reference = variant["reference"]
-    assert reference["samples"] == 32 and len(reference["fp32_probabilities"]) == 32 and (version.path / INT8_REFERENCE_FILE).is_file()
+    assert reference["samples"] == 16 and len(reference["fp32_probabilities"]) == 16 and (version.path / INT8_REFERENCE_FILE).is_file()
     assert all(r["passed"] for r in reference["at_export"].values())
     assert metadata["derived_from"]["version"] == 1 and metadata["sha256"] == registry.get(NAME, 1).verify()["sha256"]
     assert not (registry.get(NAME, 1).path / INT8_FILE).exists(), "the source version is never modified"
     model = load_model(version, list(CPU))
     described = model.describe()["model_file"]
     assert described["file"] == INT8_FILE and described["precision"] == "int8" and described["int8_check"]["passed"]
-    assert described["int8_check"]["samples"] == 32 and described["cpu_int8_kernels"] == cpu_report()["int8_kernels"]
+    assert described["int8_check"]["samples"] == 16 and described["cpu_int8_kernels"] == cpu_report()["int8_kernels"]
     fp32 = load_model(version, list(CPU), int8=False)
     assert fp32.model_file.precision == "fp32" and "MODELSERVE_INT8" in fp32.model_file.note
     test_inputs, _ = photos(300, seed=2)
@@ -186,7 +190,7 @@ def test_a_variant_that_disagrees_on_this_cpu_is_not_used_and_everything_says_wh
     served = runtime.describe()["models"][0]  # GET /models shows this
     assert served["version"] == version.version and served["model_file"]["file"] == MODEL_FILE
     note = served["model_file"]["note"]
-    assert note.startswith(f"INT8 variant not used: on this CPU ({cpu_report()['int8_kernels']}) it gives same label as fp32 on 0 of 32")
+    assert note.startswith(f"INT8 variant not used: on this CPU ({cpu_report()['int8_kernels']}) it gives same label as fp32 on 0 of 16")
     assert "needs >= 99%" in note and "max |prob diff|" in note and served["model_file"]["int8_check"]["passed"] is False
     assert runtime.describe()["cpu"] == cpu_report()
     assert any(note in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), "the log says why too"

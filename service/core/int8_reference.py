@@ -7,8 +7,9 @@ probabilities for them; every load of the variant (service, batch scorer, each S
 executor) runs it on them first. Below the bounds (MODELSERVE_INT8_MIN_LABEL_AGREEMENT,
 MODELSERVE_INT8_MAX_PROB_DIFF) the variant is not used and model.onnx serves.
 
-The inputs are stored losslessly as one WebP image, the inputs stacked top to bottom (WebP
-lossless is about a third of the raw pixels; PNG half).
+The inputs are stored losslessly as one WebP image, the inputs stacked top to bottom: for 16
+photos at 224x224, 0.78 MB against 2.4 MB raw, 1.17 MB as PNG, 0.77 MB with WebP's slowest
+method (17 times longer to write); read back in about 0.1 s.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def encode_inputs(inputs: np.ndarray) -> bytes:
         raise ValueError(f"expected uint8 (n, height, width, 3) inputs, got {inputs.dtype} {inputs.shape}")
     n, height, width, _ = inputs.shape
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(inputs).reshape(n * height, width, 3)).save(buffer, "WEBP", lossless=True, quality=100, method=6)
+    Image.fromarray(np.ascontiguousarray(inputs).reshape(n * height, width, 3)).save(buffer, "WEBP", lossless=True, quality=100, method=4)
     return buffer.getvalue()
 
 

@@ -238,10 +238,11 @@ def _int8_or_fp32(model: LoadedModel, config: SessionConfig, bounds: Int8Bounds)
     takes (service/core/cpu.py). A version without a reference set is not checked, so not used.
     """
     version, where, chosen = model.version_ref, f"{model.name} v{model.version}", model.model_file
-    result = None
+    result, started = None, time.perf_counter()
     try:
         inputs, expected = read_reference(*version.variant_reference(model.metadata, "int8"))
         result = check_reference(model.infer, inputs, expected, bounds)
+        result = replace(result, seconds=time.perf_counter() - started)  # reading the set (checksum, WebP) included
     except RegistryError as exc:
         reason = f"INT8 variant not used: {exc}"
     except Exception as exc:  # onnxruntime raises its own types: a reference set the variant cannot even run
