@@ -1,19 +1,22 @@
 """INT8 recipes for the image model compared on this CPU: agreement with fp32 on test and shifted photos, on both kernel paths, and speed.
 
-    nice -n 10 python -m experiments.int8_sweep [--data ../shared/data/cats_vs_dogs_small] [--version 1] [--per-shift 250] [--only a,b]
+    nice -n 10 python -m experiments.int8_sweep [--data ../shared/data/cats_vs_dogs_small] [--version 1] [--per-shift 250] [--only "a;b"]
 
 Each recipe (training/quantize.Recipe) is quantized from the version's model.onnx and
 calibrated as the export does (256 training photos, seed 0), then compared with fp32:
 
 - on this CPU's kernels: onnxruntime's fused int8 kernels as this machine picks them (on
-  AVX2 or AVX-512 without VNNI, u8s8 products are summed in int16 pairs that can saturate);
+  AVX2 or AVX-512 without VNNI, u8s8 products are summed in int16 pairs that can saturate;
+  rows marked session.x64quantprecision set that session option, which makes onnxruntime
+  run exact u8u8 kernels there instead);
 - on the reference: the same QDQ graph in float arithmetic, i.e. what exact int8 kernels
   (AVX-512 VNNI, AVX-VNNI, AMX) compute, whatever CPU runs the sweep.
 
 A recipe is right on every x86 CPU when both paths agree with fp32. Sets: the 1,000 test
 photos, and `--per-shift` of them (every k-th) under each of the 12 shifts of
 training/shifts.py. Speed: bare session, batch 8, one thread, INT8 and fp32 alternating.
-Decoded photos, fp32 outputs and quantized files are cached under /tmp/int8-sweep.
+Decoded photos, fp32 outputs, quantized files and measured rows are cached under
+/tmp/int8-sweep (a stopped sweep goes on where it was; --fresh measures again).
 Prints a Markdown table; writes experiments/results/int8_sweep.md.
 """
 
@@ -39,19 +42,20 @@ CACHE = Path("/tmp/int8-sweep")
 RESULTS = Path(__file__).parent / "results"
 MODEL = "image_classifier"
 
-RECIPES: dict[str, Recipe] = {
-    "u8s8 (v2's)": Recipe(),
-    "u8s8 reduce_range": Recipe(reduce_range=True),
-    "u8u8": Recipe(weights="uint8"),
-    "s8s8": Recipe(activations="int8"),
-    "u8s8 per tensor": Recipe(per_channel=False),
-    "u8s8, first conv fp32": Recipe(fp32_nodes=("first_conv",)),
-    "u8s8, head fp32": Recipe(fp32_nodes=("head",)),
-    "u8s8, depthwise fp32": Recipe(fp32_nodes=("depthwise",)),
-    "u8s8 reduce_range, first conv fp32": Recipe(reduce_range=True, fp32_nodes=("first_conv",)),
-    "u8s8 reduce_range, Percentile": Recipe(reduce_range=True, method="Percentile"),
-    "u8s8 reduce_range, Entropy": Recipe(reduce_range=True, method="Entropy"),
-    "u8u8, first conv fp32": Recipe(weights="uint8", fp32_nodes=("first_conv",)),
+# name -> (recipe, whether sessions set session.x64quantprecision: exact u8u8 kernels on CPUs without VNNI)
+RECIPES: dict[str, tuple[Recipe, bool]] = {
+    "u8s8 (v2's)": (Recipe(), False),
+    "u8s8, session.x64quantprecision": (Recipe(), True),
+    "u8s8 reduce_range": (Recipe(reduce_range=True), False),
+    "u8u8": (Recipe(weights="uint8"), False),
+    "s8s8": (Recipe(activations="int8"), False),
+    "u8s8 per tensor": (Recipe(per_channel=False), False),
+    "u8s8, first conv fp32": (Recipe(fp32_nodes=("first_conv",)), False),
+    "u8s8, head fp32": (Recipe(fp32_nodes=("head",)), False),
+    "u8s8, depthwise fp32": (Recipe(fp32_nodes=("depthwise",)), False),
+    "u8s8 reduce_range, first conv fp32": (Recipe(reduce_range=True, fp32_nodes=("first_conv",)), False),
+    "u8s8 reduce_range, Percentile": (Recipe(reduce_range=True, method="Percentile"), False),
+    "u8s8 reduce_range, Entropy": (Recipe(reduce_range=True, method="Entropy"), False),
 }
 
 
@@ -96,8 +100,10 @@ def speed(session: ort.InferenceSession, batch: np.ndarray, seconds: float) -> f
     return done / elapsed
 
 
-def evaluate(path: Path, fp32: dict[str, np.ndarray], sets: dict[str, np.ndarray], labels: np.ndarray, reference: bool) -> dict[str, dict]:
-    session = int8_session(path, reference=reference)
+def evaluate(
+    path: Path, fp32: dict[str, np.ndarray], sets: dict[str, np.ndarray], labels: np.ndarray, reference: bool, u8u8: bool = False
+) -> dict[str, dict]:
+    session = int8_session(path, reference=reference, u8u8=u8u8)
     results = {}
     for name, inputs in sets.items():
         results[name] = agreement(fp32[name], probabilities(session, inputs), labels if name == "test" else None)
@@ -124,7 +130,8 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--per-shift", type=int, default=250, help="test photos per shift (every k-th of the 1,000)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per speed measurement")
-    parser.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--only", default="", help="recipe names separated by ; (default: all)")
+    parser.add_argument("--fresh", action="store_true", help="measure again the rows measured before (kept under /tmp/int8-sweep/results)")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
     (CACHE / "variants").mkdir(exist_ok=True)
@@ -144,21 +151,26 @@ def main() -> None:
     batch = np.ascontiguousarray(test[:8])
     cpu = cpu_report()
     print(f"CPU: {cpu['model']}; int8 kernels: {cpu['int8_kernels']}; {sum(len(s) for s in sets.values()):,} inputs per path", flush=True)
-    chosen = [n.strip() for n in args.only.split(",") if n.strip()] or list(RECIPES)
+    chosen = [n.strip() for n in args.only.split(";") if n.strip()] or list(RECIPES)
     rows = []
     for name in chosen:
-        recipe = RECIPES[name]
-        path = CACHE / "variants" / (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".onnx")
+        recipe, u8u8 = RECIPES[name]
+        path = CACHE / "variants" / (re.sub(r"[^a-z0-9]+", "_", repr(recipe).lower()).strip("_")[7:] + ".onnx")
         stamp = path.with_suffix(".json")
+        done = CACHE / "results" / f"{path.stem}{'_u8u8' if u8u8 else ''}_{step}.json"  # a row measured before: resumable
         started = time.monotonic()
         if not path.exists() or not stamp.exists() or json.loads(stamp.read_text()) != asdict(recipe):
             quantize_int8(version.model_path, path, train, recipe)
             stamp.write_text(json.dumps(asdict(recipe)))
-        kernels = summarise(evaluate(path, fp32, sets, labels, reference=False))
-        exact = summarise(evaluate(path, fp32, sets, labels, reference=True))
-        one = int8_session(path, threads=1)
-        rates = [(speed(one, batch, args.seconds), speed(fp32_one, batch, args.seconds)) for _ in range(2)]
-        int8_rate, fp32_rate = max(r[0] for r in rates), max(r[1] for r in rates)
+            done.unlink(missing_ok=True)
+        if not done.exists() or args.fresh:
+            kernels = summarise(evaluate(path, fp32, sets, labels, reference=False, u8u8=u8u8))
+            exact = summarise(evaluate(path, fp32, sets, labels, reference=True))
+            one = int8_session(path, threads=1, u8u8=u8u8)
+            rates = [(speed(one, batch, args.seconds), speed(fp32_one, batch, args.seconds)) for _ in range(2)]
+            done.parent.mkdir(exist_ok=True)
+            done.write_text(json.dumps([kernels, exact, max(r[0] for r in rates), max(r[1] for r in rates)]))
+        kernels, exact, int8_rate, fp32_rate = json.loads(done.read_text())
         rows.append((name, kernels, exact, int8_rate, fp32_rate, path.stat().st_size))
         print(f"  {name}: {time.monotonic() - started:.0f} s", flush=True)
         print(table(rows[-1:], cpu, step, header=False), flush=True)

@@ -23,7 +23,7 @@ from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import INT8_FILE, INT8_REFERENCE_FILE, METADATA_FILE, MODEL_FILE, ModelVersion, Registry, sha256_file
 from service.core.runtime import ModelRuntime, choose_model_file, load_model
 from service.core.sessions import SessionConfig
-from training.quantize import add_int8_variant
+from training.quantize import Recipe, add_int8_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = Registry(ROOT / "models")
@@ -31,6 +31,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NAME = "image_classifier"
 SIZE = 8
 CPU = ("CPUExecutionProvider",)
+# The tiny model's one conv is its first: the shipped recipe would keep it fp32. These tests are about the mechanism.
+ALL_INT8 = Recipe()
 
 
 def tiny_classifier(path: Path) -> None:
@@ -100,7 +102,7 @@ def shifted(inputs: np.ndarray) -> dict[str, np.ndarray]:
 def with_variant(registry: Registry) -> ModelVersion:
     calibration, _ = photos(400, seed=1)
     test_inputs, test_labels = photos(300, seed=2)
-    return add_int8_variant(registry, registry.get(NAME, 1), calibration, test_inputs, test_labels, shifted(test_inputs))
+    return add_int8_variant(registry, registry.get(NAME, 1), calibration, test_inputs, test_labels, shifted(test_inputs), ALL_INT8)
 
 
 def test_a_calibrated_variant_passes_its_check_on_both_kernel_paths_and_runs_on_the_cpu(registry: Registry) -> None:
@@ -136,7 +138,9 @@ def test_the_reference_set_is_stored_losslessly() -> None:
 def test_a_variant_too_far_from_fp32_is_refused_and_the_refusal_recorded(registry: Registry) -> None:
     """Calibrated on black images, the activation ranges are wrong: the check sees it and nothing is written."""
     test_inputs, test_labels = photos(300, seed=2)
-    version = add_int8_variant(registry, registry.get(NAME, 1), np.zeros((64, SIZE, SIZE, 3), np.uint8), test_inputs, test_labels)
+    version = add_int8_variant(
+        registry, registry.get(NAME, 1), np.zeros((64, SIZE, SIZE, 3), np.uint8), test_inputs, test_labels, recipe=ALL_INT8
+    )
     variant = version.read_metadata()["variants"]["int8"]
     assert variant["written"] is False and not variant["check"]["passed"] and variant["check"]["label_agreement"] < 0.99
     assert not (version.path / INT8_FILE).exists() and not (version.path / INT8_REFERENCE_FILE).exists()
@@ -152,9 +156,8 @@ def test_a_variant_right_on_the_test_split_but_not_on_shifted_photos_is_refused(
     bright = np.repeat(np.random.default_rng(4).integers(236, 250, (300, SIZE, SIZE, 1)), 3, axis=3)
     bright[:150, :, :, 0] += 5
     bright[150:, :, :, 2] += 5
-    version = add_int8_variant(
-        registry, registry.get(NAME, 1), calibration, test_inputs, test_labels, {"overexposed": bright.astype(np.uint8)}
-    )
+    overexposed = {"overexposed": bright.astype(np.uint8)}
+    version = add_int8_variant(registry, registry.get(NAME, 1), calibration, test_inputs, test_labels, overexposed, ALL_INT8)
     check = version.read_metadata()["variants"]["int8"]["check"]
     assert check["label_agreement"] >= 0.99, "right on the test split"
     assert check["shifted_label_agreement"] < 0.99 and not check["passed"] and not (version.path / INT8_FILE).exists()
