@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,12 +230,17 @@ def _paths(
     fp32_path: Path, int8_path: Path, sets: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """fp32's probabilities on each set, and the variant's on both kernel paths (this CPU's kernels, exact int8 arithmetic)."""
-    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    expected = {name: probabilities(fp32, inputs) for name, inputs in sets.items()}
-    int8 = {}
-    for path, reference in ((THIS_CPU, False), (EXACT, True)):
-        session = int8_session(int8_path, reference=reference)
-        int8[path] = {name: probabilities(session, inputs) for name, inputs in sets.items()}
+    started = time.monotonic()
+
+    def run(session: ort.InferenceSession, label: str) -> dict[str, np.ndarray]:
+        answers = {name: probabilities(session, inputs) for name, inputs in sets.items()}
+        print(f"[int8] {label}: {sum(map(len, sets.values()))} inputs done ({time.monotonic() - started:.0f} s)", flush=True)
+        return answers
+
+    expected = run(ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]), "fp32")
+    int8 = {
+        path: run(int8_session(int8_path, reference=reference), f"int8, {path}") for path, reference in ((THIS_CPU, False), (EXACT, True))
+    }
     return expected, int8
 
 
