@@ -249,6 +249,8 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
         registry.clear_candidate(name, "rolled-back")
         client.candidate(name, None)
         why = "; ".join(verdict.reasons) if verdict.decided else f"not enough traffic to decide ({'; '.join(verdict.reasons)})"
+        if verdict.resets and not verdict.decided:
+            why = f"the service's metrics were reset {verdict.resets} time(s) during the watch, too little was counted to decide ({'; '.join(verdict.reasons)})"
         raise DeployError(f"rolled back: {why}; v{version} is kept in the registry, v{current} keeps serving")
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)

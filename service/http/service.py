@@ -32,12 +32,14 @@ from service.http.admin import admin_app
 from service.http.connections import limit_header_time
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
 
 SETTINGS = Settings.from_env()
+own_metrics_directory()
 cancel_finished_request_timers()
 limit_header_time(SETTINGS.header_timeout_s)
 log = logging.getLogger("modelserve.service")
