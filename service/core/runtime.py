@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
-from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
+from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
 from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, MODEL_FILE, Candidate, ModelVersion, Registry
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
@@ -311,7 +311,11 @@ class ModelRuntime:
                 self.reload_candidate(name)
 
     def get(self, name: str) -> LoadedModel:
-        return self._models[name]
+        """The version of `name` served now; NotFoundError (404) naming what is served when `name` is not."""
+        try:
+            return self._models[name]
+        except KeyError:
+            raise NotFoundError(f"model {name!r} is not served here (served: {sorted(self._models)})") from None
 
     def candidate(self, name: str) -> CandidateSlot | None:
         return self._candidates.get(name)

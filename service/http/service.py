@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import Overloaded
+from service.core.errors import NotFoundError, Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
@@ -68,9 +68,10 @@ class ModelServe:
 def served_model(name: str) -> LoadedModel:
     """The version of `name` this worker serves now (404 when it serves none)."""
     runtime: ModelRuntime = bentoml.get_current_service().runtime
-    if name not in runtime:
-        raise bentoml.exceptions.NotFound(f"model {name} is not served here (served: {list(runtime.served())})")
-    return runtime.get(name)
+    try:
+        return runtime.get(name)
+    except NotFoundError as exc:  # BentoML answers its own exception types with their status, anything else with 500
+        raise bentoml.exceptions.NotFound(str(exc)) from None
 
 
 def predict_api(entry: CatalogEntry) -> Any:
@@ -86,6 +87,7 @@ def predict_api(entry: CatalogEntry) -> Any:
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
+        served_model(entry.name)  # 404 naming what is served, when this model is not
         model, shadow = route(self.runtime, entry.name, ctx.request.headers.get(ROUTING_HEADER))
         try:
             answers = await self.executor.predict(model, request[field], shadow)
