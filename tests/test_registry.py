@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
+from service.core.registry import (
+    CURRENT_FILE,
+    HISTORY_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    Candidate,
+    Registry,
+    RegistryError,
+    sha256_file,
+    validate_metadata,
+)
 
 
 def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes") -> int:
@@ -139,3 +149,16 @@ def test_promote_repairs_a_damaged_current(tmp_path: Path) -> None:
     (tmp_path / "m" / CURRENT_FILE).write_text("\u00b2\n")
     assert registry.promote("m", 1) is None
     assert registry.current_version("m") == 1
+
+
+def test_a_candidate_is_recorded_once_when_set_twice(tmp_path: Path) -> None:
+    """Issue 23, 6: redeploy writes CANDIDATE, then the service it asks writes the same again: HISTORY had every candidate twice."""
+    registry = Registry(tmp_path)
+    for _ in range(2):
+        write_version(registry, "m")
+    registry.promote("m", 1)
+    registry.set_candidate("m", Candidate(2, "canary", 10.0))
+    registry.set_candidate("m", Candidate(2, "canary", 10.0))
+    registry.set_candidate("m", Candidate(2, "canary", 20.0))  # a change is recorded
+    events = [line.split(maxsplit=1)[1] for line in (tmp_path / "m" / HISTORY_FILE).read_text().splitlines()]
+    assert events == ["promote - 1", "candidate canary 10% 2", "candidate canary 20% 2"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.core.errors import ConfigError
+from service.core.registry import FileLimits
 
 PREFIX = "MODELSERVE_"
 PROVIDER_ALIASES = {
@@ -56,6 +57,12 @@ class Settings:
     )
     max_request_bytes: int = setting(32 * MiB, "largest request body; larger gets 413")
     max_image_bytes: int = setting(10 * MiB, "largest single image file")
+    max_model_bytes: int = setting(
+        2048 * MiB, "largest model file (model.onnx, its INT8 variant) a version may have; a larger one is refused at load"
+    )
+    max_asset_bytes: int = setting(
+        256 * MiB, "largest preprocessing file (vocab.json, scaler.json) a version may have; a larger one is refused at load"
+    )
     max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
     max_items: int = setting(64, "most images, texts or rows in one request")
     max_text_chars: int = setting(50_000, "longest text; longer is refused with 400, never truncated silently")
@@ -108,6 +115,10 @@ class Settings:
         from bentoml._internal.resource import CpuResource  # BentoML's count honours a cgroup CPU quota (containers)
 
         return max(1, int(CpuResource.from_system()))
+
+    def file_limits(self) -> FileLimits:
+        """The largest registry files of each kind that a version may have."""
+        return FileLimits(model_bytes=self.max_model_bytes, asset_bytes=self.max_asset_bytes)
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""

@@ -19,7 +19,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +26,7 @@ from pydantic import BaseModel
 
 from service.core.config import Settings
 from service.core.errors import UsageError
+from service.core.registry import VersionFiles
 
 Answer = dict[str, Any]
 Assets = Any  # what a task loads from a version directory (vectoriser, image spec, scaler)
@@ -107,8 +107,8 @@ class Task(ABC):
     # ------------------------------------------------------------ a version's assets
 
     @abstractmethod
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> Assets:
-        """Read what preprocessing needs from a version directory."""
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> Assets:
+        """Read what preprocessing needs from a version directory (`files.read`: regular files inside it, size-bounded)."""
 
     # ------------------------------------------------------------ items -> tensor -> answers
 

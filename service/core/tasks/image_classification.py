@@ -16,10 +16,12 @@ from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 
 from service.core.config import Settings
 from service.core.errors import InputError
-from service.core.preprocessing import ImageSpec, decode_opened, open_image
+from service.core.preprocessing import ImageSpec, decode_image, decode_opened, open_image
+from service.core.registry import VersionFiles
 from service.core.tasks.base import FOLDER, Answer, BatchSizes, ClassificationTask, Tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
+SMOKE_EXTRA_SIDE = 37  # smoke images are this much wider (and half as much taller) than the model's input
 PIXELS_TENSOR = "pixels"  # the v2 input of decoded images: UINT8 [N, height, width, 3]
 
 
@@ -96,7 +98,7 @@ class ImageClassification(ClassificationTask):
     batch_sizes = BatchSizes(cpu=8, gpu=256)
     answer_model: ClassVar[type[BaseModel]] = ImageAnswer
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> ImageSpec:
         return ImageSpec.from_json(metadata["preprocessing"])
 
     def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage | np.ndarray:
@@ -156,9 +158,21 @@ class ImageClassification(ClassificationTask):
         ]
 
     def smoke_items(self, assets: ImageSpec) -> list[np.ndarray]:
+        """Two encoded images of another size (a translucent PNG, a noisy JPEG), through the real decoding and resizing.
+
+        Pixels already at the model's size would skip the resize: a version whose `resample` is
+        unusable passed every check and then failed every client's image.
+        """
         rng = np.random.default_rng(0)
-        shape = (assets.height, assets.width, 3)
-        return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
+        size = (assets.width + SMOKE_EXTRA_SIDE, assets.height + SMOKE_EXTRA_SIDE // 2)
+        translucent = Image.new("RGBA", size, (128, 128, 128, 200))
+        noisy = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        encoded = []
+        for image, fmt in ((translucent, "PNG"), (noisy, "JPEG")):
+            buffer = io.BytesIO()
+            image.save(buffer, fmt)
+            encoded.append(buffer.getvalue())
+        return [decode_image(data, assets) for data in encoded]
 
     def check_answer(self, answer: Answer) -> str | None:
         if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -13,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from service.core.config import Settings
 from service.core.errors import InputError, UsageError
 from service.core.preprocessing import TextVectorizer, check_text
+from service.core.registry import VersionFiles
 from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, Tensor
 
 # Table columns that hold the text, tried in order (any case): training and batch scoring share them.
@@ -58,8 +57,8 @@ class TextClassification(ClassificationTask):
     batch_sizes = BatchSizes(cpu=64, gpu=64)  # CPU saturates at 64 (benchmarks/results/batch_sizes.md); not measured on a GPU
     answer_model: ClassVar[type[BaseModel]] = TextAnswer
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TextVectorizer:
-        return TextVectorizer.from_json(json.loads((version_dir / metadata["preprocessing"]["vocabulary_file"]).read_text()))
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> TextVectorizer:
+        return TextVectorizer.from_json(files.read_json(metadata["preprocessing"]["vocabulary_file"]))
 
     def check(self, value: Any, assets: Any, settings: Settings) -> str:
         if value is None:
