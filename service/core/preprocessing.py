@@ -421,7 +421,11 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
     for i, (name, value) in enumerate(zip(feature_names, values)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"feature {name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # JSON integers have no limit: 400 nines raise OverflowError here (it answered 500)
+        except OverflowError:
+            raise InputError(f"feature {name} is an integer of {len(str(abs(value))):,} digits, too large for a number") from None
+        if not math.isfinite(number):
             raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
-        out[i] = value
+        out[i] = number
     return out

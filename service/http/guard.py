@@ -235,7 +235,7 @@ class RequestGuard:
         if "transfer-encoding" in headers and "content-length" in headers:
             raise Refusal(400, "request has both Content-Length and Transfer-Encoding; send one (RFC 9112, section 6.3)", close=True)
         length = headers.get("content-length")
-        if length is not None and not length.isdigit():  # h11 refuses most; isdigit() takes '²', int() does not
+        if length is not None and not (length.isascii() and length.isdigit()):  # h11 refuses most; isdigit() takes '²', int() does not
             raise Refusal(400, f"invalid Content-Length {cap(length, 40)!r}", close=True)
         if length is not None and int(length) > self.max_request_bytes:
             raise Refusal(413, self._too_large(int(length)), close=True)

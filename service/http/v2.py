@@ -38,7 +38,7 @@ from service.core.errors import InputError, ModelServeError, NotFoundError, Over
 from service.core.runtime import LoadedModel, ModelRuntime
 from service.core.tasks import Tensor
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
-from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, parse_request, to_array
+from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, is_byte_count, parse_request, to_array
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX models run by onnxruntime
 EXTENSIONS = ["binary_tensor_data"]
@@ -186,7 +186,7 @@ def checked_request(
 
 
 def _json_bytes(body: bytes, header_length: str | None) -> int:
-    return min(len(body), int(header_length)) if header_length and header_length.isdigit() else len(body)
+    return min(len(body), int(header_length)) if header_length and is_byte_count(header_length) else len(body)
 
 
 def v2_app(settings: Settings) -> Starlette:

@@ -241,6 +241,30 @@ def test_many_errors_list_at_most_twenty_details(client: httpx.Client) -> None:
         ("/sentiment", '{"texts": ["a"]}' + " " * 10 + "trailing", "invalid JSON"),
         ("/classify_image", json.dumps({"images": ["http://127.0.0.1:9/cat.jpg"]}), "not valid base64"),
         ("/classify_image", json.dumps({"images": [base64.b64encode(b"GIF89a" + b"\x00" * 64).decode()]}), "images[0]"),
+        # Issue 23, 10: an integer too large for a float answered 500
+        (
+            "/predict_price",
+            '{"rows": [[' + "9" * 400 + ", 0, 2.46, 0, 0.488, 7.8, 53.6, 3.2, 3, 193, 17.8, 392.6, 3.0]]}",
+            "feature CRIM is",
+        ),
+        (
+            "/predict_price",
+            '{"rows": [{"CRIM": 0.06, "ZN": 0, "INDUS": 2.46, "CHAS": 0, "NOX": 0.488, "RM": '
+            + "9" * 400
+            + ', "AGE": 53.6, "DIS": 3.2, "RAD": 3, "TAX": 193, "PTRATIO": 17.8, "B": 392.6, "LSTAT": 3.0}]}',
+            "feature RM is an integer of 400 digits",
+        ),
+        # Issue 23, 11: JSON nested about a thousand deep raised RecursionError (500) in the v2 codec and the admin routes
+        ("/v2/models/imdb_sentiment/infer", '{"inputs": ' + "[" * 995 + "]" * 995 + "}", "nested too deeply"),
+        (
+            "/v2/models/boston_housing/infer",
+            '{"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 13], "data": ' + "[" * 900 + "1" + "]" * 900 + "}]}",
+            "too deeply nested",
+        ),
+        ("/admin/reload", "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("/admin/candidate", "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("/admin/candidate", '{"model": ', "invalid JSON body"),
+        ("/sentiment", '{"texts": ' + "[" * 995 + "]" * 995 + "}", "invalid JSON"),
     ],
     ids=[
         "huge-log-feature",
@@ -252,10 +276,18 @@ def test_many_errors_list_at_most_twenty_details(client: httpx.Client) -> None:
         "trailing",
         "url",
         "bad-gif",
+        "integer-too-large",
+        "named-integer-too-large",
+        "v2-nested",
+        "v2-nested-data",
+        "admin-reload-nested",
+        "admin-candidate-nested",
+        "admin-candidate-not-json",
+        "friendly-nested",
     ],
 )
 def test_odd_json_gets_4xx(client: httpx.Client, path: str, body: str | bytes, message: str | None) -> None:
-    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    response = client.post(path, content=body, headers={"content-type": "application/json", **ADMIN})
     status = seen(response.status_code)
     if message is None and status == 200:  # a huge log-scaled value is a (silly) valid input: a finite answer
         assert all(abs(a["price"]) < 1e30 for a in response.json())
@@ -264,6 +296,15 @@ def test_odd_json_gets_4xx(client: httpx.Client, path: str, body: str | bytes, m
     if message:
         assert message in response.json()["error"]
     assert len(response.content) < 5_000
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xd9\xa1"], ids=["superscript-two", "arabic-indic-one"])
+def test_a_v2_header_length_that_is_no_ascii_number_gets_400(client: httpx.Client, length: bytes) -> None:
+    """Issue 23, 11: '²' passed str.isdigit() and failed int(): 500."""
+    body = json.dumps({"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1], "data": ["a fine film"]}]})
+    headers = {"content-type": "application/json", "inference-header-content-length": length}
+    response = client.post("/v2/models/imdb_sentiment/infer", content=body, headers=headers)
+    assert seen(response.status_code) == 400 and "must be a byte count" in response.json()["error"], response.text[:300]
 
 
 def test_admin_reload_reads_a_chunked_body(client: httpx.Client) -> None:
