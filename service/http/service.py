@@ -32,6 +32,7 @@ from service.http.admin import admin_app
 from service.http.connections import limit_header_time
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.headers import SecurityHeaders
 from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
@@ -41,7 +42,7 @@ from service.http.v2 import v2_app
 SETTINGS = Settings.from_env()
 own_metrics_directory()
 cancel_finished_request_timers()
-limit_header_time(SETTINGS.header_timeout_s)
+limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
 log = logging.getLogger("modelserve.service")
 
 
@@ -130,6 +131,7 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/"
     )(ModelServe)
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
+ModelServe.add_asgi_middleware(SecurityHeaders)  # added first: outside the guard, so its refusals carry them too
 ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,

@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -105,6 +106,21 @@ def test_malformed_framing_gets_400(server: Server, framing: tuple[str, ...]) ->
     assert seen(answer.status) == 400
 
 
+def test_headers_over_the_limit_get_431_before_they_are_buffered(server: Server) -> None:
+    """Issue 23, 14: one 30 MB header was taken whole; 32 at once grew the worker by 535 MB."""
+    ok = raw_exchange(port_of(server), b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n")
+    assert seen(ok.status) == 200, "a header under MODELSERVE_MAX_HEADER_BYTES (64 KiB) is fine"
+    workers = [psutil.Process(pid) for pid in worker_pids(server)]
+    before = sum(w.memory_info().rss for w in workers)
+    huge = b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 30_000_000 + b"\r\n\r\n"
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: raw_exchange(port_of(server), huge), range(8)))
+    assert [seen(a.status) for a in answers] == [431] * 8 and all(a.closed for a in answers)
+    assert "MODELSERVE_MAX_HEADER_BYTES" in answers[0].json()["error"] and "x-content-type-options: nosniff" in answers[0].head
+    grown = sum(w.memory_info().rss for w in workers) - before
+    assert grown < 30_000_000, f"workers grew by {grown / 1e6:.0f} MB"
+
+
 # ---------------------------------------------------------------- slow and silent clients
 
 
@@ -112,6 +128,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(server: Server) -> None:
     """Defect 7: a socket sending its headers one byte a second was never closed."""
     answer = slow_send(port_of(server), b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200, every_s=0.25, timeout=30)
     assert seen(answer.status) == 408 and "MODELSERVE_HEADER_TIMEOUT_S" in answer.body.decode()
+    assert "x-content-type-options: nosniff" in answer.head and "content-security-policy: default-src 'self'" in answer.head
     assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + 3
 
 
@@ -320,6 +337,39 @@ def test_admin_reload_reads_a_chunked_body(client: httpx.Client) -> None:
         "/admin/reload", content=iter([b'{"model": "boston_housing"}']), headers={"content-type": "application/json", **ADMIN}
     )
     assert seen(response.status_code) == 200 and [r["model"] for r in response.json()["results"]] == ["boston_housing"]
+
+
+SECURITY_CASES = {
+    "Swagger UI": ("GET", "/", {}),
+    "readiness": ("GET", "/readyz", {}),
+    "liveness": ("GET", "/livez", {}),
+    "metrics": ("GET", "/metrics", {}),
+    "models": ("GET", "/models", {}),
+    "OpenAPI": ("GET", "/docs.json", {}),
+    "playground": ("GET", "/playground", {}),
+    "playground script": ("GET", "/playground/static/playground.js", {}),
+    "a plot": ("GET", "/models/boston_housing/versions/1/plots/history.png", {}),
+    "v2 server": ("GET", "/v2", {}),
+    "an answer": ("POST", "/predict_price", {"json": {"rows": [HOUSE]}}),
+    "a 400": ("POST", "/predict_price", {"json": {"rows": [[1]]}}),
+    "a 404": ("GET", "/nothing/here", {}),
+    "a guard's 415": ("POST", "/sentiment", {"content": b"x", "headers": {"content-type": "text/plain"}}),
+    "a 401": ("POST", "/admin/reload", {"json": {}}),
+    "a v2 404": ("POST", "/v2/models/nope/infer", {"json": {}}),
+}
+
+
+@pytest.mark.parametrize("case", list(SECURITY_CASES))
+def test_every_response_says_nosniff_and_has_a_content_security_policy(client: httpx.Client, case: str) -> None:
+    """Issue 23, 17: no response had X-Content-Type-Options, and only /playground a CSP."""
+    method, path, kwargs = SECURITY_CASES[case]
+    response = client.request(method, path, **kwargs)
+    seen(response.status_code)
+    assert response.headers.get("x-content-type-options") == "nosniff", (response.status_code, dict(response.headers))
+    policy = response.headers.get("content-security-policy", "")
+    assert policy.startswith("default-src 'self'") and "object-src 'none'" in policy, policy
+    if path == "/playground":
+        assert "style-src 'self';" in policy, "the playground keeps its own, stricter policy"
 
 
 # ---------------------------------------------------------------- the whole module
