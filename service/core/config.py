@@ -102,6 +102,10 @@ class Settings:
         "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close",
     )
     body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
+    max_json_values: int = setting(
+        200_000,
+        "most values (numbers, strings, keys) in one JSON body, counted before it is parsed (parsing holds every thread of the worker: about 15 ms per 200,000 here); more gets 413",
+    )
     max_header_bytes: int = setting(64 * 1024, "largest request line and headers together; larger gets 431 and the connection is closed")
     admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
 

@@ -140,6 +140,8 @@ ModelServe.add_asgi_middleware(
     file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
+    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in CATALOG.values()},
+    max_json_values=SETTINGS.max_json_values,
 )
 
 

@@ -131,6 +131,10 @@ class Task(ABC):
         """`check`, then `decode`: one raw input -> an item ready for `to_tensor` (batch scoring, Spark)."""
         return self.decode(self.check(value, assets, settings), assets, settings)
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """The most JSON one friendly-API item can take, for a bound on the request checked before it is parsed."""
+        return 4096
+
     def check_request(self, items: Sequence[Any], settings: Settings) -> None:
         """Limits over a whole request's checked items (e.g. a pixel budget); InputError when over."""
         return None

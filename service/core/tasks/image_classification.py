@@ -127,6 +127,10 @@ class ImageClassification(ClassificationTask):
         except Exception as exc:  # a decoder failure decode_opened does not anticipate: this image fails, nothing else
             raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """An image of MAX_IMAGE_BYTES as base64 (4 bytes per 3), with a data URL's prefix."""
+        return settings.max_image_bytes * 4 // 3 + 256
+
     def check_request(self, items: Sequence[EncodedImage | np.ndarray], settings: Settings) -> None:
         total = self.cost(items)
         if total > settings.max_request_pixels:

@@ -14,6 +14,7 @@ from service.core.preprocessing import StandardScaler, feature_row, match_names
 from service.core.registry import VersionFiles
 from service.core.tasks.base import Answer, BatchSizes, Gate, Task, Tensor
 
+ROW_JSON_BYTES = 16 * 1024  # the most JSON a row may take: about 500 named features
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
 # How GET /models labels a version's feature ranges and starting row (see `describe`).
 SEEN_RANGE = "min and max of the training rows"
@@ -61,6 +62,9 @@ class TabularRegression(Task):
 
     def check(self, value: Any, assets: StandardScaler, settings: Settings) -> np.ndarray:
         return assets.check(feature_row(value, assets.feature_names))
+
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        return ROW_JSON_BYTES
 
     def is_light(self, items: Sequence[np.ndarray]) -> bool:
         return len(items) <= LIGHT_REQUEST_ROWS

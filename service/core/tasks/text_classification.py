@@ -65,6 +65,10 @@ class TextClassification(ClassificationTask):
             raise InputError("is missing")
         return check_text(value, settings.max_text_chars)
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """A text of MAX_TEXT_CHARS, every character escaped as \\uXXXX (Python's json.dumps does that to non-ASCII)."""
+        return settings.max_text_chars * 6 + 64
+
     def is_light(self, items: Sequence[str]) -> bool:
         return sum(len(text) for text in items) <= LIGHT_REQUEST_CHARS
 
