@@ -30,6 +30,7 @@ from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
+from service.http.drain import drain_on_sigterm
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.headers import SecurityHeaders
@@ -43,6 +44,7 @@ SETTINGS = Settings.from_env()
 own_metrics_directory()
 cancel_finished_request_timers()
 limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
+drain_on_sigterm()
 log = logging.getLogger("modelserve.service")
 
 

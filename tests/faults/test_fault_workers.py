@@ -211,10 +211,10 @@ def test_sigterm_under_load_finishes_what_is_in_flight(single: Server) -> None:
     reset = [o for o in after if o.status is None and o.error != "ConnectError"]
     print(
         f"\nSIGTERM under {CLIENTS} clients: exit {code} after {exited:.1f}s; after the signal {len(answered)} answered 200, "
-        f"{len(reset)} connections reset (waiting in the listen backlog, never read), the rest refused"
+        f"{len(reset)} connections reset, the rest refused"
     )
     assert code == 0
     assert not [o for o in load.outcomes if o.status is not None and o.status != 200], "no request got an error status"
-    # Only connections the kernel had queued but the server never read are reset; a client that reconnects at
-    # once may be queued (and reset) once more before the listening socket closes: at most twice per client.
-    assert len(reset) <= 2 * CLIENTS, "only connections the kernel had queued but the server never read are reset"
+    # Issue 23, 13: 6 reset under 4 clients (32-34 under 32): connections queued during the drain, and new connections whose
+    # request had not been read yet, were closed without an answer. Now new ones are refused and queued ones answered.
+    assert not reset, f"{len(reset)} requests sent on an accepted connection got no answer: {reset}"
