@@ -55,7 +55,9 @@ def answered(url: str, version: str) -> float:
     )
 
 
-def test_a_second_server_leaves_the_first_ones_metrics_and_its_canary_decides(first: Server, root: Path, home: Path) -> None:
+def test_a_second_server_leaves_the_first_ones_metrics_and_its_canary_decides(
+    first: Server, root: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with httpx.Client(base_url=first.url, timeout=60) as client:
         for _ in range(20):
             assert client.post("/predict_price", json={"rows": [HOUSE]}).status_code == 200
@@ -68,6 +70,8 @@ def test_a_second_server_leaves_the_first_ones_metrics_and_its_canary_decides(fi
         with Traffic(first.url):  # a canary on the first server, while the second one runs
             assert live_phase(args, Registry(root), ServiceClient(first.url, TOKEN), 2, [HOUSE]) == 0
         assert (root / NAME / CURRENT_FILE).read_text().strip() == "2" and not (root / NAME / CANDIDATE_FILE).exists()
+        steps = [int(line[1 : line.index("]")]) for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+        assert steps == sorted(steps) and steps[-1] == 7, f"steps print in order (issue 23, 6: [6] promote came before [5]): {steps}"
         assert answered(first.url, "1") > 20, "the first server's counts from before the second one started are kept"
         with httpx.Client(base_url=second.url, timeout=60) as client:
             assert client.post("/predict_price", json={"rows": [HOUSE]}).status_code == 200

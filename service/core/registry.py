@@ -252,6 +252,22 @@ def validate_metadata(metadata: Any) -> list[str]:
     return problems
 
 
+def interface_changes(served: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What a client of the served version would find changed in `new` (metadata of each): labels, input tensors, kind."""
+    changes = []
+    if served.get("labels") != new.get("labels"):
+        changes.append(f"labels {served.get('labels')} -> {new.get('labels')}")
+    inputs = [
+        [(i.get("name"), i.get("dtype"), i.get("shape")) for i in m.get("inputs") or [] if isinstance(i, dict)] for m in (served, new)
+    ]
+    if inputs[0] != inputs[1]:
+        changes.append(f"inputs (name, dtype, shape) {inputs[0]} -> {inputs[1]}")
+    kinds = [m.get("preprocessing", {}).get("kind") if isinstance(m.get("preprocessing"), dict) else None for m in (served, new)]
+    if kinds[0] != kinds[1]:
+        changes.append(f"preprocessing {kinds[0]} -> {kinds[1]}")
+    return changes
+
+
 def is_version_name(text: str) -> bool:
     """Only ASCII digits name a version: '12' yes; '²' (a digit to str.isdigit(), not to int()), '١٢', '-1', '' no."""
     return text.isascii() and text.isdigit()
