@@ -153,6 +153,7 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     assert scaler["min"] == split.x_train.min(axis=0).tolist() and scaler["max"] == split.x_train.max(axis=0).tolist()
     assert metadata["data"]["example"]["values"] == dict(zip(split.feature_names, split.x_test[0].tolist()))
     assert metadata["data"]["example"]["target"] == float(split.y_test[0])
+    assert metadata["preprocessing"]["feature_descriptions"]["RM"] == "average number of rooms per dwelling", "what each code means"
 
     model = load_model(registry.get("boston_housing", 1), ["CPUExecutionProvider"])
     x, y = housing_rows(50, seed=7)
