@@ -57,6 +57,7 @@ MAX_FORM_FIELDS = 16  # text fields in one multipart request (the APIs take file
 V2_HEADER_LENGTH = "inference-header-content-length"  # the v2 protocol: the body's JSON part, binary tensors after it
 LINGER_S = 5.0  # how long a refused request's body is still read and dropped before the connection closes
 LINGER_IDLE_S = 0.5  # ... unless the client pauses this long (it is waiting for the answer)
+DRAIN_PAUSE_S = 0.002  # between two chunks of a refused body being dropped
 log = logging.getLogger("modelserve.guard")
 
 
@@ -366,6 +367,10 @@ class RequestGuard:
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return
+            # Unhurried: uvicorn stops reading the socket while a message waits, so the client is slowed down by
+            # TCP itself, and a worker that refuses 30 MB bodies back to back spends its loop on health checks,
+            # not on chunks it throws away (benchmarks/health.py --heavy v2-json).
+            await asyncio.sleep(DRAIN_PAUSE_S)
 
     @staticmethod
     def _replay(messages: list[Message], receive: Receive) -> Receive:
