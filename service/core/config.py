@@ -1,8 +1,8 @@
 """One typed settings object, read from `MODELSERVE_*` environment variables.
 
-Defaults work on a laptop and in the container. The README's configuration table is
-generated from `SETTINGS_DOC` (python -m service.config prints it), so the two
-cannot drift apart.
+Defaults work on a laptop and in the container. The table in docs/configuration.md is
+generated from the settings' own documentation (`python -m service.core.config` prints it,
+a test compares), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 
 
 def setting(default: Any, doc: str) -> Any:
-    """A settings field: its default and the line that documents it (the README's table is made from these)."""
+    """A settings field: its default and the line that documents it (docs/configuration.md's table is made from these)."""
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
@@ -192,7 +192,7 @@ def _parse(name: str, raw: str, default: object) -> object:
 
 
 def settings_table() -> str:
-    """The Markdown table of every setting (service and client), for the README."""
+    """The Markdown table of every setting (service and client), for docs/configuration.md."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for cls in (Settings, ClientSettings):
         for f in dataclasses.fields(cls):
@@ -209,8 +209,8 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def update_readme(path: Path) -> None:
-    """Replace the settings table in a README (from its header row to the next blank line) with the current one."""
+def update_table(path: Path) -> None:
+    """Replace the settings table in a Markdown page (from its header row to the next blank line) with the current one."""
     lines = path.read_text().splitlines(keepends=True)
     start = next(i for i, line in enumerate(lines) if line.startswith("| variable | default | meaning |"))
     end = next(i for i in range(start, len(lines)) if not lines[i].strip())
@@ -218,9 +218,9 @@ def update_readme(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    # python -m service.core.config              print the table
-    # python -m service.core.config README.md    rewrite the README's copy
+    # python -m service.core.config                          print the table
+    # python -m service.core.config docs/configuration.md    rewrite that page's copy
     if len(sys.argv) > 1:
-        update_readme(Path(sys.argv[1]))
+        update_table(Path(sys.argv[1]))
     else:
         sys.stdout.write(settings_table() + "\n")
