@@ -1,7 +1,7 @@
 """A bag-of-n-grams graph rewritten to take each text's n-gram ids and weights instead of a dense row.
 
-A TF-IDF text model's first Dense layer multiplies a [N, V] row (V = 200,000 for
-imdb_sentiment v2) that has a few hundred non-zeros. As exported by tf2onnx, that is
+A TF-IDF text model's first Dense layer multiplies a [N, V] row (V = 200,000 for the
+shipped sentiment model's v2) that has a few hundred non-zeros. As exported by tf2onnx, that is
 `MatMul(features, W)`; here it becomes
 
     Gather(W, ids) -> [N, K, H];  times Unsqueeze(weights, 2) -> [N, K, H];  ReduceSum over K -> [N, H]
