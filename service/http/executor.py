@@ -6,8 +6,10 @@ The event loop only parses and checks requests (image headers, not pixels). Then
   from headers); a request beyond the bound gets a fast 503 with Retry-After instead of
   a place in a queue that would stall everyone behind it.
 - Work: decoding, preprocessing and CPU inference run in worker threads, one pool per
-  model with a thread per core (Pillow and onnxruntime release the GIL, so they run side
-  by side), so a text request never queues behind image decoding. Without batching a
+  model with a thread per CPU of the worker's share (the CPUs the process may use divided
+  by the workers: with one worker per CPU, one thread; Pillow and onnxruntime release the
+  GIL, so on more CPUs they run side by side), so a text request never queues behind
+  image decoding. Without batching a
   request reaches onnxruntime after one thread hop, or none: work the task calls light
   (a short text, a few table rows: well under a millisecond, less than the hop itself)
   runs on the event loop.
@@ -37,7 +39,7 @@ from typing import Any, TypeVar
 from service.core.config import Settings
 from service.core.errors import InputError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
-from service.core.sessions import GPU_PROVIDERS, cores
+from service.core.sessions import GPU_PROVIDERS
 from service.http.metrics import Timing, metrics
 
 log = logging.getLogger("modelserve.executor")
@@ -263,7 +265,8 @@ class Executor:
 
     def pool(self, name: str) -> ThreadPoolExecutor:
         if name not in self.pools:
-            self.pools[name] = ThreadPoolExecutor(self.settings.work_threads or cores(), thread_name_prefix=f"work-{name}")
+            threads = self.settings.work_threads or self.settings.cpus_per_worker()
+            self.pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=f"work-{name}")
         return self.pools[name]
 
     async def run(self, name: str, work: Callable[..., T], *args: Any, timing: Timing | None = None) -> T:
