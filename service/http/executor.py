@@ -172,8 +172,10 @@ def route(runtime: ModelRuntime, name: str, key: str | None = None) -> tuple[Loa
 class Executor:
     """Runs checked requests for one worker: admission, a thread hop, batching per model version, shadows."""
 
-    def __init__(self, settings: Settings, runtime: ModelRuntime) -> None:
+    def __init__(self, settings: Settings, runtime: ModelRuntime, requests_in_flight: Callable[[], int] = lambda: 0) -> None:
+        """`requests_in_flight`: HTTP requests of this worker between arrival and response (the request guard counts them)."""
         self.settings, self.runtime = settings, runtime
+        self.requests_in_flight = requests_in_flight
         self.pools: dict[str, ThreadPoolExecutor] = {}
         self.admissions: dict[str, Admission] = {}
         self.in_progress: collections.Counter[str] = collections.Counter()  # requests per model, on the event loop
@@ -216,8 +218,8 @@ class Executor:
         with admission.admit(task.cost(items)), self._counted(model.name):
             light = task.is_light(items)
             if shadow is None and not self.batches(model):
-                if light and self.in_progress[model.name] <= 1:  # alone: the hop would cost more than the work
-                    return self._decode_and_predict(model, items)
+                if (light and self.in_progress[model.name] <= 1) or (task.fits_inline(items) and await self._alone_in_worker()):
+                    return self._decode_and_predict(model, items)  # alone: the hop would cost more than it saves
                 return await self.run(model.name, self._decode_and_predict, model, items, timing=timing)
             decoded = self._decode(model, items) if light else await self.run(model.name, self._decode, model, items, timing=timing)
             if self.batches(model):
@@ -254,6 +256,21 @@ class Executor:
         task = asyncio.get_running_loop().create_task(score())
         self.shadows.add(task)
         task.add_done_callback(self.shadows.discard)
+
+    def _idle(self) -> bool:
+        """Nothing but this request is in progress in this worker: no other request (arrived, or here), no shadow scoring."""
+        return max(self.requests_in_flight(), sum(self.in_progress.values())) <= 1 and not self.shadows
+
+    async def _alone_in_worker(self) -> bool:
+        """`_idle`, asked again after one turn of the event loop: requests that arrived with this one have started by then.
+
+        Without that turn, requests read in the same pass over the sockets would each find
+        the worker idle and run one after another on the loop.
+        """
+        if not self._idle():
+            return False
+        await asyncio.sleep(0)
+        return self._idle()
 
     @contextlib.contextmanager
     def _counted(self, name: str) -> Iterator[None]:

@@ -101,6 +101,13 @@ class Task(ABC):
         """
         return False
 
+    def fits_inline(self, items: Sequence[Any]) -> bool:
+        """Work bounded enough (a few milliseconds) to run on the event loop when it is the worker's only request.
+
+        Nothing else is waiting then, so the loop would only wait for the worker thread.
+        """
+        return self.is_light(items)
+
     @abstractmethod
     def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
         """Validated items -> the model's input batch (a graph with one input)."""
