@@ -80,22 +80,22 @@ class _NgramIndex:
     @classmethod
     def build(cls, vocabulary: Mapping[str, int], ngram_max: int) -> _NgramIndex | None:
         """None when the packed keys would not fit in 63 bits (the string lookup is used then)."""
-        split = [(parts, i) for parts, i in ((token.split(" "), i) for token, i in vocabulary.items()) if len(parts) <= ngram_max]
-        words: dict[str, int] = {}
-        for parts, _ in split:
-            for word in parts:
-                words.setdefault(word, len(words))
+        split = [token.split(" ") for token in vocabulary]
+        kept = [len(parts) <= ngram_max for parts in split]
+        split = list(itertools.compress(split, kept))
+        ids = np.fromiter(itertools.compress(vocabulary.values(), kept), np.int64, len(split))
+        words = {word: i for i, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
         bits = (len(words) + 1).bit_length()  # numbers 0 .. len(words) - 1, and 2**bits - 1 for unknown words
         if bits * ngram_max + 1 > 63:
             return None
-        pairs = []
-        for parts, i in split:
-            key = 1
-            for word in parts:
-                key = (key << bits) | words[word]
-            pairs.append((key, i))
-        pairs.sort()
-        return cls(words, np.array([k for k, _ in pairs], np.int64), np.array([i for _, i in pairs], np.int64), bits)
+        lengths = np.fromiter(map(len, split), np.int64, len(split))
+        numbers = np.fromiter(map(words.__getitem__, itertools.chain.from_iterable(split)), np.int64, int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        position = np.arange(len(numbers)) - np.repeat(starts, lengths)  # of each word within its n-gram
+        shifts = bits * (np.repeat(lengths, lengths) - 1 - position)
+        keys = (np.int64(1) << (bits * lengths)) + np.add.reduceat(numbers << shifts, starts) if len(split) else np.zeros(0, np.int64)
+        order = np.argsort(keys, kind="stable")
+        return cls(words, keys[order], ids[order], bits)
 
     def find(self, words: Sequence[str], ngram_max: int) -> np.ndarray:
         """Ids of the text's n-grams (1..ngram_max) found in the vocabulary, with repeats, in no particular order."""
