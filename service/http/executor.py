@@ -9,10 +9,13 @@ The event loop only parses and checks requests (image headers, not pixels). Then
   model with a thread per CPU of the worker's share (the CPUs the process may use divided
   by the workers: with one worker per CPU, one thread; Pillow and onnxruntime release the
   GIL, so on more CPUs they run side by side), so a text request never queues behind
-  image decoding. Without batching a
-  request reaches onnxruntime after one thread hop, or none: work the task calls light
-  (a short text, a few table rows: well under a millisecond, less than the hop itself)
-  runs on the event loop.
+  image decoding. Without batching a request reaches onnxruntime after one thread hop,
+  or none: work the task calls light (a short text, a few table rows: well under a
+  millisecond, less than the hop itself) runs on the event loop when it is its model's
+  only request, and so does bounded work (an image of at most a few megapixels) when it
+  is the worker's only request: with nothing else to serve, the loop would only wait for
+  the worker thread, and the hop (a queue, a wake-up on each side) is what a bare
+  handler does not pay.
 - Batching (GPU providers by default; MODELSERVE_BATCHING): requests are decoded in the
   pool, then merged by a per-version batcher into one onnxruntime call of up to the
   model's batch size, waiting at most MODELSERVE_BATCH_MAX_DELAY_MS for company
