@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.launch import ROOT, start_server
@@ -98,6 +99,44 @@ def summarise(paths: list[Path]) -> Counter[str]:
     return counts
 
 
+def profile(url: str, pids: list[int], endpoint: str, seconds: float, make: Callable[[int], dict]) -> tuple[Counter[str], int, list[str]]:
+    """(busy samples per stage, idle samples, the Markdown section) for one endpoint driven by one client."""
+    asyncio.run(run_hey(url, endpoint, 1, 3, make))  # warm
+    stem = RESULTS / f"profile_{endpoint}"
+    spies = record(pids, seconds + 1, stem)
+    time.sleep(0.5)
+    run = asyncio.run(run_hey(url, endpoint, 1, seconds, make))
+    for spy in spies:
+        spy.wait()
+    parts = sorted(stem.parent.glob(f"{stem.name}.*.txt"))
+    stem.with_suffix(".txt").write_text("".join(p.read_text() for p in parts))
+    for part in parts:
+        part.unlink()
+    counts = summarise([stem.with_suffix(".txt")])
+    idle = counts.pop("idle", 0)
+    total = sum(counts.values()) or 1
+    p50, p99 = run.p50_p99()
+    section = [
+        f"## /{endpoint}: {sum(run.codes.values()) / run.seconds:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms\n",
+        "| stage | share of busy samples |",
+        "|---|---:|",
+        *[f"| {stage} | {n / total:.1%} |" for stage, n in counts.most_common()],
+        "",
+        f"{total:,} busy samples; {idle:,} samples of threads waiting were left out.",
+        "",
+    ]
+    return counts, idle, section
+
+
+def plot(results: dict[str, Counter[str]], path: Path) -> None:
+    with figure(path, 1, len(results), size=(7 * len(results), 5)) as (_, axes):
+        for ax, (endpoint, counts) in zip(axes[0], results.items(), strict=True):
+            total = sum(counts.values()) or 1
+            ranked = counts.most_common()
+            values = [100 * n / total for _, n in ranked]
+            bars(ax, [s for s, _ in ranked], values, ["tab:blue"] * len(ranked), f"/{endpoint}", "% of busy samples")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoints", default="classify_image,sentiment")
@@ -120,47 +159,13 @@ def main() -> None:
     try:
         pids = worker_pids(server.process.pid)
         for endpoint in args.endpoints.split(","):
-            asyncio.run(run_hey(server.url, endpoint, 1, 3, makers[endpoint]))  # warm
-            stem = RESULTS / f"profile_{endpoint}"
-            spies = record(pids, args.seconds + 1, stem)
-            time.sleep(0.5)
-            run = asyncio.run(run_hey(server.url, endpoint, 1, args.seconds, makers[endpoint]))
-            for spy in spies:
-                spy.wait()
-            parts = sorted(stem.parent.glob(f"{stem.name}.*.txt"))
-            stem.with_suffix(".txt").write_text("".join(p.read_text() for p in parts))
-            for part in parts:
-                part.unlink()
-            counts = summarise([stem.with_suffix(".txt")])
-            idle = counts.pop("idle", 0)
-            results[endpoint] = counts
-            total = sum(counts.values()) or 1
-            p50, p99 = run.p50_p99()
-            lines += [
-                f"## /{endpoint}: {sum(run.codes.values()) / run.seconds:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms\n",
-                "| stage | share of busy samples |",
-                "|---|---:|",
-                *[f"| {stage} | {n / total:.1%} |" for stage, n in counts.most_common()],
-                "",
-                f"{total:,} busy samples; {idle:,} samples of threads waiting were left out.",
-                "",
-            ]
-            print("\n".join(lines[-len(counts) - 6 :]), flush=True)
+            results[endpoint], _, section = profile(server.url, pids, endpoint, args.seconds, makers[endpoint])
+            lines += section
+            print("\n".join(section), flush=True)
     finally:
         server.stop()
     save_markdown(RESULTS / f"{args.out}.md", lines)
-    with figure(RESULTS / f"{args.out}.png", 1, len(results), size=(7 * len(results), 5)) as (_, axes):
-        for ax, (endpoint, counts) in zip(axes[0], results.items(), strict=True):
-            total = sum(counts.values()) or 1
-            ranked = counts.most_common()
-            bars(
-                ax,
-                [s for s, _ in ranked],
-                [100 * n / total for _, n in ranked],
-                ["tab:blue"] * len(ranked),
-                f"/{endpoint}",
-                "% of busy samples",
-            )
+    plot(results, RESULTS / f"{args.out}.png")
 
 
 if __name__ == "__main__":

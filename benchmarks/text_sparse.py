@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import time
 from collections.abc import Callable
@@ -77,14 +78,67 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def measure(args: argparse.Namespace) -> tuple[list[tuple[str, str, float]], list[str]]:
+Row = tuple[str, str, float]  # (what, configuration, reviews/s)
+
+
+def report(rows: list[Row], what: str, config: str, rate: float) -> None:
+    rows.append((what, config, rate))
+    print(f"| {what} | {config} | {rate:,.0f} | {1e6 / rate:,.1f} |", flush=True)
+
+
+def preprocessing_rows(vectorizer: TextVectorizer, texts: list[str], seconds: float) -> list[Row]:
+    """Tokenising and the vocabulary search, before and now; building each graph's input."""
+    rows: list[Row] = []
+    n, tokenise, build = len(texts), "tokenise + vocabulary search", "build the graph input"
+    report(
+        rows, tokenise, "n-gram strings looked up (before)", per_second(lambda: [string_lookup(vectorizer, t) for t in texts], n, seconds)
+    )
+    report(rows, tokenise, "packed n-gram index (now)", per_second(lambda: [vectorizer.token_ids(t) for t in texts], n, seconds))
+    dense = per_second(lambda: [vectorizer.transform([t]) for t in texts[:100]], 100, seconds)
+    report(rows, build, "dense row (tokenise, TF-IDF, 200,000 floats)", dense)
+    report(
+        rows,
+        build,
+        "padded ids + weights (tokenise, TF-IDF)",
+        per_second(lambda: [vectorizer.transform_sparse([t]) for t in texts], n, seconds),
+    )
+    return rows
+
+
+def session_rows(
+    graphs: dict[str, onnx.ModelProto], vectorizer: TextVectorizer, texts: list[str], seconds: float
+) -> tuple[list[Row], float]:
+    """The session alone on inputs built beforehand, and review to probability, per graph and batch size; max |dense - sparse|."""
+    feeds: dict[str, Callable[[list[str]], dict[str, np.ndarray]]] = {
+        "dense": lambda batch: {"features": vectorizer.transform(batch)},
+        "sparse": lambda batch: dict(zip(SPARSE_INPUTS, vectorizer.transform_sparse(batch), strict=True)),
+    }
+    sessions = {(kind, threads): session(graph, threads) for kind, graph in graphs.items() for threads in (1, 0)}
+    probe = texts[:64]
+    answers = [sessions[kind, 1].run(None, feeds[kind](probe))[0] for kind in ("dense", "sparse")]
+    rows: list[Row] = []
+    for batch in BATCHES:
+        chunks = [texts[i : i + batch] for i in range(0, min(len(texts), 4 * 64), batch)]
+        items = sum(map(len, chunks))
+        for kind in graphs:
+            built = [feeds[kind](chunk) for chunk in chunks]
+            for threads in (1, 0):
+                run = sessions[kind, threads].run
+                config = f"{kind}, batch {batch}, {threads or 'all'} thread{'s' if threads != 1 else ''}"
+                rate = per_second(lambda run=run, built=built: [run(None, f) for f in built], items, seconds)
+                report(rows, "session alone (inputs built beforehand)", config, rate)
+            run, feed = sessions[kind, 1].run, feeds[kind]
+            rate = per_second(lambda run=run, feed=feed, chunks=chunks: [run(None, feed(c)) for c in chunks], items, seconds)
+            report(rows, "review to probability", f"{kind}, batch {batch}, 1 thread", rate)
+    return rows, float(np.max(np.abs(answers[0] - answers[1])))
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     """(rows of (what, configuration, reviews/s)), notes."""
     version = Registry(Path(args.models)).get(MODEL, args.version)
     metadata = version.read_metadata()
     if [i["name"] for i in metadata["inputs"]] != ["features"]:
         raise SystemExit(f"{MODEL} v{args.version} is not a dense-input version; name one with --version (v2 is)")
-    import json
-
     vectorizer = TextVectorizer.from_json(json.loads((version.path / metadata["preprocessing"]["vocabulary_file"]).read_text()))
     started = time.perf_counter()
     vectorizer.build_index()
@@ -92,75 +146,16 @@ def measure(args: argparse.Namespace) -> tuple[list[tuple[str, str, float]], lis
     dense_graph = onnx.load(version.model_path)
     graphs = {"dense": dense_graph, "sparse": sparse_input_graph(dense_graph, "features")}
     texts = reviews(args.reviews)
-    words = np.mean([len(t.split()) for t in texts])
-    rows: list[tuple[str, str, float]] = []
-
-    def report(what: str, config: str, rate: float) -> None:
-        rows.append((what, config, rate))
-        print(f"| {what} | {config} | {rate:,.0f} | {1e6 / rate:,.1f} |", flush=True)
-
     print("| what | configuration | reviews/s | µs per review |\n|---|---|---:|---:|", flush=True)
-    n = len(texts)
-    report(
-        "tokenise + vocabulary search",
-        "n-gram strings looked up (before)",
-        per_second(lambda: [string_lookup(vectorizer, t) for t in texts], n, args.seconds),
-    )
-    report(
-        "tokenise + vocabulary search",
-        "packed n-gram index (now)",
-        per_second(lambda: [vectorizer.token_ids(t) for t in texts], n, args.seconds),
-    )
-    report(
-        "build the graph input",
-        "dense row (tokenise, TF-IDF, 200,000 floats)",
-        per_second(lambda: [vectorizer.transform([t]) for t in texts[:100]], 100, args.seconds),
-    )
-    report(
-        "build the graph input",
-        "padded ids + weights (tokenise, TF-IDF)",
-        per_second(lambda: [vectorizer.transform_sparse([t]) for t in texts], n, args.seconds),
-    )
-
-    feeds = {
-        "dense": lambda batch: {"features": vectorizer.transform(batch)},
-        "sparse": lambda batch: dict(zip(SPARSE_INPUTS, vectorizer.transform_sparse(batch), strict=True)),
-    }
-    sessions = {(kind, threads): session(graph, threads) for kind, graph in graphs.items() for threads in (1, 0)}
-    probe = texts[:64]
-    difference = float(
-        np.max(
-            np.abs(sessions["dense", 1].run(None, feeds["dense"](probe))[0] - sessions["sparse", 1].run(None, feeds["sparse"](probe))[0])
-        )
-    )
-    for batch in BATCHES:
-        chunks = [texts[i : i + batch] for i in range(0, min(n, 4 * 64), batch)]
-        for kind in graphs:
-            built = [feeds[kind](chunk) for chunk in chunks]
-            for threads in (1, 0):
-                run = sessions[kind, threads].run
-                config = f"{kind}, batch {batch}, {threads or 'all'} thread{'s' if threads != 1 else ''}"
-                report(
-                    "session alone (inputs built beforehand)",
-                    config,
-                    per_second(lambda run=run, built=built: [run(None, f) for f in built], sum(map(len, chunks)), args.seconds),
-                )
-            run = sessions[kind, 1].run
-            feed = feeds[kind]
-            report(
-                "review to probability",
-                f"{kind}, batch {batch}, 1 thread",
-                per_second(
-                    lambda run=run, feed=feed, chunks=chunks: [run(None, feed(c)) for c in chunks], sum(map(len, chunks)), args.seconds
-                ),
-            )
+    rows = preprocessing_rows(vectorizer, texts, args.seconds)
+    session_part, difference = session_rows(graphs, vectorizer, texts, args.seconds)
     notes = [
-        f"{MODEL} v{args.version} ({vectorizer.size:,} n-grams, 1..{vectorizer.ngram_max}) and its sparse rewrite; {n} real reviews "
-        f"of {words:.0f} words on average; max |dense - sparse| = {difference:.1e} on 64 of them.",
+        f"{MODEL} v{args.version} ({vectorizer.size:,} n-grams, 1..{vectorizer.ngram_max}) and its sparse rewrite; {len(texts)} real reviews "
+        f"of {np.mean([len(t.split()) for t in texts]):.0f} words on average; max |dense - sparse| = {difference:.1e} on 64 of them.",
         f"Building the n-gram index: {index_s:.2f} s once per model load. {len(os.sched_getaffinity(0))} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end; each rate the best of three spans of {args.seconds / 3:.1f} s.",
     ]
-    return rows, notes
+    return rows + session_part, notes
 
 
 def main() -> None:
