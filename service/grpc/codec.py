@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from service.core.errors import InputError
-from service.core.tasks import V2_NUMPY_TYPES, Tensor
+from service.core.tasks.tensors import V2_NUMPY_TYPES, Tensor
 from service.grpc import inference_pb2 as pb
 from service.http.v2_codec import describe, from_raw, to_raw
 from service.http.v2_infer import InputTensor

@@ -13,8 +13,8 @@ format is v2_codec.py; from decoded tensors to answers an inference request take
 that gRPC's takes too (v2_infer.py): the task's cheap `check` per item on the event loop
 (an image's header, not its pixels), the request's limits, then `Executor.predict`
 (admission, worker threads, batching where it pays; a bad item fails only its own request).
-Which tensors a model takes and gives is declared by its task (service/core/tasks), never by
-its name here.
+Which tensors a model takes and gives is declared by its task's tensor adapter
+(service/core/tasks/tensors.py), never by its name here.
 
 A model is served at its CURRENT version only: /v2/models/{name} follows a hot reload,
 and a version that is not served is a 404 with the protocol's {"error": ...} body.

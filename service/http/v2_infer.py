@@ -4,10 +4,10 @@ A transport turns its message into `InputTensor`s (name, datatype, shape, and th
 made an array only once the tensor is accepted, so a huge declared shape costs nothing)
 and encodes the arrays that come back. Everything between lives here, once: which served
 version answers (a named one exactly, otherwise as the friendly endpoints route: a
-canary's share, a shadow), the match against the tensors the model's task declares, the
-item limits, the task's cheap per-item check on the event loop, then `Executor.predict`
-(admission, worker threads, batching where it pays; a bad item fails only its own
-request), and the task's output arrays.
+canary's share, a shadow), the match against the tensors the task's adapter declares
+(service/core/tasks/tensors.py), the item limits, the task's cheap per-item check on the
+event loop, then `Executor.predict` (admission, worker threads, batching where it pays; a
+bad item fails only its own request), and the adapter's output arrays.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bentoml.exceptions import BentoMLException
 from service.core.config import Settings
 from service.core.errors import InputError, NotFoundError, NotReady
 from service.core.runtime import LoadedModel, ModelRuntime
-from service.core.tasks import Tensor
+from service.core.tasks.tensors import Tensor, v2_tensors
 from service.http.executor import Executor, ItemError, route
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX models run by onnxruntime
@@ -95,13 +95,13 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         "name": model.name,
         "versions": [str(model.version)],
         "platform": PLATFORM,
-        "inputs": [t.describe() for t in model.task.tensor_inputs(model.assets)],
+        "inputs": [t.describe() for t in v2_tensors(model.task).inputs(model.assets)],
         "outputs": [t.describe() for t in output_tensors(model)],
     }
 
 
 def output_tensors(model: LoadedModel) -> list[Tensor]:
-    return model.task.tensor_outputs(model.metadata)
+    return v2_tensors(model.task).outputs(model.metadata)
 
 
 def repository_index(runtime: ModelRuntime) -> list[dict[str, str]]:
@@ -111,7 +111,7 @@ def repository_index(runtime: ModelRuntime) -> list[dict[str, str]]:
 
 def _declared_input(model: LoadedModel, inputs: Sequence[InputTensor]) -> tuple[Tensor, InputTensor]:
     """The one input the request sends, matched against the task's declared tensors by name, datatype and shape."""
-    declared = {t.name: t for t in model.task.tensor_inputs(model.assets)}
+    declared = {t.name: t for t in v2_tensors(model.task).inputs(model.assets)}
     choices = " or ".join(f"{t.name} ({t.datatype} {list(t.shape)})" for t in declared.values())
     unknown = [i.name for i in inputs if i.name not in declared]
     if unknown:
@@ -134,7 +134,7 @@ def check_inputs(model: LoadedModel, inputs: Sequence[InputTensor], outputs: Col
     its pixels), but a transport runs it in a worker thread when the message is large.
     """
     tensor, given = _declared_input(model, inputs)
-    task, count = model.task, given.shape[0]
+    task, tensors, count = model.task, v2_tensors(model.task), given.shape[0]
     if not 1 <= count <= settings.max_items:
         raise InputError(f"input {given.name} has {count} {task.item_noun}s; send 1 to {settings.max_items} (MODELSERVE_MAX_ITEMS)")
     names = {t.name for t in output_tensors(model)}
@@ -145,7 +145,7 @@ def check_inputs(model: LoadedModel, inputs: Sequence[InputTensor], outputs: Col
     items = []
     for index in range(count):
         try:
-            items.append(task.check(task.tensor_value(tensor, array[index], settings), model.assets, settings))
+            items.append(task.check(tensors.value(tensor, array[index], settings), model.assets, settings))
         except InputError as exc:
             raise InputError(f"{given.name}[{index}]: {exc}") from None
     task.check_request(items, settings)
@@ -158,4 +158,4 @@ async def infer(executor: Executor, model: LoadedModel, shadow: LoadedModel | No
         answers = await executor.predict(model, request.items, shadow)
     except ItemError as exc:
         raise InputError(f"{request.tensor.name}[{exc.index}]: {exc}") from None
-    return model.task.output_arrays(answers, model.metadata)
+    return v2_tensors(model.task).arrays(answers, model.metadata)
