@@ -4,8 +4,10 @@ Seed (the pretrained-convnet notes, cats vs dogs): a `keras.applications` base w
 ImageNet weights, a new classifier on top, data augmentation (flip, rotation, zoom);
 phase 1 trains the new top with the base frozen, phase 2 unfreezes the top of the
 base and fine-tunes it at a low learning rate. Bases: MobileNetV2 (default),
-MobileNet v1 (the one whose ImageNet weights are available offline), VGG16 (the
-seed's) and EfficientNetB0.
+MobileNet v1, VGG16 (the seed's), EfficientNetB0 from keras.applications, and
+EfficientNet-Lite0/Lite2 (training/efficientnet_lite.py; no download, the converted
+ImageNet weights come in through --weights FILE). Offline, ImageNet weights exist for
+MobileNet v1 0.75 and EfficientNet-Lite0/Lite2.
 
 Images are decoded and resized by service/core/preprocessing.py, the code the service
 runs, rather than by TensorFlow's decoder: the two resize differently, and a model
@@ -27,9 +29,11 @@ import tensorflow as tf
 
 from service.core.errors import DataError
 from service.core.preprocessing import ImageSpec
-from training.datasets import file_record, load_image_folders
+from training import efficientnet_lite
+from training.datasets import ImageSplit, file_record, load_image_folders
 from training.evaluate import classification_test
 from training.export import TensorSpec, parity_inputs
+from training.photo_augment import augmented_copies
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
 
@@ -59,6 +63,20 @@ def scale_none(x: Any) -> Any:
     return x
 
 
+def _lite(variant: str) -> Callable[..., keras.Model]:
+    """An EfficientNet-Lite constructor with keras.applications' keywords (include_top is always False here)."""
+
+    def build(include_top: bool, weights: str | None, input_shape: tuple[int, int, int]) -> keras.Model:
+        if weights == "imagenet":
+            raise DataError(
+                f"efficientnet_{variant} has no download: pass --weights FILE "
+                f"(e.g. ../shared/data/pretrained/efficientnet_{variant}_imagenet_notop.weights.h5) or --weights none"
+            )
+        return efficientnet_lite.efficientnet_lite(variant, weights, input_shape)
+
+    return build
+
+
 def _bases() -> dict[str, tuple[Callable[..., keras.Model], Callable[[Any], Any]]]:
     apps = keras.applications
     return {
@@ -66,10 +84,17 @@ def _bases() -> dict[str, tuple[Callable[..., keras.Model], Callable[[Any], Any]
         "mobilenet": (apps.MobileNet, scale_tf),
         "vgg16": (apps.VGG16, scale_caffe),
         "efficientnet_b0": (apps.EfficientNetB0, scale_none),
+        "efficientnet_lite0": (_lite("lite0"), efficientnet_lite.scale),
+        "efficientnet_lite2": (_lite("lite2"), efficientnet_lite.scale),
     }
 
 
-BASE_NAMES = ("mobilenet_v2", "mobilenet", "vgg16", "efficientnet_b0")
+BASE_NAMES = ("mobilenet_v2", "mobilenet", "vgg16", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite2")
+
+
+def default_image_size(base: str) -> int:
+    """The resolution the base's weights were trained at (224 for all but EfficientNet-Lite2's 260)."""
+    return efficientnet_lite.native_resolution(base.removeprefix("efficientnet_")) if base.startswith("efficientnet_lite") else 224
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="imagenet",
         help="'imagenet' (download), 'none' (train from scratch) or a .weights.h5 file for the base without its top",
     )
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, help="input resolution (default: the base's own, 224; efficientnet_lite2 260)")
     parser.add_argument("--epochs", type=int, default=6, help="phase 1: new top only, base frozen")
     parser.add_argument("--fine-tune-epochs", type=int, default=4, help="phase 2: top of the base unfrozen (0 skips)")
     parser.add_argument("--fine-tune-layers", type=int, default=30, help="how many base layers from the top to unfreeze in phase 2")
@@ -91,6 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument(
+        "--photo-copies",
+        type=int,
+        default=0,
+        help="add this many randomly changed copies of each training photo (low JPEG quality, light, blur, crops, ...; training/photo_augment.py)",
+    )
     parser.add_argument(
         "--int8", action=argparse.BooleanOptionalAction, default=True, help="make and check an INT8 variant for CPUs (default: yes)"
     )
@@ -218,8 +249,20 @@ def _training_record(args: argparse.Namespace, pretrained: bool, fine_tuned_laye
     }
 
 
+def with_photo_copies(train: ImageSplit, spec: ImageSpec, copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training images and labels, plus `copies` randomly changed copies of each photo (training/photo_augment.py)."""
+    images, labels = [train.images], [train.labels]
+    for copy in range(copies):
+        log("data", f"photo copy {copy + 1}/{copies}: {len(train.paths)} training photos changed at random, decoded as the service does")
+        images.append(augmented_copies(train.paths, spec, seed=seed * 1000 + copy))
+        labels.append(train.labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def train(args: argparse.Namespace) -> TrainingResult:
     keras.utils.set_random_seed(args.seed)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.base)
     spec = ImageSpec(args.image_size, args.image_size)
     log("data", f"indexing and decoding images from {args.data or 'the cats vs dogs download'}")
     data = load_image_folders(args.data, spec, seed=args.seed)
@@ -231,7 +274,9 @@ def train(args: argparse.Namespace) -> TrainingResult:
     )
 
     inference, training, base, arch = build_models(args, len(data.class_names))
-    train_ds = _dataset(data.train.images, data.train.labels, args.batch_size, True, args.seed)
+    train_images, train_labels = with_photo_copies(data.train, spec, args.photo_copies, args.seed)
+    arch["photo_copies"] = args.photo_copies
+    train_ds = _dataset(train_images, train_labels, args.batch_size, True, args.seed)
     val_ds = _dataset(data.validation.images, data.validation.labels, args.batch_size, False, args.seed)
 
     history, fine_tuned_layers = fit_two_phases(args, training, base, arch["pretrained"], train_ds, val_ds)
