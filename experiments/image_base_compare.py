@@ -245,7 +245,7 @@ def command_finetune(name: str, trainer_args: list[str]) -> None:
     import keras
 
     from training.export import TensorSpec, export_onnx
-    from training.image_classifier import _dataset, add_arguments, build_models, default_image_size, fit_two_phases
+    from training.image_classifier import add_arguments, build_models, default_image_size, fit_two_phases
     from training.photo_augment import augmented_copies as copies_of
 
     parser = argparse.ArgumentParser()
@@ -261,16 +261,9 @@ def command_finetune(name: str, trainer_args: list[str]) -> None:
     x, y = np.asarray(sets["train"][0]), sets["train"][1]
     extra = [copies_of(train_paths, spec, seed=args.seed * 1000 + c) for c in range(args.photo_copies)]
     x, y = np.concatenate([x, *extra]), np.concatenate([y] * (1 + len(extra)))
-    inference, training, base, arch = build_models(args, 2)
-    val_x, val_y = np.asarray(sets["validation"][0]), sets["validation"][1]
-    history, layers = fit_two_phases(
-        args,
-        training,
-        base,
-        arch["pretrained"],
-        _dataset(x, y, args.batch_size, True, args.seed),
-        _dataset(val_x, val_y, args.batch_size, False, 0),
-    )
+    models = build_models(args, 2)
+    inference = models.inference
+    history, layers = fit_two_phases(args, models, (x, y), (np.asarray(sets["validation"][0]), sets["validation"][1]))
     seconds = time.monotonic() - started
     path = CACHE / f"finetune_{name.replace(' ', '_')}.onnx"
     export_onnx(inference, TensorSpec("image", "uint8", (None, args.image_size, args.image_size, 3)), "probabilities", path)

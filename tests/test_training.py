@@ -233,7 +233,7 @@ def test_efficientnet_lite_from_scratch_trains_exports_and_serves(tmp_path: Path
 
 
 def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path) -> None:
-    """--weights FILE for the new base: frozen features, then the top layers fine-tuned; the file is recorded by sha256."""
+    """--weights FILE for the new base: the top trained on features computed once (with photo copies), then the top layers fine-tuned."""
     from training.efficientnet_lite import efficientnet_lite
 
     folders = write_image_folders(tmp_path / "images", {"train": 16, "validation": 4, "test": 50}, size=32)
@@ -242,12 +242,13 @@ def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path) -> None
     efficientnet_lite("lite0", input_shape=(32, 32, 3)).save_weights(weights)
     args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "efficientnet_lite0",
             "--weights", str(weights), "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "12",
-            "--batch-size", "8", "--photo-copies", "1", "--no-int8"]  # fmt: skip
+            "--batch-size", "8", "--photo-copies", "1", "--phase1", "features", "--no-int8"]  # fmt: skip
     assert main(args) == 0
     _, metadata = trained_version(tmp_path / "models", "image_classifier")
     arch, phase2 = metadata["architecture"], metadata["training"]["phase2"]
     assert arch["pretrained"] is True and arch["weights_file"]["bytes"] == weights.stat().st_size
     assert arch["photo_copies"] == 1 and metadata["data"]["samples"]["train"] == 32
+    assert metadata["training"]["phase1"]["mode"] == "features" and len(metadata["training"]["history"]["val_accuracy"]) == 2
     assert phase2["epochs"] == 1 and phase2["unfrozen_layers_with_weights"] == 4, (
         "head conv and the last block's three convs (BatchNorm stays frozen)"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,28 @@ def _bases() -> dict[str, tuple[Callable[..., keras.Model], Callable[[Any], Any]
     }
 
 
+# The recipe of image_classifier v3, chosen on the 1,000 validation photos (experiments/image_base_compare.py),
+# and why (metadata training.chosen_by, recorded when a run uses exactly these options).
+CHOSEN_RECIPE: dict[str, Any] = {
+    "base": "efficientnet_lite0",
+    "image_size": 224,
+    "epochs": 3,
+    "fine_tune_epochs": 3,
+    "fine_tune_layers": 30,
+    "learning_rate": 1e-3,
+    "fine_tune_learning_rate": 1e-4,
+    "dropout": 0.2,
+    "batch_size": 32,
+    "photo_copies": 0,
+}
+CHOSEN_BY = "CHOSEN_BY_TEXT"
+
+
+def chosen_by(args: argparse.Namespace) -> str | None:
+    """Why this recipe exists, when the run is the chosen recipe (any pretrained weights file of that base)."""
+    return CHOSEN_BY if all(getattr(args, key) == value for key, value in CHOSEN_RECIPE.items()) else None
+
+
 BASE_NAMES = ("mobilenet_v2", "mobilenet", "vgg16", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite2")
 
 
@@ -117,6 +140,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument(
+        "--phase1",
+        choices=("augmented", "features"),
+        default="augmented",
+        help="augmented: the frozen base runs every epoch on images augmented in the graph (flip, rotation, zoom); "
+        "features: it runs once and the new top trains on its features (the notes' fast feature extraction; "
+        "--photo-copies are then the augmentation)",
+    )
+    parser.add_argument(
         "--photo-copies",
         type=int,
         default=0,
@@ -138,8 +169,19 @@ def augmentation(seed: int) -> keras.Sequential:
     )
 
 
-def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model, keras.Model, keras.Model, dict[str, Any]]:
-    """(inference model, training model, base, record). Both models share every weight."""
+@dataclass
+class Models:
+    """The image classifier's Keras models; they share every weight."""
+
+    inference: keras.Model  # uint8 pixels -> probabilities: what is exported
+    training: keras.Model  # the same with in-graph augmentation
+    base: keras.Model  # the pretrained convnet
+    extractor: keras.Model  # uint8 pixels -> pooled base features (phase 1 on features)
+    top: keras.Model  # pooled features -> probabilities (dropout, dense)
+    record: dict[str, Any]  # metadata "architecture"
+
+
+def build_models(args: argparse.Namespace, n_classes: int) -> Models:
     constructor, preprocess = _bases()[args.base]
     size = (args.image_size, args.image_size, 3)
     weights: str | None
@@ -160,16 +202,18 @@ def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model,
     x = preprocess(head_input)
     # A pretrained base keeps BatchNorm in inference mode, also while fine-tuning (keras-io's
     # transfer-learning advice); a base trained from scratch needs its statistics to learn.
-    x = base(x, training=False) if pretrained else base(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(args.dropout)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    head = keras.Model(head_input, outputs, name="classifier")
+    pooled = keras.layers.GlobalAveragePooling2D()(base(x, training=False) if pretrained else base(x))
+    features = keras.Model(head_input, pooled, name="features")
+    top = keras.Sequential(
+        [keras.layers.Dropout(args.dropout), keras.layers.Dense(n_classes, activation="softmax", name="probabilities")], name="top"
+    )
+    head = keras.Model(head_input, top(features(head_input)), name="classifier")
 
     pixels = keras.Input(size, dtype="uint8", name="image")
     as_float = keras.ops.cast(pixels, "float32")
     inference = keras.Model(pixels, head(as_float), name=NAME)
     training = keras.Model(pixels, head(augmentation(args.seed)(as_float)), name=f"{NAME}_train")
+    extractor = keras.Model(pixels, features(as_float), name=f"{NAME}_features")
     record = {
         "base": args.base,
         "alpha": args.alpha if args.base.startswith("mobilenet") else None,
@@ -180,7 +224,7 @@ def build_models(args: argparse.Namespace, n_classes: int) -> tuple[keras.Model,
         "head": ["GlobalAveragePooling2D", f"Dropout({args.dropout})", f"Dense({n_classes}, softmax)"],
         "augmentation": ["RandomFlip(horizontal)", "RandomRotation(0.1)", "RandomZoom(0.2)"],
     }
-    return inference, training, base, record
+    return Models(inference, training, base, extractor, top, record)
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -206,13 +250,19 @@ def _unfreeze_top(base: keras.Model, n_layers: int) -> int:
 
 
 def fit_two_phases(
-    args: argparse.Namespace, training: keras.Model, base: keras.Model, pretrained: bool, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset
+    args: argparse.Namespace, models: Models, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray]
 ) -> tuple[dict[str, list[float]], int]:
     """Phase 1 trains the new head, base frozen; phase 2 fine-tunes the top of the base. Returns (history, layers fine-tuned)."""
+    training, base, pretrained = models.training, models.base, models.record["pretrained"]
+    train_ds = _dataset(*train, args.batch_size, True, args.seed)
+    val_ds = _dataset(*validation, args.batch_size, False, args.seed)
     base.trainable = not pretrained  # from scratch, nothing is pretrained, so everything trains
-    _compile(training, args.learning_rate)
-    log("phase 1", f"{'feature extraction, base frozen' if pretrained else 'training from scratch'}: {args.epochs} epochs")
-    history = training.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=fit_verbosity()).history
+    if pretrained and args.phase1 == "features":
+        history = _fit_top_on_features(args, models, train, validation)
+    else:
+        _compile(training, args.learning_rate)
+        log("phase 1", f"{'feature extraction, base frozen' if pretrained else 'training from scratch'}: {args.epochs} epochs")
+        history = training.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=fit_verbosity()).history
     if not pretrained or args.fine_tune_epochs <= 0:
         return history, 0
     fine_tuned_layers = _unfreeze_top(base, args.fine_tune_layers)
@@ -226,6 +276,31 @@ def fit_two_phases(
     return {key: history[key] + more[key] for key in history}, fine_tuned_layers
 
 
+def _fit_top_on_features(
+    args: argparse.Namespace, models: Models, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray]
+) -> dict[str, list[float]]:
+    """The notes' fast feature extraction: the frozen base runs once over every image, the new top trains on its features.
+
+    No in-graph augmentation (the features are computed once), so the photo copies are the
+    augmentation; epochs cost next to nothing, one pass of the base costs what one epoch does.
+    """
+    log("phase 1", f"frozen base over {len(train[0])} training and {len(validation[0])} validation images, once")
+    train_features = models.extractor.predict(train[0], batch_size=args.batch_size, verbose=fit_verbosity())
+    val_features = models.extractor.predict(validation[0], batch_size=args.batch_size, verbose=fit_verbosity())
+    _compile(models.top, args.learning_rate)
+    log("phase 1", f"new top on the cached features: {args.epochs} epochs")
+    fitted = models.top.fit(
+        train_features,
+        train[1],
+        validation_data=(val_features, validation[1]),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        shuffle=True,
+        verbose=fit_verbosity(),
+    )
+    return fitted.history
+
+
 def _training_record(args: argparse.Namespace, pretrained: bool, fine_tuned_layers: int) -> dict[str, Any]:
     """The training block of metadata.json."""
     return {
@@ -234,6 +309,7 @@ def _training_record(args: argparse.Namespace, pretrained: bool, fine_tuned_laye
             "optimizer": "adam",
             "learning_rate": args.learning_rate,
             "base": "frozen" if pretrained else "trainable",
+            "mode": args.phase1 if pretrained else "from scratch",
         },
         "phase2": {
             "epochs": args.fine_tune_epochs if fine_tuned_layers else 0,
@@ -246,6 +322,7 @@ def _training_record(args: argparse.Namespace, pretrained: bool, fine_tuned_laye
         "batch_size": args.batch_size,
         "seed": args.seed,
         "loss": "sparse_categorical_crossentropy",
+        "chosen_by": chosen_by(args),
     }
 
 
@@ -273,13 +350,12 @@ def train(args: argparse.Namespace) -> TrainingResult:
         f"classes {data.class_names}; train {len(data.train.labels)}, validation {len(data.validation.labels)}, test {len(data.test.labels)}",
     )
 
-    inference, training, base, arch = build_models(args, len(data.class_names))
+    models = build_models(args, len(data.class_names))
+    inference, arch = models.inference, models.record
     train_images, train_labels = with_photo_copies(data.train, spec, args.photo_copies, args.seed)
     arch["photo_copies"] = args.photo_copies
-    train_ds = _dataset(train_images, train_labels, args.batch_size, True, args.seed)
-    val_ds = _dataset(data.validation.images, data.validation.labels, args.batch_size, False, args.seed)
-
-    history, fine_tuned_layers = fit_two_phases(args, training, base, arch["pretrained"], train_ds, val_ds)
+    validation = (data.validation.images, data.validation.labels)
+    history, fine_tuned_layers = fit_two_phases(args, models, (train_images, train_labels), validation)
     probabilities = inference.predict(data.test.images, batch_size=args.batch_size, verbose=0)
     truth = data.test.labels
     test_metrics, matrix = classification_test(truth, probabilities.argmax(axis=1), data.class_names)
