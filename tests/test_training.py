@@ -81,6 +81,8 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
     session = onnx_session(registry, "imdb_sentiment")
     assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("ids", "tensor(int64)"), ("weights", "tensor(float)")], "sparse input"
+    assert [i["name"] for i in metadata["inputs"]] == ["ids", "weights"] and metadata["parity"]["max_abs_diff"] <= 1e-5
 
     model = load_model(registry.get("imdb_sentiment", 1), ["CPUExecutionProvider"])
     rng = np.random.default_rng(42)

@@ -26,6 +26,19 @@ PROVIDER_ALIASES = {
 MiB = 1024 * 1024
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by the cgroup CPU quota (a container's --cpus), at least 1.
+
+    The quota is read as BentoML reads it for its own `workers="cpu_count"` (cgroup v1 and v2).
+    """
+    affinity = len(os.sched_getaffinity(0))
+    try:
+        from bentoml._internal.resource import CpuResource
+    except ImportError:  # training without the serving extra
+        return affinity
+    return max(1, min(affinity, int(CpuResource.from_system())))
+
+
 def setting(default: Any, doc: str) -> Any:
     """A settings field: its default and the line that documents it (docs/configuration.md's table is made from these)."""
     if isinstance(default, dict):
@@ -48,7 +61,8 @@ class Settings:
     )
     intra_op_threads: int = setting(
         0,
-        "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)",
+        "onnxruntime threads per CPU session; 0: adaptive, a call alone in its worker uses every CPU the process may use, "
+        "concurrent calls one each (benchmarks/results/compare.md)",
     )
     workers: int = setting(
         0,
@@ -70,7 +84,11 @@ class Settings:
     max_pending_pixels: int = setting(
         200_000_000, "most image pixels being decoded or waiting to be, per worker; a request beyond it gets a fast 503 with Retry-After"
     )
-    work_threads: int = setting(0, "threads per worker that decode, preprocess and run CPU inference (0: one per core)")
+    work_threads: int = setting(
+        0,
+        "threads per worker and model that decode, preprocess and run CPU inference; 0: the worker's share of the CPUs "
+        "(the CPUs the process may use, cgroup quota respected, divided by the workers; at least 1)",
+    )
     batching: str = setting(
         "auto", "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"
     )
@@ -107,12 +125,16 @@ class Settings:
         return _from_env(cls, environ)
 
     def worker_count(self) -> int:
-        """MODELSERVE_WORKERS, or for 0 the CPUs this process may use as BentoML counts them for its own `workers="cpu_count"`."""
-        if self.workers:
-            return self.workers
-        from bentoml._internal.resource import CpuResource  # BentoML's count honours a cgroup CPU quota (containers)
+        """MODELSERVE_WORKERS, or for 0 one per CPU this process may use (affinity and cgroup quota: `available_cpus`)."""
+        return self.workers or available_cpus()
 
-        return max(1, int(CpuResource.from_system()))
+    def cpus_per_worker(self) -> int:
+        """Each worker's share of the CPUs this process may use, at least 1: what its thread pools are sized by.
+
+        With one worker per CPU, a worker whose pools each assumed every CPU ran several
+        times more compute threads than there are CPUs (benchmarks/results/threads.md).
+        """
+        return max(1, available_cpus() // self.worker_count())
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""

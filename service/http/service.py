@@ -35,7 +35,7 @@ from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
-from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
@@ -55,7 +55,7 @@ class ModelServe:
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
-        self.executor = Executor(SETTINGS, self.runtime)
+        self.executor = Executor(SETTINGS, self.runtime, requests_in_flight)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
