@@ -23,6 +23,7 @@ import numpy as np
 from service.core.registry import METADATA_FILE, METADATA_SCHEMA_VERSION, MODEL_FILE, ModelVersion, Registry, sha256_file
 from training.export import OPSET, TensorSpec, check_parity, export_onnx
 from training.plots import plot_confusion_matrix, plot_history
+from training.profile import write_profile
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 LIBRARIES = (
@@ -67,6 +68,9 @@ class TrainingResult:
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
     # Training inputs to calibrate an INT8 variant on (training/quantize.py); None: no INT8 variant.
     calibration_inputs: np.ndarray | None = None
+    # The training split's inputs as the task's `check` takes them (texts, feature rows as lists, image paths):
+    # with the test items, the reference profile that drift is measured against (training/profile.py).
+    profile_inputs: list[Any] = field(default_factory=list)
 
 
 def library_versions() -> dict[str, str]:
@@ -149,6 +153,9 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             "plots": plots,
         } | ({"variants": variants} if variants else {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if result.profile_inputs:
+            metadata["profile"] = write_profile(ModelVersion(result.name, version, staging), result.profile_inputs, result.test_items)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     assert staged.published is not None
     staged.published.verify()
     return staged.published
