@@ -37,6 +37,7 @@ from service.core.files import atomic_write_text
 from service.core.tasks.profiles import INPUT, OUTPUT, profiler
 
 PROFILE_FILE = "profile.json"
+METRIC_NAME = "Jensen-Shannon distance (base 2)"
 PROFILE_SCHEMA_VERSION = 1
 MAX_PROFILE_BYTES = 1024 * 1024  # a profile is a few KB; a larger file is not read
 NUMERIC, CATEGORICAL = "numeric", "categorical"

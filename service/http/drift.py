@@ -42,20 +42,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.core.config import Settings
-from service.core.drift import MISSING, FeatureProfile, Profile, compare, read_profile
+from service.core.drift import METRIC_NAME, MISSING, FeatureProfile, Profile, compare, read_profile
 from service.core.errors import RegistryError
+from service.core.prediction_log import PredictionLog, column
 from service.core.runtime import LoadedModel, ModelRuntime
 from service.core.tasks.profiles import profiler
 from service.core.workers import WorkerGroup
 from service.http.metrics import drift_metrics
-from service.http.prediction_log import RESERVED, PredictionLog
 
 log = logging.getLogger("modelserve.drift")
 TICK_S = 0.1  # how often the drift thread takes the queued requests
 MAX_PENDING = 512  # sampled requests waiting for the thread; beyond, requests are dropped (counted)
 STALE_INTERVALS = 3  # another worker's counts older than this many intervals are left out
 SHARED_PREFIX = "drift-"  # the workers' count files: drift-<pid>.json
-METRIC = "jensen-shannon distance (base 2)"
 
 
 @dataclass
@@ -96,8 +95,8 @@ class Window:
     def counts(self) -> dict[str, list[int]]:
         counts = {}
         for i, feature in enumerate(self.features):
-            column = self.ring[:, i]
-            counts[feature.name] = np.bincount(column[column != MISSING], minlength=feature.bins).tolist()
+            bins = self.ring[:, i]
+            counts[feature.name] = np.bincount(bins[bins != MISSING], minlength=feature.bins).tolist()
         return counts
 
 
@@ -247,7 +246,7 @@ class DriftMonitor:
     def _rows(self, samples: list[Sample], inputs: dict[str, Any], outputs: dict[str, list[Any]]) -> list[dict[str, Any]]:
         """Prediction log rows: one per item (service/http/prediction_log.py says which columns)."""
         kind, rows, i = profiler(samples[0].model.task), [], 0
-        columns = {name: f"input_{name}" if name in RESERVED else name for name in [*inputs, *outputs]}
+        columns = {name: column(name) for name in [*inputs, *outputs]}
         for sample in samples:
             request, at = f"{os.getpid()}-{next(self._requests)}", dt.datetime.fromtimestamp(sample.at, dt.UTC)
             raw = kind.raw_inputs(sample.captured) if self.settings.prediction_log_inputs and kind.raw_column else None
@@ -279,6 +278,8 @@ class DriftMonitor:
         }
         merged, workers = self._merge(own, now)
         reports: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for name in self.runtime.served():
+            drift_metrics().dropped.labels(name)  # exported at 0 until a request is dropped
         for role, model in served:
             state = states[(model.name, model.version)]
             window = merged.get(f"{model.name}/{model.version}")
@@ -291,7 +292,7 @@ class DriftMonitor:
     def describe(self) -> dict[str, Any]:
         settings = self.settings
         return {
-            "metric": METRIC,
+            "metric": METRIC_NAME,
             "threshold": settings.drift_threshold,
             "min_items": settings.drift_min_items,
             "window_per_worker": settings.drift_window,

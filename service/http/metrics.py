@@ -83,11 +83,12 @@ class Metrics:
 
     def shadow(self, task: Task, name: str, version: int, served: Sequence[Answer], candidate: Sequence[Answer]) -> None:
         """Compare a shadow candidate's answers with the served version's, item by item."""
+        disagreements = self.shadow_disagreements.labels(name, str(version))  # exported from the first item on, at 0 until one differs
         for ours, theirs in zip(served, candidate, strict=True):
             (label, score), (their_label, their_score) = task.observation(ours), task.observation(theirs)
             self.shadow_items.labels(name, str(version)).inc()
             if label != their_label:
-                self.shadow_disagreements.labels(name, str(version)).inc()
+                disagreements.inc()
             self.shadow_difference.labels(name, str(version)).observe(abs(score - their_score))
 
 

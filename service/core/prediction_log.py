@@ -37,6 +37,11 @@ NUMBER_BYTES = 8  # a number's share of a row, for the size estimate
 RESERVED = ("time", "model", "version", "request", "item", "latency_ms", "answer")  # columns every row has
 
 
+def column(feature: str) -> str:
+    """The log's column of a summary: the feature's own name (a table's columns stay readable by batch scoring), unless reserved."""
+    return f"input_{feature}" if feature in RESERVED else feature
+
+
 @dataclass
 class Buffer:
     rows: list[dict[str, Any]] = field(default_factory=list)
