@@ -52,6 +52,7 @@ from service.http.metrics import drift_metrics
 
 log = logging.getLogger("modelserve.drift")
 TICK_S = 0.1  # how often the drift thread takes the queued requests
+SUMMARY_CHUNK = 8  # items summarized between two chances for the event loop to take the GIL
 MAX_PENDING = 512  # sampled requests waiting for the thread; beyond, requests are dropped (counted)
 STALE_INTERVALS = 3  # another worker's counts older than this many intervals are left out
 SHARED_PREFIX = "drift-"  # the workers' count files: drift-<pid>.json
@@ -222,7 +223,12 @@ class DriftMonitor:
         if len(captured) != len(answers):
             log.warning("drift: %d items but %d answers from %s v%d; skipped", len(captured), len(answers), model.name, model.version)
             return
-        inputs, outputs = kind.summarize(captured, model.assets), kind.answer_features(answers)
+        inputs: dict[str, list[float]] = {}
+        for start in range(0, len(captured), SUMMARY_CHUNK):
+            for name, values in kind.summarize(captured[start : start + SUMMARY_CHUNK], model.assets).items():
+                inputs.setdefault(name, []).extend(values)
+            time.sleep(0)  # hand the GIL to the event loop between chunks: a text's summary is pure Python
+        outputs = kind.answer_features(answers)
         state = self._state(model)
         if state.window is not None:
             state.window.add(inputs | outputs, len(answers))
@@ -243,7 +249,7 @@ class DriftMonitor:
             self._states[key] = VersionState(profile, reason, window)
         return self._states[key]
 
-    def _rows(self, samples: list[Sample], inputs: dict[str, Any], outputs: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    def _rows(self, samples: list[Sample], inputs: dict[str, list[float]], outputs: dict[str, list[Any]]) -> list[dict[str, Any]]:
         """Prediction log rows: one per item (service/http/prediction_log.py says which columns)."""
         kind, rows, i = profiler(samples[0].model.task), [], 0
         columns = {name: column(name) for name in [*inputs, *outputs]}
