@@ -31,6 +31,7 @@ from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model, max_batch_size
 from service.core.sessions import resolve_providers
+from service.core.tasks.batch_inputs import batch_input
 
 DEFAULT_CHUNK_SIZE = 1024  # inputs per committed part: what a crash can cost, and the cost of one commit
 
@@ -65,11 +66,11 @@ exit status:
 
 
 def models_help() -> str:
-    """What each catalog model reads, from its task."""
+    """What each catalog model reads, from its task's batch input."""
     lines = ["models and inputs:"]
     for name, item in CATALOG.items():
         lines.append(f"  {name} ({item.task.name})")
-        lines += [f"      {line}" for line in item.task.batch_input_help.splitlines()]
+        lines += [f"      {line}" for line in batch_input(item.task).help.splitlines()]
     return "\n".join(lines) + "\n\n"
 
 

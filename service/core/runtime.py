@@ -32,6 +32,7 @@ from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
 from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, MODEL_FILE, Candidate, ModelVersion, Registry
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
+from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
@@ -154,7 +155,7 @@ class LoadedModel:
             "model_file": self.model_file.describe(),
             "sessions": self.sessions.describe(),
             "plots": list(meta.get("plots", [])),  # GET /models/{name}/versions/{version}/plots/{file}
-            "request": self.task.describe(self.assets, meta),
+            "request": friendly_api(self.task).describe(self.assets, meta),
         }
 
 

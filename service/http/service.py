@@ -3,9 +3,10 @@
     bentoml serve                      # from the project root (bentofile.yaml names this file)
 
 One class, thin. Each endpoint is made from its catalog entry: the request item type
-comes from the entry's task, whose checks run per request on the event loop and are
-cheap by contract (an image's header, not its pixels); the work (decoding,
-preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
+comes from the entry's task (its friendly-API adapter), whose checks run per request
+on the event loop and are cheap by contract (an image's header, not its pixels); the
+work (decoding, preprocessing, inference, batching where it pays) runs in executor.py's
+worker threads.
 GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py.
 """
 
@@ -27,6 +28,7 @@ from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
 from service.core.errors import Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
+from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
@@ -74,15 +76,16 @@ def served_model(name: str) -> LoadedModel:
 
 
 def predict_api(entry: CatalogEntry) -> Any:
-    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task."""
-    task, field = entry.task, entry.task.request_field
+    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task's friendly API."""
+    task, api = entry.task, friendly_api(entry.task)
+    field = api.field
     assets: Callable[[], Any] = lambda: served_model(entry.name).assets  # noqa: E731
 
     def check_request(items: list[Any]) -> list[Any]:
         task.check_request(items, SETTINGS)
         return items
 
-    item = task.request_item(SETTINGS, assets)
+    item = api.request_item(SETTINGS, assets)
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
@@ -108,7 +111,7 @@ def predict_api(entry: CatalogEntry) -> Any:
             inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=bentoml.Context),  # for the routing-key header
             inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, annotation=items),
         ],
-        return_annotation=list[task.answer_model],  # type: ignore[name-defined]
+        return_annotation=list[api.answer_model],  # type: ignore[name-defined]
     )
     return bentoml.api(predict)
 
@@ -128,12 +131,13 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*playground_routes(), *drift_
     )(ModelServe)
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
+_friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in CATALOG.values()}
 ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
-    content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()}
+    content_types={path: api.content_types for path, api in _friendly.items()}
     | {"/admin/reload": ("application/json",), "/admin/candidate": ("application/json",), "/v2/": V2_CONTENT_TYPES},
-    file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
+    file_fields={path: (api.field,) for path, api in _friendly.items() if "multipart/form-data" in api.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
 )

@@ -13,7 +13,8 @@ inference request takes the friendly endpoints' path: the task's cheap `check` p
 on the event loop (an image's header, not its pixels), the request's limits, then
 `Executor.predict` (admission, worker threads, batching where it pays; a bad item
 fails only its own request). The wire format is v2_codec.py; which tensors a model
-takes and gives is declared by its task (service/core/tasks), never by its name here.
+takes and gives is declared by its task's tensor adapter (service/core/tasks/tensors.py),
+never by its name here.
 
 A model is served at its CURRENT version only: /v2/models/{name} follows a hot reload,
 and a version that is not served is a 404 with the protocol's {"error": ...} body.
@@ -36,7 +37,7 @@ from starlette.routing import Route
 from service.core.config import Settings
 from service.core.errors import InputError, ModelServeError, NotFoundError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
-from service.core.tasks import Tensor
+from service.core.tasks.tensors import Tensor, v2_tensors
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, parse_request, to_array
 
@@ -126,8 +127,8 @@ async def model_metadata(request: Request) -> Response:
             "name": model.name,
             "versions": [str(model.version)],
             "platform": PLATFORM,
-            "inputs": [t.describe() for t in model.task.tensor_inputs(model.assets)],
-            "outputs": [t.describe() for t in model.task.tensor_outputs(model.metadata)],
+            "inputs": [t.describe() for t in v2_tensors(model.task).inputs(model.assets)],
+            "outputs": [t.describe() for t in v2_tensors(model.task).outputs(model.metadata)],
         }
     )
 
@@ -145,7 +146,7 @@ async def repository_index(request: Request) -> Response:
 
 def _declared_input(model: LoadedModel, request: InferRequest) -> tuple[Tensor, RequestInput]:
     """The one input the request sends, matched against the task's declared tensors by name, datatype and shape."""
-    declared = {t.name: t for t in model.task.tensor_inputs(model.assets)}
+    declared = {t.name: t for t in v2_tensors(model.task).inputs(model.assets)}
     choices = " or ".join(f"{t.name} ({t.datatype} {list(t.shape)})" for t in declared.values())
     unknown = [i.name for i in request.inputs if i.name not in declared]
     if unknown:
@@ -167,10 +168,10 @@ def checked_request(
     """Parse the body and check every item as the friendly endpoint does; InputError names the input, the item and the fault."""
     request = parse_request(body, header_length)
     tensor, given = _declared_input(model, request)
-    task, count = model.task, given.shape[0]
+    task, tensors, count = model.task, v2_tensors(model.task), given.shape[0]
     if not 1 <= count <= settings.max_items:
         raise InputError(f"input {given.name} has {count} {task.item_noun}s; send 1 to {settings.max_items} (MODELSERVE_MAX_ITEMS)")
-    outputs = {t.name for t in task.tensor_outputs(model.metadata)}
+    outputs = {t.name for t in tensors.outputs(model.metadata)}
     unknown = sorted(set(request.outputs or ()) - outputs)
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r}; {model.name} gives {sorted(outputs)}")
@@ -178,7 +179,7 @@ def checked_request(
     items = []
     for index in range(count):
         try:
-            items.append(task.check(task.tensor_value(tensor, array[index], settings), model.assets, settings))
+            items.append(task.check(tensors.value(tensor, array[index], settings), model.assets, settings))
         except InputError as exc:
             raise InputError(f"{given.name}[{index}]: {exc}") from None
     task.check_request(items, settings)
@@ -205,8 +206,9 @@ def v2_app(settings: Settings) -> Starlette:
             answers = await executor.predict(model, items, shadow)
         except ItemError as exc:
             raise InputError(f"{tensor.name}[{exc.index}]: {exc}") from None
-        arrays = model.task.output_arrays(answers, model.metadata)
-        content, headers = encode_response(model.name, model.version, infer_request, model.task.tensor_outputs(model.metadata), arrays)
+        tensors = v2_tensors(model.task)
+        arrays = tensors.arrays(answers, model.metadata)
+        content, headers = encode_response(model.name, model.version, infer_request, tensors.outputs(model.metadata), arrays)
         return Response(content, headers=headers)
 
     get = ["GET"]

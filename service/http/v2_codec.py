@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import InputError
-from service.core.tasks import V2_NUMPY_TYPES, Tensor
+from service.core.tasks.tensors import V2_NUMPY_TYPES, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix

@@ -1,4 +1,4 @@
-"""Drift monitoring's side of each kind: which summaries of an input and of an answer are watched.
+"""Drift monitoring's side of each kind (a way in, like friendly.py): which summaries of an input and of an answer are watched.
 
 One profiler per kind says what is summarized (service/core/drift.py bins and compares
 the numbers): a table row's features as they are; a text's length in words and the
@@ -17,7 +17,7 @@ image is kept beyond that unless the prediction log is asked to keep raw texts.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cache
 from typing import Any, ClassVar
 
@@ -26,7 +26,7 @@ import numpy as np
 from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import ImageSpec, StandardScaler, TextVectorizer, tokenize
-from service.core.tasks.base import Answer, Task
+from service.core.tasks.base import Answer, Task, for_kind
 from service.core.tasks.image_classification import EncodedImage, ImageClassification
 from service.core.tasks.tabular_regression import TabularRegression
 from service.core.tasks.text_classification import TextClassification
@@ -138,17 +138,14 @@ class ImageProfiler(Profiler):
 
 
 _SETTINGS = Settings()  # decoding an image depends on the version's ImageSpec only, not on any setting
-PROFILERS: Mapping[type[Task], type[Profiler]] = {
-    TabularRegression: TabularProfiler,
-    TextClassification: TextProfiler,
+ADAPTERS: dict[type[Task], type[Profiler]] = {
     ImageClassification: ImageProfiler,
+    TextClassification: TextProfiler,
+    TabularRegression: TabularProfiler,
 }
 
 
 @cache
 def profiler(task: Task) -> Profiler:
-    """The profiler of a task's kind (for its class, or the nearest base class listed)."""
-    for kind in type(task).__mro__:
-        if kind in PROFILERS:
-            return PROFILERS[kind](task)
-    raise TypeError(f"{type(task).__name__} has no drift profiler; known: {[k.__name__ for k in PROFILERS]}")
+    """The drift profiler of `task`'s kind."""
+    return for_kind(task, ADAPTERS)(task)
