@@ -3,10 +3,11 @@
     python -m benchmarks.drift [--seconds 20] [--clients 32] [--rounds 2] [--endpoints sentiment,classify_image,predict_price]
     python -m benchmarks.drift --modes off,on,log       # also drift with the prediction log writing every request
 
-Starts one `bentoml serve` per mode on the same registry (default: models/, every worker
-count and setting as shipped), all up at once so that every mode sees the same machine,
-and drives each endpoint with hey (one item per request) mode after mode, alternating,
-for --rounds rounds. Drift "on" is the default configuration: every request sampled
+Serves the same registry (default: models/, every worker count and setting as shipped)
+once per mode and round, one server at a time (a server that starts empties BentoML's
+shared metrics folder, which would zero the counters of another one still running), the
+modes' order reversed every other round, and drives each endpoint with hey (one item
+per request). Drift "on" is the default configuration: every request sampled
 (MODELSERVE_DRIFT_SAMPLE=1), summarized in the drift thread, scored every 10 s. The
 table also shows how many items the drift thread summarized and how many requests it
 dropped (it keeps up when none are). Prints the table; writes benchmarks/results/drift.md
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,6 +66,18 @@ def plot(results: list[tuple[str, Run]], modes: list[str], path: Path) -> None:
             ax.set_ylabel(label)
 
 
+def environment(mode: str, work: Path) -> dict[str, str]:
+    return MODES[mode] | ({"MODELSERVE_PREDICTION_LOG_DIR": str(work / "log")} if mode == "log" else {})
+
+
+def measure(server: Server, mode: str, endpoint: str, model: str, clients: int, seconds: float, make: Any) -> tuple[Run, str]:
+    """One hey run against `server`; the run and its table row (with the drift thread's counts during it)."""
+    before = counter(server.url, SAMPLED_RE, model), counter(server.url, DROPPED_RE, model)
+    run = asyncio.run(run_hey(server.url, endpoint, clients, seconds, make))
+    sampled, dropped = counter(server.url, SAMPLED_RE, model) - before[0], counter(server.url, DROPPED_RE, model) - before[1]
+    return run, row(mode, run, sampled, dropped)
+
+
 def profiles(root: Path) -> str:
     registry = Registry(root)
     have = {name: (registry.current(name).path / PROFILE_FILE).is_file() for name in registry.served_models()}
@@ -81,7 +95,6 @@ def main() -> None:
     args = parser.parse_args()
     modes = args.modes.split(",")
     work = Path(tempfile.mkdtemp(prefix="drift-bench-"))
-    servers: dict[str, Server] = {}
     names = {e.endpoint: name for name, e in CATALOG.items()}
     makers = payloads()
     header = [
@@ -90,28 +103,25 @@ def main() -> None:
     ]
     results: list[tuple[str, Run]] = []
     lines: list[str] = []
+    print(profiles(args.models) + "\n" + "\n".join(header), flush=True)
     try:
-        for mode in modes:
-            env = MODES[mode] | ({"MODELSERVE_PREDICTION_LOG_DIR": str(work / "log")} if mode == "log" else {})
-            servers[mode] = start_server(args.models, work / f"server-{mode}.log", **env)
-        print(profiles(args.models) + "\n" + "\n".join(header), flush=True)
-        for _ in range(args.rounds):
-            for endpoint in args.endpoints.split(","):
-                for mode in modes:
-                    url, model = servers[mode].url, names[endpoint]
-                    before = counter(url, SAMPLED_RE, model), counter(url, DROPPED_RE, model)
-                    run = asyncio.run(run_hey(url, endpoint, args.clients, args.seconds, makers[endpoint]))
-                    results.append((mode, run))
-                    lines.append(row(mode, run, counter(url, SAMPLED_RE, model) - before[0], counter(url, DROPPED_RE, model) - before[1]))
-                    print(lines[-1], flush=True)
+        for round_ in range(args.rounds):
+            for mode in modes if round_ % 2 == 0 else modes[::-1]:
+                server = start_server(args.models, work / f"server-{mode}-{round_}.log", **environment(mode, work))
+                try:
+                    for endpoint in args.endpoints.split(","):
+                        run, line = measure(server, mode, endpoint, names[endpoint], args.clients, args.seconds, makers[endpoint])
+                        results.append((mode, run))
+                        lines.append(line)
+                        print(line, flush=True)
+                finally:
+                    server.stop()
     finally:
-        for server in servers.values():
-            server.stop()
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     note = (
         f"{args.seconds:.0f} s per row, {args.clients} clients, one item per request, hey on the same machine; {args.rounds} rounds, "
-        f"the modes alternating, one server per mode up at once. {profiles(args.models)}. Items summarized: counted by the drift "
+        f"one server at a time, the order of the modes reversed every other round. {profiles(args.models)}. Items summarized: counted by the drift "
         "thread during the row (0 when drift is off)."
     )
     (RESULTS / "drift.md").write_text("# The cost of live drift\n\n" + note + "\n\n" + "\n".join(header + lines) + "\n")
