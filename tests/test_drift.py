@@ -415,3 +415,24 @@ def test_the_drift_report_prints_and_draws_the_same_scores_from_the_service_and_
     assert (tmp_path / "live.png").stat().st_size > 20_000 and (tmp_path / "log.png").stat().st_size > 20_000
     score = {out: next(line.split()[2] for line in out.splitlines() if line.startswith("RM ")) for out in (live, logged)}
     assert score[live] == score[logged], "the same items binned by the same code"
+
+
+def test_a_graceful_stop_writes_the_rows_the_log_still_held(root: Path, tmp_path: Path) -> None:
+    """With files written only every hour, nothing is on disk while serving; SIGTERM writes the buffered rows."""
+    log = tmp_path / "predictions"
+    server = start_server(
+        root,
+        tmp_path / "server.log",
+        MODELSERVE_MODELS="boston_housing",
+        MODELSERVE_PREDICTION_LOG_DIR=str(log),
+        MODELSERVE_PREDICTION_LOG_FILE_S="3600",
+    )
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for request in rows_requests(housing_rows(40, seed=31)[0]):
+                assert client.post("/predict_price", **request).status_code == 200
+        time.sleep(1)
+        assert not list(log.rglob("*.parquet"))
+    finally:
+        assert server.stop() == 0
+    assert len(pd.read_parquet(log / "boston_housing")) == 40

@@ -12,7 +12,7 @@ answer as JSON. Raw texts only with MODELSERVE_PREDICTION_LOG_INPUTS (column `te
 
 Rows are buffered per model in the drift thread and written as a whole file when the
 buffer reaches MODELSERVE_PREDICTION_LOG_FILE_MB or its first row is
-MODELSERVE_PREDICTION_LOG_FILE_S old, and at shutdown: a file is written under a hidden
+MODELSERVE_PREDICTION_LOG_FILE_S old, and on a graceful stop (the service's shutdown hook): a file is written under a hidden
 name and renamed into place, so a reader never sees half a file (pyarrow and pandas skip
 names starting with "."). Beyond MODELSERVE_PREDICTION_LOG_KEEP_MB per model the oldest
 files are deleted. File names start with the UTC time, so name order is time order.
@@ -62,7 +62,10 @@ class PredictionLog:
         except ImportError:
             raise ConfigError("MODELSERVE_PREDICTION_LOG_DIR needs pyarrow: pip install 'modelserve[batch]'") from None
         self.directory, self.file_bytes, self.file_s, self.keep_bytes = directory, file_mb * MB, file_s, keep_mb * MB
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"MODELSERVE_PREDICTION_LOG_DIR={directory}: cannot create it ({exc.strerror or exc})") from None
         self.buffers: dict[str, Buffer] = {}
         self.sequence = 0
 
@@ -90,12 +93,16 @@ class PredictionLog:
 
         buffer = self.buffers.pop(model)
         folder = self.directory / model
-        folder.mkdir(exist_ok=True)
         self.sequence += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         path = folder / f"{stamp}-{os.getpid()}-{self.sequence:06d}.parquet"
         table = pa.Table.from_pylist(buffer.rows)
-        replace_with(path, lambda tmp: pq.write_table(table, tmp))
+        try:
+            folder.mkdir(exist_ok=True)
+            replace_with(path, lambda tmp: pq.write_table(table, tmp))
+        except OSError as exc:  # a full or read-only disk: say what is lost, keep serving
+            log.error("prediction log: %d rows of %s NOT written to %s: %s", len(buffer.rows), model, path, exc.strerror or exc)
+            return path
         self._prune(folder)
         log.debug("prediction log: %d rows of %s -> %s", len(buffer.rows), model, path)
         return path

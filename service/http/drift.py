@@ -19,7 +19,6 @@ GET /models/{name}/drift answers the same from every worker and the gauges (mode
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import itertools
 import json
@@ -152,11 +151,10 @@ class DriftMonitor:
 
     def start(self) -> DriftMonitor:
         threading.Thread(target=self._run, name="drift", daemon=True).start()
-        atexit.register(self.close)
         return self
 
     def close(self) -> None:
-        """Stop the thread; what is queued is summarized and the prediction log written out."""
+        """Stop the thread; what is queued is summarized and the prediction log written out (the service's shutdown hook)."""
         self._stop.set()
         with self._work:
             self._drain()
@@ -169,7 +167,9 @@ class DriftMonitor:
         """A sampled request's capture (None when not sampled). Never raises: a request must not fail for drift."""
         if self.settings.drift_sample < 1.0 and random.random() >= self.settings.drift_sample:
             return None
-        if len(self._pending) >= MAX_PENDING:  # a hint read without the lock; offer() decides
+        if len(self._pending) >= MAX_PENDING:  # read without the lock: offer() decides for the requests it lets through
+            with self._lock:
+                self._dropped[model.name] += 1
             return None
         try:
             return Sample(model, profiler(model.task).capture(items), model.task.cost(items), time.time())

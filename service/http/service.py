@@ -66,6 +66,12 @@ class ModelServe:
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
 
+    @bentoml.on_shutdown
+    def stop_monitor(self) -> None:
+        """On a graceful stop, summarize what is queued and write the prediction log's buffered rows."""
+        if self.monitor is not None:
+            self.monitor.close()
+
 
 def served_model(name: str) -> LoadedModel:
     """The version of `name` this worker serves now (404 when it serves none)."""
