@@ -311,6 +311,7 @@ def build_profile(model: Any, inputs: Sequence[Any], held_out: Sequence[Any], se
         "data": source,
         "inputs": f"training split, {len(inputs) - refused:,} items" + (f" ({refused} refused by the model's checks)" if refused else ""),
         "outputs": f"the model's answers on the held-out split, {len(held_out):,} items",
+        "answers_of": model.model_file.path.name,
         "held_out_inputs": sorted(kind.held_out_inputs),
         "max_items_per_split": MAX_PROFILE_ITEMS,
     }

@@ -213,7 +213,13 @@ class DriftMonitor:
         for sample in samples:
             by_version.setdefault(id(sample.model), []).append(sample)
         for group in by_version.values():
-            self._take(group)
+            try:
+                self._take(group)
+            except Exception:  # one version's bad luck (a bug in a summary) must not cost the others theirs
+                model = group[0].model
+                log.exception(
+                    "drift: %d sampled requests of %s v%d could not be summarized; left out", len(group), model.name, model.version
+                )
 
     def _take(self, samples: list[Sample]) -> None:
         """Summarize one version's sampled requests into its window and the prediction log."""
@@ -250,7 +256,7 @@ class DriftMonitor:
         return self._states[key]
 
     def _rows(self, samples: list[Sample], inputs: dict[str, list[float]], outputs: dict[str, list[Any]]) -> list[dict[str, Any]]:
-        """Prediction log rows: one per item (service/http/prediction_log.py says which columns)."""
+        """Prediction log rows: one per item (service/core/prediction_log.py says which columns)."""
         kind, rows, i = profiler(samples[0].model.task), [], 0
         columns = {name: column(name) for name in [*inputs, *outputs]}
         for sample in samples:
@@ -289,7 +295,7 @@ class DriftMonitor:
         for role, model in served:
             state = states[(model.name, model.version)]
             window = merged.get(f"{model.name}/{model.version}")
-            reports[model.name].append(self._report(role, model.version, state, window, workers, now))
+            reports[model.name].append(self._report(role, model, state, window, workers, now))
         self.reports = {
             name: {"model": name, "enabled": True, **self.describe(), "versions": versions} for name, versions in reports.items()
         }
@@ -334,9 +340,9 @@ class DriftMonitor:
         return merged, workers
 
     def _report(
-        self, role: str, version: int, state: VersionState, window: dict[str, Any] | None, workers: int, now: float
+        self, role: str, model: LoadedModel, state: VersionState, window: dict[str, Any] | None, workers: int, now: float
     ) -> dict[str, Any]:
-        base: dict[str, Any] = {"version": version, "role": role}
+        base: dict[str, Any] = {"version": model.version, "role": role}
         if state.profile is None or window is None:
             return base | {"available": False, "reason": state.reason or "no live window"}
         settings, items = self.settings, window["items"]
@@ -347,6 +353,9 @@ class DriftMonitor:
                 feature |= {"score": None, "psi": None, "drifted": False}
         features.sort(key=lambda f: -1.0 if f["score"] is None else f["score"], reverse=True)
         drifted = [f["name"] for f in features if f["drifted"]]
+        profiled, served = state.profile.sources.get("answers_of"), model.model_file.path.name
+        if profiled and profiled != served:  # INT8 on the CPU, fp32 on a GPU: the answers differ by that alone
+            base["note"] = f"the profile holds the answers of {profiled}, this server runs {served}: predicted_* may differ by that alone"
         return base | {
             "available": True,
             "status": "collecting" if collecting else "drifted" if drifted else "ok",
