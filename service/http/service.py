@@ -7,7 +7,8 @@ comes from the entry's task (its friendly-API adapter), whose checks run per req
 on the event loop and are cheap by contract (an image's header, not its pixels); the
 work (decoding, preprocessing, inference, batching where it pays) runs in executor.py's
 worker threads.
-GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py.
+GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py,
+and over gRPC (MODELSERVE_GRPC_PORT) in service/grpc/server.py, started in each worker once its models are loaded.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from service.core.errors import Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
+from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
 from service.http.drift import DriftMonitor, drift_routes
@@ -62,6 +64,7 @@ class ModelServe:
         gc.collect()
         gc.freeze()
         self.watcher = CurrentWatcher(self.runtime, SETTINGS.reload_poll_s, self.workers).start()
+        self.grpc: GrpcServer | None = None
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
@@ -71,6 +74,18 @@ class ModelServe:
         """On a graceful stop, summarize what is queued and write the prediction log's buffered rows."""
         if self.monitor is not None:
             self.monitor.close()
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC on this worker's event loop, now that its models are loaded."""
+        if SETTINGS.grpc_port:
+            self.grpc = GrpcServer(SETTINGS)
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
 
 def served_model(name: str) -> LoadedModel:
