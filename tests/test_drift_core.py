@@ -106,7 +106,7 @@ def test_texts_are_summarized_by_length_and_words_outside_the_vocabulary() -> No
     assert kind.answer_features(answers) == {PREDICTED_LABEL: ["positive", "negative"], PREDICTED_SCORE: [0.9, 0.2]}
 
 
-def test_an_image_keeps_the_size_it_was_sent_at_and_is_measured_as_the_model_sees_it() -> None:
+def test_an_image_keeps_the_size_it_was_sent_at_and_is_measured_on_the_pixels_its_request_decoded() -> None:
     """JPEG draft decoding shrinks the opened image; capture reads the size before a request decodes it."""
     task, spec, settings = TASKS["image"], ImageSpec(32, 32), Settings()
     white = task.check(image_bytes(Image.new("RGB", (1600, 900), (255, 255, 255)), "JPEG"), spec, settings)
@@ -121,6 +121,12 @@ def test_an_image_keeps_the_size_it_was_sent_at_and_is_measured_as_the_model_see
     assert list(summary["width"]) == [1600, 40, 64] and list(summary["height"]) == [900, 30, 48]
     assert summary["brightness"][0] == pytest.approx(1.0, abs=0.01) and summary["brightness"][1] == 0.0
     assert summary["saturation"][0] == pytest.approx(0.0, abs=0.01) and summary["saturation"][2] == pytest.approx(1.0)
+    palette = task.check(image_bytes(Image.new("RGB", (50, 40), (0, 0, 255)).convert("P"), "PNG"), spec, settings)
+    clear = task.check(image_bytes(Image.new("RGBA", (50, 40), (255, 255, 255, 0)), "PNG"), spec, settings)
+    for item in (palette, clear):
+        task.decode(item, spec, settings)
+    other_modes = kind.summarize(kind.capture([palette, clear]), spec)
+    assert other_modes["saturation"][0] == pytest.approx(1.0) and np.isfinite(other_modes["brightness"]).all()
     pixels = kind.summarize(kind.capture([np.full((32, 32, 3), 128, np.uint8)]), spec)  # the v2 pixels tensor
     assert pixels["width"][0] == 32 and pixels["brightness"][0] == pytest.approx(128 / 255, abs=0.01)
 

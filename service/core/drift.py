@@ -266,7 +266,9 @@ def summarize_inputs(model: Any, items: Sequence[Any], settings: Settings, valid
         checked = model.task.conform(chunk, model.assets) if validated else []
         for value in [] if validated else chunk:
             try:
-                checked.append(model.task.check(value, model.assets, settings))
+                item = model.task.check(value, model.assets, settings)
+                model.task.decode(item, model.assets, settings)  # as a request would (an image's pixels are then on it)
+                checked.append(item)
             except InputError:
                 refused += 1
         for name, column in kind.summarize(kind.capture(checked), model.assets).items():
