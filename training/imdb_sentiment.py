@@ -289,6 +289,14 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args.variant, config, vectorizer, args.seed),
         test_items=list(data.test_texts),
         test_targets=[SENTIMENT_LABELS[int(y)] for y in truth],
+        profile_inputs=list(data.train_texts),
         confusion_matrix=matrix,
         sparse_input=True,
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training reviews, test reviews and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_reviews(args.data, getattr(args, "test_data", None), seed=args.seed)
+    log("data", f"{len(data.train_texts):,} training reviews to profile, {len(data.test_texts):,} test reviews to answer")
+    return list(data.train_texts), list(data.test_texts), data.source

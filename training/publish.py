@@ -32,6 +32,7 @@ from training.export import (
     sparse_specs,
 )
 from training.plots import plot_confusion_matrix, plot_history
+from training.profile import write_profile
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 LIBRARIES = (
@@ -78,6 +79,9 @@ class TrainingResult:
     calibration_inputs: np.ndarray | None = None
     # Export a bag-of-n-grams model with sparse input (n-gram ids and weights; training/sparse_input.py).
     sparse_input: bool = False
+    # The training split's inputs as the task's `check` takes them (texts, feature rows as lists, image paths):
+    # with the test items, the reference profile that drift is measured against (training/profile.py).
+    profile_inputs: list[Any] = field(default_factory=list)
 
 
 def library_versions() -> dict[str, str]:
@@ -168,6 +172,9 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             "plots": plots,
         } | ({"variants": variants} if variants else {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if result.profile_inputs:
+            metadata["profile"] = write_profile(ModelVersion(result.name, version, staging), result.profile_inputs, result.test_items)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     assert staged.published is not None
     staged.published.verify()
     return staged.published

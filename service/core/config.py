@@ -119,6 +119,24 @@ class Settings:
     )
     body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
     admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
+    drift: bool = setting(
+        True,
+        "compare each served version's live inputs and answers with its reference profile (profile.json): GET /models/{name}/drift, modelserve_drift_* gauges",
+    )
+    drift_sample: float = setting(1.0, "share of requests (0-1) whose inputs and answers are summarized for drift and the prediction log")
+    drift_window: int = setting(1000, "live window per model version and worker: the most recent items summarized")
+    drift_min_items: int = setting(200, "items the workers' windows must hold together before a version's drift is scored")
+    drift_interval_s: int = setting(10, "seconds between drift computations (each worker; the workers' windows are merged)")
+    drift_threshold: float = setting(
+        0.2, "Jensen-Shannon distance above which a feature counts as drifted (keep deploy/monitoring/alerts.yml in step)"
+    )
+    prediction_log_dir: str = setting(
+        "", "directory of the prediction log: sampled requests as Parquet files, one folder per model (empty: no log)"
+    )
+    prediction_log_inputs: bool = setting(False, "also log the raw input where a kind has one that fits a table (texts)")
+    prediction_log_file_mb: int = setting(32, "a prediction log file is closed and a new one started at this size ...")
+    prediction_log_file_s: int = setting(300, "... or when its first row is this many seconds old")
+    prediction_log_keep_mb: int = setting(1024, "per model, the oldest prediction log files are deleted beyond this total size")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +174,10 @@ class Settings:
                 raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 1")
         if self.batching not in BATCHING:
             raise ConfigError(f"{PREFIX}BATCHING={self.batching!r}: use one of {', '.join(BATCHING)}")
+        if not 0.0 <= self.drift_sample <= 1.0:
+            raise ConfigError(f"{PREFIX}DRIFT_SAMPLE must be between 0 and 1, got {self.drift_sample}")
+        if not 0.0 < self.drift_threshold <= 1.0:
+            raise ConfigError(f"{PREFIX}DRIFT_THRESHOLD is a Jensen-Shannon distance: above 0, at most 1; got {self.drift_threshold}")
         if self.grpc_port > 65535:
             raise ConfigError(f"{PREFIX}GRPC_PORT={self.grpc_port} is not a TCP port (1-65535, or 0: off)")
         if self.max_pending_pixels < self.max_request_pixels:
@@ -202,6 +224,8 @@ def _parse(name: str, raw: str, default: object) -> object:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
+        if isinstance(default, float):
+            return float(raw)
         if isinstance(default, str):
             return raw.strip().lower() if name == "batching" else raw
         if isinstance(default, Path):

@@ -43,6 +43,7 @@ from service.core.config import Settings
 from service.core.errors import InputError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
 from service.core.sessions import GPU_PROVIDERS
+from service.http.drift import DriftMonitor, Sample
 from service.http.metrics import Timing, metrics
 
 log = logging.getLogger("modelserve.executor")
@@ -175,9 +176,18 @@ def route(runtime: ModelRuntime, name: str, key: str | None = None) -> tuple[Loa
 class Executor:
     """Runs checked requests for one worker: admission, a thread hop, batching per model version, shadows."""
 
-    def __init__(self, settings: Settings, runtime: ModelRuntime, requests_in_flight: Callable[[], int] = lambda: 0) -> None:
-        """`requests_in_flight`: HTTP requests of this worker between arrival and response (the request guard counts them)."""
-        self.settings, self.runtime = settings, runtime
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: ModelRuntime,
+        requests_in_flight: Callable[[], int] = lambda: 0,
+        monitor: DriftMonitor | None = None,
+    ) -> None:
+        """`requests_in_flight`: HTTP requests of this worker between arrival and response (the request guard counts them).
+
+        `monitor`: live drift, fed a sample of the requests (service/http/drift.py).
+        """
+        self.settings, self.runtime, self.monitor = settings, runtime, monitor
         self.requests_in_flight = requests_in_flight
         self.pools: dict[str, ThreadPoolExecutor] = {}
         self.admissions: dict[str, Admission] = {}
@@ -193,6 +203,7 @@ class Executor:
     async def predict(self, model: LoadedModel, items: Sequence[Any], shadow: LoadedModel | None = None) -> Answers:
         """Checked items of one request -> answers from `model`; `shadow` (a candidate) scores them too, off the response path."""
         started, timing, outcome, answers = time.monotonic(), Timing(), "error", None
+        sample = self.monitor.sample(model, items) if self.monitor is not None else None  # drift: before decoding changes items
         try:
             answers = await self._predict(model, items, timing, shadow)
             outcome = "ok"
@@ -206,14 +217,17 @@ class Executor:
             # Recorded after the response is written: prometheus_client's multiprocess values cost
             # ~10% of the event loop's time per request here, which need not be on the latency path.
             elapsed = time.monotonic() - started
-            asyncio.get_running_loop().call_soon(self._record, model, outcome, timing, elapsed, answers)
+            asyncio.get_running_loop().call_soon(self._record, model, outcome, timing, elapsed, answers, sample)
         return answers
 
-    @staticmethod
-    def _record(model: LoadedModel, outcome: str, timing: Timing, elapsed: float, answers: Answers | None) -> None:
+    def _record(
+        self, model: LoadedModel, outcome: str, timing: Timing, elapsed: float, answers: Answers | None, sample: Sample | None = None
+    ) -> None:
         metrics().request(model.name, model.version, outcome, timing if outcome == "ok" else None, elapsed)
         if answers is not None:
             metrics().answers(model.task, model.name, model.version, answers)
+            if sample is not None and self.monitor is not None:
+                self.monitor.offer(sample, answers, elapsed)
 
     async def _predict(self, model: LoadedModel, items: Sequence[Any], timing: Timing, shadow: LoadedModel | None) -> Answers:
         task = model.task

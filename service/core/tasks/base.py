@@ -11,8 +11,9 @@ How each way in maps its own inputs and outputs onto that core lives beside this
 module, one module per way in with a thin adapter per kind (LitServe keeps its specs
 apart from its LitAPI the same way): friendly.py (the friendly HTTP API), tensors.py
 (the Open Inference Protocol's tensors, for REST and any other transport),
-batch_inputs.py (tables and folders for batch scoring) and gate.py (the metric that
-gates a redeploy). Adding a way in adds a module there; no task changes.
+batch_inputs.py (tables and folders for batch scoring), gate.py (the metric that
+gates a redeploy) and profiles.py (what drift monitoring summarizes of inputs and
+answers). Adding a way in adds a module there; no task changes.
 
 A task object is configuration (one per catalog entry); what changes from one
 version to the next (vocabulary, scaler, image size) is the version's `assets`,
