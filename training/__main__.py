@@ -5,6 +5,7 @@
     python -m training promote MODEL 2                         # or: latest
     python -m training rollback MODEL
     python -m training quantize MODEL [VERSION] --data PATH    # a new version: VERSION + a checked INT8 variant
+    python -m training profile MODEL [VERSION] --data PATH     # a new version: VERSION + a drift reference profile
 
 Training writes a new version and never changes what is served; `promote` does.
 TensorFlow is imported only by the training commands.
@@ -20,8 +21,9 @@ import time
 
 from service.core.catalog import CATALOG
 from service.core.config import Settings
+from service.core.drift import PROFILE_FILE
 from service.core.errors import UsageError, run_cli
-from service.core.registry import Registry, RegistryError, interface_changes
+from service.core.registry import ModelVersion, Registry, RegistryError, interface_changes
 
 
 def add_trainer_commands(
@@ -43,7 +45,7 @@ def add_trainer_commands(
 def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{" + ",".join([*CATALOG, "list", "promote", "rollback", "quantize"]) + "}"
+        dest="command", required=True, metavar="{" + ",".join([*CATALOG, "list", "promote", "rollback", "quantize", "profile"]) + "}"
     )
     add_trainer_commands(commands, argv, "train into a new registry version:", registry)
     listing = commands.add_parser("list", help="versions per model, * marks CURRENT")
@@ -62,7 +64,37 @@ def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     quantize.add_argument("--data", help="the training data: calibration from its training split, the check on its test split")
     quantize.add_argument("--seed", type=int, default=0)
     quantize.add_argument("--registry", default=registry)
+    profile = commands.add_parser("profile", help="a new version: an existing one plus a reference profile for drift monitoring")
+    profile.add_argument("model", choices=list(CATALOG))
+    profile.add_argument("version", nargs="?", help="the version to start from (default: CURRENT)")
+    profile.add_argument("--data", help="the data the version was trained on: inputs from its training split, answers on its test split")
+    profile.add_argument("--seed", type=int, default=0, help="the split seed, as in training (tables without a split)")
+    profile.add_argument("--registry", default=registry)
     return parser
+
+
+def _source_version(registry: Registry, model: str, version: str | None) -> ModelVersion:
+    if version is not None and not version.isdecimal():
+        raise UsageError(f"version must be a number, got {version!r}")
+    return registry.current(model) if version is None else registry.get(model, int(version))
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from training.profile import add_profile
+
+    module = importlib.import_module(CATALOG[args.model].trainer)
+    if not hasattr(module, "profile_data"):
+        raise UsageError(f"{args.model}: its trainer ({CATALOG[args.model].trainer}) gives no data to profile (profile_data)")
+    registry = Registry(args.registry)
+    source = _source_version(registry, args.model, args.version)
+    inputs, held_out, data = module.profile_data(args, source.verify()["preprocessing"])
+    version = add_profile(registry, source, inputs, held_out, data)
+    same = version.read_metadata()["profile"]["same_data_as_training"]
+    print(
+        f"== {version.name} v{version.version}: v{source.version} + {PROFILE_FILE}"
+        f" ({'its training data' if same else 'OTHER data than it was trained on'}); model.onnx unchanged; CURRENT unchanged"
+    )
+    return 0
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -72,9 +104,7 @@ def _quantize(args: argparse.Namespace) -> int:
     if not hasattr(module, "quantization_data"):
         raise UsageError(f"{args.model} has no INT8 variant: its trainer ({CATALOG[args.model].trainer}) gives no calibration data")
     registry = Registry(args.registry)
-    if args.version is not None and not args.version.isdecimal():
-        raise UsageError(f"version must be a number, got {args.version!r}")
-    source = registry.current(args.model) if args.version is None else registry.get(args.model, int(args.version))
+    source = _source_version(registry, args.model, args.version)
     calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
     version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
     variant = version.read_metadata()["variants"]["int8"]
@@ -161,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser(argv, str(Settings.from_env().model_root)).parse_args(argv)
         if args.command == "quantize":
             return _quantize(args)
+        if args.command == "profile":
+            return _profile(args)
         return _train(args) if args.command in CATALOG else _registry_command(args)
 
     return run_cli(body)

@@ -20,7 +20,7 @@ import numpy as np
 from service.core.errors import DataError, InputError, UsageError
 from service.core.preprocessing import ImageSpec, decode_image, match_names
 from service.core.registry import sha256_file
-from service.core.tasks.text_classification import TEXT_COLUMNS, pick_column
+from service.core.tasks.batch_inputs import TEXT_COLUMNS, pick_column
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"

@@ -42,6 +42,8 @@ from service.core.config import ClientSettings, Settings
 from service.core.errors import DeployError, Interrupted, UsageError, run_cli
 from service.core.registry import Candidate, Registry
 from service.core.runtime import LoadedModel, load_model
+from service.core.tasks.friendly import friendly_api
+from service.core.tasks.gate import redeploy_gate
 from training import live
 from training.__main__ import add_trainer_commands
 
@@ -69,7 +71,7 @@ def gate(
     new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None
 ) -> tuple[bool, str]:
     """(promote?, explanation) comparing new and current on the same test set."""
-    rule = new.task.gate
+    rule = redeploy_gate(new.task)
     new_score = evaluate(new, items, targets)
     if current is None:
         return True, f"nothing served yet; new v{new.version} {rule.metric} = {new_score:.4f}"
@@ -156,7 +158,7 @@ class ServiceClient:
     def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
         endpoint = entry(name).endpoint
         try:
-            response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
+            response = self.http.post(f"/{endpoint}", **friendly_api(entry(name).task).smoke_request(items))
         except httpx.HTTPError as exc:
             raise DeployError(f"smoke test: /{endpoint}: no answer ({exc})") from exc
         if response.status_code != 200:
