@@ -249,16 +249,20 @@ class Failover:
     ip: dict[str, str] = field(default_factory=dict, repr=False)  # its address now (a restart may change it)
 
 
-def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90) -> Failover:
-    """kill -9 one replica's server process (a crash: Docker's restart policy starts it again) while hey sends load
-    through the balancer; the load goes on until the balancer sends the replica requests again, plus 2 s."""
+def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90, how: str = "process") -> Failover:
+    """Kill one replica while hey sends load through the balancer; the load goes on until the balancer sends the replica
+    requests again, plus 2 s. `how`: "process", kill -9 of its server process (a crash: Docker's restart policy starts it
+    again); "docker", `docker kill -s KILL` of the container (a stop by hand to Docker: compose.yaml's keeper starts it)."""
     victim = cluster.replicas()[0]
     load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
     time.sleep(kill_after_s)
     before = {s.name: s for s in cluster.servers()}
     result = Failover(victim.container, ip={"ip": victim.ip})
     killed, killed_wall = time.monotonic(), time.time()
-    os.kill(victim.pid, signal.SIGKILL)
+    if how == "docker":
+        docker("kill", "--signal", "KILL", victim.container)
+    else:
+        os.kill(victim.pid, signal.SIGKILL)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_container, args=(cluster, victim, result, killed, stop))
     watcher.start()

@@ -164,6 +164,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _base(constructor: Callable[..., keras.Model], kwargs: dict[str, Any], args: argparse.Namespace) -> keras.Model:
+    """The base network with its weights; one `error:` line (DataError) when they cannot be had, never Keras's traceback."""
+    try:
+        return constructor(**kwargs)
+    except Exception as exc:  # keras raises a bare Exception for a failed download, ValueError for a file that does not fit
+        reason = " ".join(str(exc).split())[:300]
+        if kwargs["weights"] == "imagenet":
+            raise DataError(
+                f"the ImageNet weights of {args.base} could not be downloaded ({reason}); without internet pass "
+                "--weights FILE (a .weights.h5 of the base without its top) or --weights none (train from scratch)"
+            ) from None
+        raise DataError(
+            f"--weights {args.weights} cannot be used for {args.base} at {args.image_size}x{args.image_size}: {reason}"
+        ) from None
+
+
 def augmentation(seed: int) -> keras.Sequential:
     return keras.Sequential(
         [
@@ -202,7 +218,7 @@ def build_models(args: argparse.Namespace, n_classes: int) -> Models:
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": size}
     if args.base.startswith("mobilenet"):
         kwargs["alpha"] = args.alpha
-    base = constructor(**kwargs)
+    base = _base(constructor, kwargs, args)
 
     head_input = keras.Input(size, name="pixels_float")
     x = preprocess(head_input)

@@ -281,11 +281,15 @@ def run(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setting
 
 
 def finish(job: Job, work: WorkDir, state: State) -> None:
-    """Assemble the committed parts into the errors file and OUTPUT, then drop the work folder."""
+    """Assemble the committed parts into the errors file (only when an input failed) and OUTPUT, then drop the work folder."""
     state.complete = True
     work.save(state)
     errors = [p for p in map(work.errors_part, range(state.parts)) if p.exists()]
-    failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    if errors:
+        failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    else:  # no errors file: an empty one said nothing, and one left from an earlier run of this job would be wrong
+        failed = 0
+        job.errors.unlink(missing_ok=True)
     scored = assemble([work.part(i) for i in range(state.parts)], job.schema, job.output_format, job.output)
     if (scored, failed) != (state.scored, state.failed):
         raise RuntimeError(f"assembled {scored} rows and {failed} errors, the state says {state.scored} and {state.failed}")

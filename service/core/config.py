@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.core.errors import ConfigError
+from service.core.registry import FileLimits
 
 PREFIX = "MODELSERVE_"
 PROVIDER_ALIASES = {
@@ -75,6 +76,12 @@ class Settings:
     grpc_host: str = setting("0.0.0.0", "the address the gRPC server listens on (with MODELSERVE_GRPC_PORT)")
     max_request_bytes: int = setting(32 * MiB, "largest request body or gRPC message; larger gets 413 (gRPC: RESOURCE_EXHAUSTED)")
     max_image_bytes: int = setting(10 * MiB, "largest single image file")
+    max_model_bytes: int = setting(
+        2048 * MiB, "largest model file (model.onnx, its INT8 variant) a version may have; a larger one is refused at load"
+    )
+    max_asset_bytes: int = setting(
+        256 * MiB, "largest preprocessing file (vocab.json, scaler.json) a version may have; a larger one is refused at load"
+    )
     max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
     max_items: int = setting(64, "most images, texts or rows in one request")
     max_text_chars: int = setting(50_000, "longest text; longer is refused with 400, never truncated silently")
@@ -118,6 +125,11 @@ class Settings:
         "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close",
     )
     body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
+    max_json_values: int = setting(
+        200_000,
+        "most values (numbers, strings, keys) in one JSON body, counted before it is parsed (parsing holds every thread of the worker: about 15 ms per 200,000 here); more gets 413",
+    )
+    max_header_bytes: int = setting(64 * 1024, "largest request line and headers together; larger gets 431 and the connection is closed")
     admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
     drift: bool = setting(
         True,
@@ -153,6 +165,10 @@ class Settings:
         times more compute threads than there are CPUs (benchmarks/results/threads.md).
         """
         return max(1, available_cpus() // self.worker_count())
+
+    def file_limits(self) -> FileLimits:
+        """The largest registry files of each kind that a version may have."""
+        return FileLimits(model_bytes=self.max_model_bytes, asset_bytes=self.max_asset_bytes)
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""

@@ -27,24 +27,29 @@ from starlette.responses import JSONResponse, Response
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import Overloaded
+from service.core.errors import NotFoundError, Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
 from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
+from service.http.drain import drain_on_sigterm
 from service.http.drift import DriftMonitor, drift_routes
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
+from service.http.headers import SecurityHeaders
+from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
 
 SETTINGS = Settings.from_env()
+own_metrics_directory()
 cancel_finished_request_timers()
-limit_header_time(SETTINGS.header_timeout_s)
+limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
+drain_on_sigterm()
 log = logging.getLogger("modelserve.service")
 
 
@@ -91,9 +96,10 @@ class ModelServe:
 def served_model(name: str) -> LoadedModel:
     """The version of `name` this worker serves now (404 when it serves none)."""
     runtime: ModelRuntime = bentoml.get_current_service().runtime
-    if name not in runtime:
-        raise bentoml.exceptions.NotFound(f"model {name} is not served here (served: {list(runtime.served())})")
-    return runtime.get(name)
+    try:
+        return runtime.get(name)
+    except NotFoundError as exc:  # BentoML answers its own exception types with their status, anything else with 500
+        raise bentoml.exceptions.NotFound(str(exc)) from None
 
 
 def predict_api(entry: CatalogEntry) -> Any:
@@ -110,6 +116,7 @@ def predict_api(entry: CatalogEntry) -> Any:
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
+        served_model(entry.name)  # 404 naming what is served, when this model is not
         model, shadow = route(self.runtime, entry.name, ctx.request.headers.get(ROUTING_HEADER))
         try:
             answers = await self.executor.predict(model, request[field], shadow)
@@ -152,6 +159,7 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*playground_routes(), *drift_
     )(ModelServe)
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
+ModelServe.add_asgi_middleware(SecurityHeaders)  # added first: outside the guard, so its refusals carry them too
 _friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in CATALOG.values()}
 ModelServe.add_asgi_middleware(
     RequestGuard,
@@ -161,6 +169,8 @@ ModelServe.add_asgi_middleware(
     file_fields={path: (api.field,) for path, api in _friendly.items() if "multipart/form-data" in api.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
+    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in CATALOG.values()},
+    max_json_values=SETTINGS.max_json_values,
 )
 
 

@@ -137,18 +137,22 @@ class TabularApi(FriendlyApi):
         return Annotated[Any, PlainValidator(lambda value: self.task.check(value, assets(), settings)), WithJsonSchema(schema)]
 
     def describe(self, assets: StandardScaler, metadata: Mapping[str, Any]) -> dict[str, Any]:
-        """The features with the range the model saw and a row to start from: the version's real example row when it
-        recorded one, else the scaler's typical row; each says which it is (`range_source`, `example.source`)."""
+        """The features with the range the model saw (and what each means, when the version recorded it) and a row to
+        start from: the version's real example row when it recorded one, else the scaler's typical row; each says which
+        it is (`range_source`, `example.source`)."""
         low, high, seen = assets.ranges()
         example = metadata.get("data", {}).get("example")
         if not example:
             typical = assets.inverse_example()
             example = {"values": dict(zip(assets.feature_names, map(float, typical))), "source": TYPICAL_ROW, "real": False}
+        described = metadata["preprocessing"].get("feature_descriptions")
+        meanings = described if isinstance(described, Mapping) else {}
         return super().describe(assets, metadata) | {
             "answer_field": self.task.answer_field,
             "unit": metadata["preprocessing"].get("unit", ""),
             "features": [
                 {"name": name, "min": float(lo), "max": float(hi), "log1p": name in assets.log1p}
+                | ({"description": str(meanings[name])[:200]} if name in meanings else {})
                 for name, lo, hi in zip(assets.feature_names, low, high)
             ],
             "range_source": SEEN_RANGE if seen else ESTIMATED_RANGE,
