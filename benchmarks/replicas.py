@@ -128,11 +128,17 @@ class Cluster:
     poll_s: int = 2
     project: str = field(default_factory=lambda: f"msreplicas{uuid.uuid4().hex[:8]}")
     lb_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """The balancer's gRPC port: the Open Inference Protocol, spread over the replicas per call."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def compose(self, *args: str, timeout: float = 300) -> str:
         env = os.environ | {
@@ -141,6 +147,7 @@ class Cluster:
             "MODELSERVE_REGISTRY": str(self.registry),
             "MODELSERVE_RELOAD_POLL_S": str(self.poll_s),
             "MODELSERVE_LB_PORT": str(self.lb_port),
+            "MODELSERVE_LB_GRPC_PORT": str(self.grpc_port),
             "MODELSERVE_LB_STATS_PORT": str(self.stats_port),
         }
         command = ["docker-compose", "--project-name", self.project, "--file", str(COMPOSE_FILE), *args]
@@ -242,16 +249,20 @@ class Failover:
     ip: dict[str, str] = field(default_factory=dict, repr=False)  # its address now (a restart may change it)
 
 
-def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90) -> Failover:
-    """kill -9 one replica's server process (a crash: Docker's restart policy starts it again) while hey sends load
-    through the balancer; the load goes on until the balancer sends the replica requests again, plus 2 s."""
+def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90, how: str = "process") -> Failover:
+    """Kill one replica while hey sends load through the balancer; the load goes on until the balancer sends the replica
+    requests again, plus 2 s. `how`: "process", kill -9 of its server process (a crash: Docker's restart policy starts it
+    again); "docker", `docker kill -s KILL` of the container (a stop by hand to Docker: compose.yaml's keeper starts it)."""
     victim = cluster.replicas()[0]
     load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
     time.sleep(kill_after_s)
     before = {s.name: s for s in cluster.servers()}
     result = Failover(victim.container, ip={"ip": victim.ip})
     killed, killed_wall = time.monotonic(), time.time()
-    os.kill(victim.pid, signal.SIGKILL)
+    if how == "docker":
+        docker("kill", "--signal", "KILL", victim.container)
+    else:
+        os.kill(victim.pid, signal.SIGKILL)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_container, args=(cluster, victim, result, killed, stop))
     watcher.start()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
 from service.core.config import ConfigError, Settings
+from service.core.errors import ModelLoadError
 from service.core.int8_reference import Int8Bounds
-from service.core.registry import Registry
+from service.core.registry import METADATA_FILE, Registry
 from service.core.runtime import ModelRuntime, load_model
 from service.core.sessions import cuda_device_count, resolve_providers
 
@@ -63,10 +69,50 @@ def test_the_int8_bounds_are_settings_between_0_and_1() -> None:
 
 
 def test_workers_default_to_one_per_cpu_the_process_may_use() -> None:
-    import os
-
     assert Settings().workers == 0, "the default: one worker per CPU"
     assert 1 <= Settings().worker_count() <= len(os.sched_getaffinity(0))
     assert Settings(workers=3).worker_count() == 3
     with pytest.raises(ConfigError, match="WORKERS"):
         Settings.from_env({"MODELSERVE_WORKERS": "-1"})
+
+
+@pytest.mark.parametrize(("resample", "refused"), [("bogus", True), ("nearest", False)])
+def test_an_image_version_whose_resizing_cannot_run_is_refused_at_load(tmp_path: Path, resample: str, refused: bool) -> None:
+    """resample "bogus" passed every load check, then every client's image got 400 "could not be decoded (KeyError)"."""
+    source = Registry(ROOT / "models").get("image_classifier", 1)
+    target = tmp_path / "image_classifier" / "1"
+    shutil.copytree(source.path, target)
+    metadata = json.loads((target / METADATA_FILE).read_text())
+    metadata["preprocessing"]["resample"] = resample
+    (target / METADATA_FILE).write_text(json.dumps(metadata))
+    version = Registry(tmp_path).get("image_classifier", 1)
+    if refused:
+        with pytest.raises(ModelLoadError, match="resample must be one of"):
+            load_model(version, ["CPUExecutionProvider"])
+    else:
+        assert load_model(version, ["CPUExecutionProvider"]).assets.resample == "nearest", "the smoke check resized with it"
+
+
+def test_threads_are_sized_from_the_workers_and_the_cpus_the_process_may_use() -> None:
+    """A worker's pools get its share of the CPUs; a process pinned to one CPU runs one worker and single-threaded sessions."""
+    from service.core.config import available_cpus
+    from service.http.executor import Executor
+
+    cpus = available_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    for workers in (1, 2, cpus, cpus + 3):
+        settings = Settings(model_root=ROOT / "models", workers=workers)
+        executor = Executor(settings, ModelRuntime(settings))
+        assert executor.pool("imdb_sentiment")._max_workers == max(1, cpus // workers)
+        executor.close()
+    model = load_model(Registry(ROOT / "models").current("boston_housing"), ["CPUExecutionProvider"])
+    threads = model.sessions.primary.get_session_options().intra_op_num_threads
+    assert threads == (cpus if cpus > 1 else 0), "a call alone may use every CPU the process may use, no more"
+    pinned = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from service.core.config import Settings; from service.core.registry import Registry; from service.core.runtime import load_model;"
+        "m = load_model(Registry('models').current('boston_housing'), ['CPUExecutionProvider']);"
+        "print(Settings().worker_count(), Settings().cpus_per_worker(), m.sessions.narrow is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", pinned], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "True"]

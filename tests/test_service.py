@@ -60,6 +60,16 @@ def error_of(response: httpx.Response) -> str:
 # ---------------------------------------------------------------- health, docs, models
 
 
+def test_the_server_counts_what_it_answered_by_route_and_status(server: Server, client: httpx.Client) -> None:
+    """What tests/conftest.py reads when a server stops, to fail a module whose servers answered an unexpected 5xx."""
+    before = server.answered()
+    assert client.get("/no/such/route").status_code == 404
+    assert client.post("/predict_price", json={"rows": [HOUSE]}).status_code == 200
+    after = server.answered()
+    assert after[("/no/such/route", 404)] - before[("/no/such/route", 404)] == 1
+    assert after[("/predict_price", 200)] - before[("/predict_price", 200)] == 1
+
+
 def test_health_metrics_and_docs(client: httpx.Client) -> None:
     assert client.get("/readyz").status_code == 200
     assert client.get("/livez").status_code == 200

@@ -27,7 +27,7 @@ import numpy as np
 
 from service.core.errors import DataError
 from service.core.preprocessing import SCALER_FILE, StandardScaler
-from training.datasets import TabularData, load_housing
+from training.datasets import BOSTON_FEATURE_DESCRIPTIONS, TabularData, load_housing
 from training.export import TensorSpec, parity_inputs
 from training.plots import plot_kfold
 from training.progress import fit_verbosity, log
@@ -237,6 +237,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
             "kind": "tabular",
             "scaler_file": SCALER_FILE,
             "features": list(data.feature_names),
+            "feature_descriptions": {f: BOSTON_FEATURE_DESCRIPTIONS[f] for f in data.feature_names if f in BOSTON_FEATURE_DESCRIPTIONS},
             "log1p_features": list(config["log1p"]),
             "target": "MEDV",
             "unit": "$1000s",
@@ -250,5 +251,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args, config, data.feature_names),
         test_items=list(data.x_test),
         test_targets=[float(y) for y in data.y_test],
+        profile_inputs=[row.tolist() for row in data.x_train],
         extra_plots={"kfold_val_mae.png": lambda path: plot_kfold(histories, "mae", path, f"{NAME}: {args.folds}-fold validation MAE")},
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training rows, test rows and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_housing(args.data)
+    log("data", f"{len(data.x_train)} training rows to profile, {len(data.x_test)} test rows to answer")
+    return [row.tolist() for row in data.x_train], list(data.x_test), data.source

@@ -42,6 +42,8 @@ from service.core.config import ClientSettings, Settings
 from service.core.errors import DeployError, Interrupted, UsageError, run_cli
 from service.core.registry import Candidate, Registry
 from service.core.runtime import LoadedModel, load_model
+from service.core.tasks.friendly import friendly_api
+from service.core.tasks.gate import redeploy_gate
 from training import live
 from training.__main__ import add_trainer_commands
 
@@ -69,7 +71,7 @@ def gate(
     new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None
 ) -> tuple[bool, str]:
     """(promote?, explanation) comparing new and current on the same test set."""
-    rule = new.task.gate
+    rule = redeploy_gate(new.task)
     new_score = evaluate(new, items, targets)
     if current is None:
         return True, f"nothing served yet; new v{new.version} {rule.metric} = {new_score:.4f}"
@@ -156,7 +158,7 @@ class ServiceClient:
     def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
         endpoint = entry(name).endpoint
         try:
-            response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
+            response = self.http.post(f"/{endpoint}", **friendly_api(entry(name).task).smoke_request(items))
         except httpx.HTTPError as exc:
             raise DeployError(f"smoke test: /{endpoint}: no answer ({exc})") from exc
         if response.status_code != 200:
@@ -169,16 +171,17 @@ class ServiceClient:
             raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
 
 
-def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any]) -> None:
+def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any], number: int = 5) -> None:
+    """Step `number` (5; 7 after a live phase): reload, wait for every worker, smoke-test over HTTP."""
     result = client.reload(name)["results"][0]
     waited = client.wait_for(name, version)
     if result["status"] == "unchanged":  # its CURRENT watcher got there before the admin call
         done = f"already serving {name} v{version} (it follows CURRENT by itself)"
     else:
         done = f"{result['status']} {name} v{result.get('previous_version')} -> v{version}"
-    step(5, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
+    step(number, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
     client.smoke(name, version, smoke_items)
-    step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
+    step(number, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
 
 
 # ---------------------------------------------------------------- the two commands
@@ -227,7 +230,9 @@ def redeploy(args: argparse.Namespace) -> int:
 
 
 def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, version: int, smoke_items: Sequence[Any]) -> int:
-    """Steps 4-6 with a live phase: CANDIDATE, watch /metrics, then promote or roll back; CANDIDATE is cleared whatever happens."""
+    """Steps 4-7 with a live phase: (4) CANDIDATE, (5) watch /metrics, (6) promote or roll back, (7) reload and smoke-test.
+
+    CANDIDATE is cleared whatever happens."""
     name = args.model
     current = registry.current_version(name)
     candidate = Candidate(version, "shadow" if args.shadow else "canary", 0.0 if args.shadow else float(args.canary))
@@ -249,20 +254,24 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
         registry.clear_candidate(name, "rolled-back")
         client.candidate(name, None)
         why = "; ".join(verdict.reasons) if verdict.decided else f"not enough traffic to decide ({'; '.join(verdict.reasons)})"
+        if verdict.resets and not verdict.decided:
+            why = f"the service's metrics were reset {verdict.resets} time(s) during the watch, too little was counted to decide ({'; '.join(verdict.reasons)})"
         raise DeployError(f"rolled back: {why}; v{version} is kept in the registry, v{current} keeps serving")
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)
     registry.clear_candidate(name, "promoted")
-    deploy(registry, client, name, version, current, smoke_items)
+    deploy(registry, client, name, version, current, smoke_items, number=7)
     print(f"done: {name} v{version} is in production")
     return 0
 
 
-def deploy(registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any]) -> None:
-    """Step 5, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
+def deploy(
+    registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any], number: int = 5
+) -> None:
+    """Step `number`, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
     try:
         with _signals_interrupt():
-            reload_and_check(client, name, version, smoke_items)
+            reload_and_check(client, name, version, smoke_items, number)
     except BaseException as exc:
         back = _restore(registry, client, name, previous)
         if isinstance(exc, KeyboardInterrupt | Interrupted):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import threading
@@ -26,11 +25,12 @@ from service.batch.job import Job, build_job
 from service.batch.run import choose_executor, finish, run, session_threads
 from service.batch.state import State, WorkDir, open_state
 from service.core.catalog import CATALOG, entry
-from service.core.config import Settings
+from service.core.config import Settings, available_cpus
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, Interrupted, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model, max_batch_size
 from service.core.sessions import resolve_providers
+from service.core.tasks.batch_inputs import batch_input
 
 DEFAULT_CHUNK_SIZE = 1024  # inputs per committed part: what a crash can cost, and the cost of one commit
 
@@ -65,11 +65,11 @@ exit status:
 
 
 def models_help() -> str:
-    """What each catalog model reads, from its task."""
+    """What each catalog model reads, from its task's batch input."""
     lines = ["models and inputs:"]
     for name, item in CATALOG.items():
         lines.append(f"  {name} ({item.task.name})")
-        lines += [f"      {line}" for line in item.task.batch_input_help.splitlines()]
+        lines += [f"      {line}" for line in batch_input(item.task).help.splitlines()]
     return "\n".join(lines) + "\n\n"
 
 
@@ -105,7 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_CHUNK_SIZE,
         help=f"inputs per committed part; a crash loses at most this much work (default {DEFAULT_CHUNK_SIZE})",
     )
-    parser.add_argument("--workers", type=positive, default=len(os.sched_getaffinity(0)), help="parallel workers (default: one per core)")
+    parser.add_argument(
+        "--workers", type=positive, default=available_cpus(), help="parallel workers (default: one per CPU this process may use)"
+    )
     parser.add_argument(
         "--executor", choices=("auto", "thread", "process"), default="auto",
         help="workers are threads sharing one session, or processes with one each; auto (default): processes for text models, threads for the others",

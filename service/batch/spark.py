@@ -52,7 +52,7 @@ from service.core.config import Settings
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model
-from service.core.tasks import FOLDER
+from service.core.tasks.batch_inputs import FOLDER, batch_input
 
 # pyspark 4.3 warns about pandas 3 when a session starts and on mapInArrow; this engine hands workers Arrow batches, never pandas.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
@@ -296,17 +296,17 @@ def prepare_folder(spark: SparkSession, fs: HadoopFS, args: argparse.Namespace, 
     for it; the file index does list it. Such files join the inputs with their (empty)
     content, and the task refuses them ("is empty") as it does on one machine.
     """
-    task = model.task
+    suffixes = batch_input(model.task).file_suffixes
     if not fs.is_dir(args.input):
-        raise UsageError(f"{args.input}: no such folder (this model reads a folder tree of {', '.join(task.file_suffixes)} files)")
+        raise UsageError(f"{args.input}: no such folder (this model reads a folder tree of {', '.join(suffixes)} files)")
     root = fs.qualify(args.input)
-    images = spark.read.format("binaryFile").options(recursiveFileLookup="true", pathGlobFilter=suffix_glob(task.file_suffixes)).load(root)
+    images = spark.read.format("binaryFile").options(recursiveFileLookup="true", pathGlobFilter=suffix_glob(suffixes)).load(root)
     everything = spark.read.format("binaryFile").options(recursiveFileLookup="true").load(root)
     total = len(images._jdf.inputFiles())  # the file index's count (a Java array's length: one py4j call)
     skipped = len(everything._jdf.inputFiles()) - total
     notes = []
     if skipped:
-        others = everything.select("path").filter(~suffix_match(task.file_suffixes)).orderBy("path").limit(3)
+        others = everything.select("path").filter(~suffix_match(suffixes)).orderBy("path").limit(3)
         shown = [r.path[len(root) + 1 :] for r in others.collect()]
         notes.append(f"note: skipping {skipped:,} file(s) without an input suffix: {', '.join(shown)}{', ...' if skipped > 3 else ''}")
     frame = images.select("path", CONTENT)
@@ -315,7 +315,7 @@ def prepare_folder(spark: SparkSession, fs: HadoopFS, args: argparse.Namespace, 
         frame = frame.unionByName(spark.createDataFrame([(path, b"") for path in empty], f"path string, {CONTENT} binary"))
     frame = frame.select(F.col("path").substr(len(root) + 2, 1 << 30).alias("path"), CONTENT)
     plan = replace(base, source="folder", keys=("path",))
-    return Prepared(frame, plan, total, images.rdd.getNumPartitions(), task.item_noun, notes)
+    return Prepared(frame, plan, total, images.rdd.getNumPartitions(), model.task.item_noun, notes)
 
 
 def read_table(spark: SparkSession, path: str, fmt: str) -> tuple[DataFrame, list[str]]:
@@ -372,7 +372,7 @@ def prepare_table(spark: SparkSession, args: argparse.Namespace, model: LoadedMo
     """Rows of CSV, JSONL or Parquet files (one file, a folder of them or a glob), numbered; the task picks its columns."""
     fmt = table_format(PurePosixPath(args.input), args.input_format)  # type: ignore[arg-type]
     frame, columns = read_table(spark, args.input, fmt)
-    wanted = tuple(model.task.table_columns(columns, model.assets, args.text_column))
+    wanted = tuple(batch_input(model.task).columns(columns, model.assets, args.text_column))
     numbered, total, files, partitions = number_rows(spark, frame)
     keys = ("file", "row") if files > 1 else ("row",)
     kept = tuple(columns) if args.keep_columns else ()
@@ -528,7 +528,7 @@ def prepare(spark: SparkSession, args: argparse.Namespace, model: LoadedModel, p
     from pyspark.errors import AnalysisException
 
     try:
-        if model.task.input_source == FOLDER:
+        if batch_input(model.task).source == FOLDER:
             if args.keep_columns or args.text_column:
                 raise UsageError(f"--keep-columns and --text-column are for table inputs; {model.name} reads a folder")
             sizes = model.task.batch_sizes

@@ -32,6 +32,7 @@ from service.core.config import Settings
 from service.core.errors import ModelLoadError, ModelServeError
 from service.core.registry import ModelVersion
 from service.core.runtime import LoadedModel, load_model, max_batch_size, resolve_providers
+from service.core.tasks.batch_inputs import batch_input
 
 REASON = "reason"  # the combined result's column: None for a scored row, why not for a refused one
 CORRUPT_RECORD = "_corrupt_record"  # Spark's CSV reader puts a record it cannot fit to the header here
@@ -123,22 +124,22 @@ def _named(batch: pa.RecordBatch, names: Sequence[str]) -> list[dict[str, Any]]:
 
 def raw_values(plan: WorkerPlan, scorer: Scorer, batch: pa.RecordBatch) -> tuple[list[Any], list[dict[str, Any]]]:
     """The raw value the task validates for each row (as the single-machine readers make it), and JSONL's kept columns."""
-    task = scorer.model.task
+    reader = batch_input(scorer.model.task)
     if plan.source == "folder":
         return batch.column(CONTENT).to_pylist(), []
     if plan.source == "jsonl":
         rows = [jsonl_row(line.lstrip("\ufeff")) for line in batch.column(LINE).to_pylist()]
         kept = [{KEPT_PREFIX + c: None if isinstance(r, Unreadable) else as_text(r.get(c)) for c in plan.jsonl_columns} for r in rows]
-        values = [r if isinstance(r, Unreadable) else task.table_value(r, plan.columns, False) for r in rows]
+        values = [r if isinstance(r, Unreadable) else reader.value(r, plan.columns, False) for r in rows]
         return values, kept
     if plan.source == "csv":
         corrupt = batch.column(CORRUPT_RECORD).to_pylist()
         rows = _named(batch, plan.header)
         values = [
-            task.table_value(row, plan.columns, True) if bad is None else _csv_reason(plan.header, bad) for row, bad in zip(rows, corrupt)
+            reader.value(row, plan.columns, True) if bad is None else _csv_reason(plan.header, bad) for row, bad in zip(rows, corrupt)
         ]
         return values, []
-    return [task.table_value(row, plan.columns, False) for row in _named(batch, plan.columns)], []
+    return [reader.value(row, plan.columns, False) for row in _named(batch, plan.columns)], []
 
 
 def _csv_reason(header: Sequence[str], record: str) -> Unreadable:

@@ -29,12 +29,24 @@ import onnxruntime as ort
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
 from service.core.cpu import cpu_report
-from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
+from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
 from service.core.int8_reference import Int8Bounds, read_reference
 from service.core.int8_reference import check as check_reference
-from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, MODEL_FILE, Candidate, ModelVersion, Registry
+from service.core.registry import (
+    CANDIDATE_FILE,
+    CURRENT_FILE,
+    MAX_CANDIDATE_BYTES,
+    MODEL_FILE,
+    Candidate,
+    FileLimits,
+    ModelVersion,
+    Registry,
+    VersionFiles,
+    read_limited,
+)
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
+from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
@@ -72,7 +84,9 @@ class ModelFile:
         return f"{self.path.name} ({self.precision}{f': {self.note}' if self.note else ''})"
 
 
-def choose_model_file(version: ModelVersion, metadata: dict[str, Any], config: SessionConfig, int8: bool = True) -> ModelFile:
+def choose_model_file(
+    version: ModelVersion, metadata: dict[str, Any], config: SessionConfig, int8: bool = True, limits: FileLimits | None = None
+) -> ModelFile:
     """INT8 on the CPU provider when the version has a variant that passed its check (and `int8`); model.onnx otherwise.
 
     GPU providers run model.onnx (TensorRT may make its own fp16 engine from it). A variant whose
@@ -89,7 +103,7 @@ def choose_model_file(version: ModelVersion, metadata: dict[str, Any], config: S
     if not int8:
         return replace(fp32, note="INT8 variant not used: MODELSERVE_INT8 is off")
     try:
-        path = version.variant_path(metadata, "int8")
+        path = version.variant_path(metadata, "int8", limits)
     except RegistryError as exc:
         log.warning("%s; running %s", exc, MODEL_FILE)
         return replace(fp32, note=f"INT8 variant refused: {exc}")
@@ -125,9 +139,18 @@ class LoadedModel:
     def providers(self) -> list[str]:
         return self.sessions.providers
 
-    def infer(self, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
-        inputs = self.metadata["inputs"][0]["name"]
-        return self.sessions.run({inputs: batch}, alone)[0]
+    @property
+    def input_names(self) -> list[str]:
+        """The graph's inputs, as metadata names them (load_model checked that the graph's are the same)."""
+        return [i["name"] for i in self.metadata["inputs"]]
+
+    def feed(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Validated items -> this version's graph inputs by name (a dense batch, or a text model's sparse ids and weights)."""
+        return self.task.feed(items, self.assets, self.input_names)
+
+    def infer(self, feed: Mapping[str, np.ndarray], alone: bool | None = None) -> np.ndarray:
+        """The graph's first output for a feed of named inputs (`feed`)."""
+        return self.sessions.run(feed, alone)[0]
 
     def predict(self, items: Sequence[Any], alone: bool | None = None) -> list[dict[str, Any]]:
         """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version.
@@ -136,18 +159,18 @@ class LoadedModel:
         """
         if not items:
             return []
-        outputs = self.infer(self.task.to_tensor(items, self.assets), alone)
+        outputs = self.infer(self.feed(items), alone)
         stamp = {"model": self.name, "version": self.version}
         return [answer | stamp for answer in self.task.answers(outputs, self.assets, self.metadata)]
 
     def smoke_check(self) -> None:
-        """Predict on the task's smoke items (also warming the session); refuse nonsense."""
-        items = self.task.smoke_items(self.assets)
+        """Predict on the task's smoke items, made by the real preprocessing (also warming the session); refuse nonsense."""
         try:
+            items = self.task.smoke_items(self.assets)
             single = self.predict(items[:1])
             batch = self.predict(items)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction failed: {exc}") from exc
+        except Exception as exc:  # onnxruntime raises its own exception types; a broken asset raises anything
+            raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction failed: {type(exc).__name__}: {exc}") from exc
         if len(single) != 1 or len(batch) != len(items):
             raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction returned {len(batch)} answers for {len(items)} inputs")
         for answer in batch:
@@ -177,7 +200,7 @@ class LoadedModel:
             "model_file": self.model_file.describe(),
             "sessions": self.sessions.describe(),
             "plots": list(meta.get("plots", [])),  # GET /models/{name}/versions/{version}/plots/{file}
-            "request": self.task.describe(self.assets, meta),
+            "request": friendly_api(self.task).describe(self.assets, meta),
         }
 
 
@@ -191,22 +214,25 @@ def load_model(
     engine_cache: Path | None = None,
     int8: bool = True,
     int8_bounds: Int8Bounds | None = None,
+    limits: FileLimits | None = None,
 ) -> LoadedModel:
     """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError.
 
     `int8`: run the version's INT8 variant where the CPU provider runs it (choose_model_file) and it
     answers its reference set like fp32 within `int8_bounds` on this CPU (else model.onnx runs).
+    `limits`: the largest model and asset files read (default FileLimits()).
     """
+    limits = limits or FileLimits()
     where = f"{version.name} v{version.version}"
     task = task or entry(version.name).task
-    metadata = version.verify()  # metadata schema + sha256 of model.onnx
+    metadata = version.verify(limits)  # metadata schema + sha256 of model.onnx
     kind = metadata["preprocessing"].get("kind")
     if kind != task.assets_kind:
         raise ModelLoadError(
             f"{where} is a {kind!r} model; {version.name} is served as {task.name}, which takes {task.assets_kind!r} models"
         )
     config = SessionConfig(tuple(providers), intra_op_threads, tensorrt_fp16, engine_cache)
-    chosen = choose_model_file(version, metadata, config, int8)
+    chosen = choose_model_file(version, metadata, config, int8, limits)
     try:
         sessions = Sessions(chosen.path, chosen.sha256, config)
     except Exception as exc:
@@ -214,10 +240,14 @@ def load_model(
     expected = [i["name"] for i in metadata["inputs"]]
     if expected != sessions.input_names:
         raise ModelLoadError(f"{where}: graph inputs {sessions.input_names} differ from metadata {expected}")
+    problem = task.input_problem(metadata["inputs"])
+    if problem:
+        raise ModelLoadError(f"{where}: {problem}")
     try:
-        assets = task.load_assets(version.path, metadata)
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: preprocessing assets unusable: {exc}") from exc
+        assets = task.load_assets(VersionFiles(version.path, limits.asset_bytes), metadata)
+    except Exception as exc:  # whatever a damaged asset raises (KeyError, RecursionError, ...) is a refusal, never a crash
+        reason = str(exc) if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(f"{where}: preprocessing assets unusable: {reason}") from exc
     model = LoadedModel(version, metadata, sessions, task, assets, list(providers), chosen)
     if chosen.precision == "int8":
         _int8_or_fp32(model, config, int8_bounds or Int8Bounds())
@@ -264,10 +294,9 @@ FP16_TOLERANCE = 1e-2
 
 def _fp16_or_fp32(model: LoadedModel, config: SessionConfig) -> LoadedModel:
     """Keep TensorRT fp16 only when it answers the smoke inputs like fp32 on the CPU does; else reopen in fp32."""
-    batch = model.task.to_tensor(model.task.smoke_items(model.assets), model.assets)
+    feed = model.feed(model.task.smoke_items(model.assets))
     reference = open_session(model.version_ref.model_path, SessionConfig(("CPUExecutionProvider",)), model.metadata["sha256"], 0)
-    name = model.metadata["inputs"][0]["name"]
-    difference = float(np.max(np.abs(model.infer(batch) - reference.run(None, {name: batch})[0])))
+    difference = float(np.max(np.abs(model.infer(feed) - reference.run(None, feed)[0])))
     if difference <= FP16_TOLERANCE:
         log.info("%s v%d: TensorRT fp16 kept (max |fp16 - fp32| = %.2g on the smoke inputs)", model.name, model.version, difference)
         return model
@@ -329,16 +358,26 @@ class ModelRuntime:
         return self._load(ref)
 
     def _load(self, ref: ModelVersion) -> LoadedModel:
+        """load_model with this server's settings. Any failure is a RegistryError or ModelLoadError with its reason:
+        one of another type (a bug, or damage nothing checks for yet) is logged with its traceback and becomes a
+        ModelLoadError, so that a worker never fails to start, or a watcher to go on, because of a version's files."""
         settings = self.settings
-        return load_model(
-            ref,
-            self.providers,
-            settings.intra_op_threads,
-            tensorrt_fp16=settings.tensorrt_fp16,
-            engine_cache=settings.engine_cache,
-            int8=settings.int8,
-            int8_bounds=settings.int8_bounds(),
-        )
+        try:
+            return load_model(
+                ref,
+                self.providers,
+                settings.intra_op_threads,
+                tensorrt_fp16=settings.tensorrt_fp16,
+                engine_cache=settings.engine_cache,
+                int8=settings.int8,
+                int8_bounds=settings.int8_bounds(),
+                limits=settings.file_limits(),
+            )
+        except (RegistryError, ModelLoadError):
+            raise
+        except Exception as exc:
+            log.exception("loading %s v%d failed unexpectedly", ref.name, ref.version)
+            raise ModelLoadError(f"{ref.name} v{ref.version} cannot be loaded: unexpected {type(exc).__name__}: {exc}") from exc
 
     def load_all(self, fallback: Mapping[str, int] | None = None) -> None:
         """Load every model's CURRENT version; where that fails, the version in `fallback` (what this server served).
@@ -354,7 +393,7 @@ class ModelRuntime:
         for name in names:
             try:
                 self._models[name] = self.load(name)
-            except (RegistryError, ModelLoadError) as exc:
+            except Exception as exc:  # whatever the damage: a restarting worker starts on what it served
                 if not fallback or name not in fallback:
                     raise
                 log.warning(
@@ -367,7 +406,11 @@ class ModelRuntime:
                 self.reload_candidate(name)
 
     def get(self, name: str) -> LoadedModel:
-        return self._models[name]
+        """The version of `name` served now; NotFoundError (404) naming what is served when `name` is not."""
+        try:
+            return self._models[name]
+        except KeyError:
+            raise NotFoundError(f"model {name!r} is not served here (served: {sorted(self._models)})") from None
 
     def candidate(self, name: str) -> CandidateSlot | None:
         return self._candidates.get(name)
@@ -390,7 +433,9 @@ class ModelRuntime:
             if wanted is not None and name in self._models and wanted.version == self._models[name].version:
                 raise RegistryError(f"{name}: the candidate v{wanted.version} is the version CURRENT serves")
             model = slot.model if slot and wanted and slot.model.version == wanted.version else self._load_candidate(name, wanted)
-        except (RegistryError, ModelLoadError) as exc:
+        except Exception as exc:  # any failure is a refusal: CURRENT answers everything
+            if not isinstance(exc, RegistryError | ModelLoadError):
+                log.exception("candidate of %s failed unexpectedly", name)
             self._candidates.pop(name, None)
             reason = str(exc)[:2000]
             self.refused_candidates[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -466,9 +511,10 @@ class ModelRuntime:
         """CANDIDATE's content and modification time: a key that changes whenever the file does (for the watcher)."""
         path = self.registry.root / name / CANDIDATE_FILE
         try:
-            return f"{path.read_bytes()[:1024]!r}@{path.stat().st_mtime_ns}"
-        except OSError:
-            return "none"
+            stamp = path.stat().st_mtime_ns
+            return f"{read_limited(path, MAX_CANDIDATE_BYTES)!r}@{stamp}"
+        except OSError as exc:  # none, or not a regular file, or too large: CANDIDATE reports the reason when read
+            return "none" if isinstance(exc, FileNotFoundError) else f"unusable ({exc})@{stamp}"
 
     def pointer(self, name: str) -> str:
         """What CURRENT says for `name`, as a key that changes whenever the file does (for the watcher)."""

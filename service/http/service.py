@@ -3,10 +3,12 @@
     bentoml serve                      # from the project root (bentofile.yaml names this file)
 
 One class, thin. Each endpoint is made from its catalog entry: the request item type
-comes from the entry's task, whose checks run per request on the event loop and are
-cheap by contract (an image's header, not its pixels); the work (decoding,
-preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
-GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py.
+comes from the entry's task (its friendly-API adapter), whose checks run per request
+on the event loop and are cheap by contract (an image's header, not its pixels); the
+work (decoding, preprocessing, inference, batching where it pays) runs in executor.py's
+worker threads.
+GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py,
+and over gRPC (MODELSERVE_GRPC_PORT) in service/grpc/server.py, started in each worker once its models are loaded.
 """
 
 from __future__ import annotations
@@ -25,21 +27,29 @@ from starlette.responses import JSONResponse, Response
 
 from service.core.catalog import CATALOG, CatalogEntry
 from service.core.config import Settings
-from service.core.errors import Overloaded
+from service.core.errors import NotFoundError, Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
+from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
+from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
+from service.http.drain import drain_on_sigterm
+from service.http.drift import DriftMonitor, drift_routes
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
-from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
+from service.http.headers import SecurityHeaders
+from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
 from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
 
 SETTINGS = Settings.from_env()
+own_metrics_directory()
 cancel_finished_request_timers()
-limit_header_time(SETTINGS.header_timeout_s)
+limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
+drain_on_sigterm()
 log = logging.getLogger("modelserve.service")
 
 
@@ -51,39 +61,62 @@ class ModelServe:
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
-        self.executor = Executor(SETTINGS, self.runtime)
+        self.monitor = DriftMonitor.from_settings(SETTINGS, self.runtime, self.workers)  # live drift, prediction log (drift.py)
+        self.executor = Executor(SETTINGS, self.runtime, requests_in_flight, self.monitor)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
         gc.collect()
         gc.freeze()
         self.watcher = CurrentWatcher(self.runtime, SETTINGS.reload_poll_s, self.workers).start()
+        self.grpc: GrpcServer | None = None
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
+
+    @bentoml.on_shutdown
+    def stop_monitor(self) -> None:
+        """On a graceful stop, summarize what is queued and write the prediction log's buffered rows."""
+        if self.monitor is not None:
+            self.monitor.close()
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC on this worker's event loop, now that its models are loaded."""
+        if SETTINGS.grpc_port:
+            self.grpc = GrpcServer(SETTINGS)
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
 
 def served_model(name: str) -> LoadedModel:
     """The version of `name` this worker serves now (404 when it serves none)."""
     runtime: ModelRuntime = bentoml.get_current_service().runtime
-    if name not in runtime:
-        raise bentoml.exceptions.NotFound(f"model {name} is not served here (served: {list(runtime.served())})")
-    return runtime.get(name)
+    try:
+        return runtime.get(name)
+    except NotFoundError as exc:  # BentoML answers its own exception types with their status, anything else with 500
+        raise bentoml.exceptions.NotFound(str(exc)) from None
 
 
 def predict_api(entry: CatalogEntry) -> Any:
-    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task."""
-    task, field = entry.task, entry.task.request_field
+    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task's friendly API."""
+    task, api = entry.task, friendly_api(entry.task)
+    field = api.field
     assets: Callable[[], Any] = lambda: served_model(entry.name).assets  # noqa: E731
 
     def check_request(items: list[Any]) -> list[Any]:
         task.check_request(items, SETTINGS)
         return items
 
-    item = task.request_item(SETTINGS, assets)
+    item = api.request_item(SETTINGS, assets)
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
+        served_model(entry.name)  # 404 naming what is served, when this model is not
         model, shadow = route(self.runtime, entry.name, ctx.request.headers.get(ROUTING_HEADER))
         try:
             answers = await self.executor.predict(model, request[field], shadow)
@@ -106,7 +139,7 @@ def predict_api(entry: CatalogEntry) -> Any:
             inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=bentoml.Context),  # for the routing-key header
             inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, annotation=items),
         ],
-        return_annotation=list[task.answer_model],  # type: ignore[name-defined]
+        return_annotation=list[api.answer_model],  # type: ignore[name-defined]
     )
     return bentoml.api(predict)
 
@@ -114,7 +147,7 @@ def predict_api(entry: CatalogEntry) -> Any:
 for _entry in CATALOG.values():
     setattr(ModelServe, _entry.endpoint, predict_api(_entry))
 
-ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/")(  # type: ignore[misc]
+ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*playground_routes(), *drift_routes()]), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.worker_count(),
@@ -126,14 +159,18 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, playground_routes()), path="/"
     )(ModelServe)
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
+ModelServe.add_asgi_middleware(SecurityHeaders)  # added first: outside the guard, so its refusals carry them too
+_friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in CATALOG.values()}
 ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
-    content_types={f"/{e.endpoint}": e.task.content_types for e in CATALOG.values()}
+    content_types={path: api.content_types for path, api in _friendly.items()}
     | {"/admin/reload": ("application/json",), "/admin/candidate": ("application/json",), "/v2/": V2_CONTENT_TYPES},
-    file_fields={f"/{e.endpoint}": (e.task.request_field,) for e in CATALOG.values() if "multipart/form-data" in e.task.content_types},
+    file_fields={path: (api.field,) for path, api in _friendly.items() if "multipart/form-data" in api.content_types},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
+    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in CATALOG.values()},
+    max_json_values=SETTINGS.max_json_values,
 )
 
 
