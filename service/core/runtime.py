@@ -271,7 +271,7 @@ def _int8_or_fp32(model: LoadedModel, config: SessionConfig, bounds: Int8Bounds)
     result, started = None, time.perf_counter()
     try:
         inputs, expected = read_reference(*version.variant_reference(model.metadata, "int8"))
-        result = check_reference(model.infer, inputs, expected, bounds)
+        result = check_reference(lambda batch: model.infer(model.feed(list(batch))), inputs, expected, bounds)
         result = replace(result, seconds=time.perf_counter() - started)  # reading the set (checksum, WebP) included
     except RegistryError as exc:
         reason = f"INT8 variant not used: {exc}"
