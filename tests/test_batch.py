@@ -93,7 +93,11 @@ def test_image_folder_matches_the_service(tmp_path: Path, client: httpx.Client) 
     status, log = score("image_classifier", str(tmp_path / "images"), "-o", str(out), "--batch-size", "3")
     assert status == codes.EXIT_ROWS_FAILED, log
     assert "skipping 1 file(s) without an input suffix: misc/notes.txt" in log and "3 failed" in log
-    assert "(model.int8.onnx)" in log, "batch scoring runs the file the service runs on this CPU"
+    ran = client.get("/models").json()["models"]
+    file = next(m["model_file"] for m in ran if m["name"] == "image_classifier")
+    assert f"({file['file']})" in log and f"model file: {file['file']} ({file['precision']}" in log, (
+        "batch scores with the file the service runs here"
+    )
 
     rows = read_table(out)
     walked = [r["path"] for r in rows]

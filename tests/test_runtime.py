@@ -14,6 +14,7 @@ import pytest
 
 from service.core.config import ConfigError, Settings
 from service.core.errors import ModelLoadError
+from service.core.int8_reference import Int8Bounds
 from service.core.registry import METADATA_FILE, Registry
 from service.core.runtime import ModelRuntime, load_model
 from service.core.sessions import cuda_device_count, resolve_providers
@@ -55,6 +56,16 @@ def test_bad_configuration_is_refused() -> None:
         Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "16"})
     with pytest.raises(ConfigError, match="MODELSERVE_MAX_ITEMS"):
         Settings.from_env({"MODELSERVE_MAX_ITEMS": "many"})
+
+
+def test_the_int8_bounds_are_settings_between_0_and_1() -> None:
+    settings = Settings.from_env({"MODELSERVE_INT8_MIN_LABEL_AGREEMENT": "0.95", "MODELSERVE_INT8_MAX_PROB_DIFF": "0.1"})
+    assert (settings.int8_bounds().min_label_agreement, settings.int8_bounds().max_prob_diff) == (0.95, 0.1)
+    assert Settings().int8_bounds() == Int8Bounds(0.99, 0.05)
+    with pytest.raises(ConfigError, match="MODELSERVE_INT8_MAX_PROB_DIFF must be between 0 and 1"):
+        Settings.from_env({"MODELSERVE_INT8_MAX_PROB_DIFF": "2"})
+    with pytest.raises(ConfigError, match="MODELSERVE_INT8_MIN_LABEL_AGREEMENT"):
+        Settings.from_env({"MODELSERVE_INT8_MIN_LABEL_AGREEMENT": "most"})
 
 
 def test_workers_default_to_one_per_cpu_the_process_may_use() -> None:

@@ -105,8 +105,8 @@ def _quantize(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.model} has no INT8 variant: its trainer ({CATALOG[args.model].trainer}) gives no calibration data")
     registry = Registry(args.registry)
     source = _source_version(registry, args.model, args.version)
-    calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
-    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
+    calibration, test_inputs, test_labels, shifted = module.quantization_data(args, source.verify()["preprocessing"])
+    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels, shifted)
     variant = version.read_metadata()["variants"]["int8"]
     state = "written" if variant["written"] else "REFUSED (not written)"
     print(f"== {version.name} v{version.version}: v{source.version} + INT8 variant {state}; CURRENT unchanged")

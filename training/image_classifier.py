@@ -37,6 +37,7 @@ from training.export import TensorSpec, parity_inputs
 from training.photo_augment import augmented_copies
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
+from training.shifts import shifted_sets
 
 NAME = "image_classifier"
 
@@ -407,15 +408,22 @@ def train(args: argparse.Namespace) -> TrainingResult:
         confusion_matrix=matrix,
         phase_boundaries=[args.epochs] if fine_tuned_layers else [],
         calibration_inputs=data.train.images if args.int8 else None,
+        int8_shifted=shifted_sets(data.test.paths, spec, lambda line: log("int8", line)) if args.int8 else None,
         profile_inputs=[Path(p) for p in data.train.paths],
     )
 
 
-def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images to calibrate an INT8 variant on, and the test images and labels to check it (`python -m training quantize`)."""
-    data = load_image_folders(args.data, ImageSpec.from_json(preprocessing), seed=args.seed)
-    log("data", f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check")
-    return data.train.images, data.test.images, data.test.labels
+def quantization_data(
+    args: argparse.Namespace, preprocessing: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Training images to calibrate an INT8 variant on; test images, labels and shifted test images to check it (`python -m training quantize`)."""
+    spec = ImageSpec.from_json(preprocessing)
+    data = load_image_folders(args.data, spec, seed=args.seed)
+    log(
+        "data",
+        f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check, and under 12 shifts",
+    )
+    return data.train.images, data.test.images, data.test.labels, shifted_sets(data.test.paths, spec, lambda line: log("data", line))
 
 
 def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:

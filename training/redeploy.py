@@ -286,15 +286,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM raises like Ctrl-C does, so that a stopped redeploy restores CURRENT before it exits."""
+    """SIGINT and SIGTERM raise Interrupted, so that a stopped redeploy restores CURRENT before it exits.
+
+    SIGINT gets its handler here too, as the batch scorer's does: a command started in the
+    background of a script (`cmd &`, a CI step) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt, so a `kill -INT` went unheard while the service reloaded.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> str:

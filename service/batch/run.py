@@ -85,7 +85,7 @@ def _start_worker(ref: ModelVersion, providers: list[str], threads: int, setting
     global _worker_scorer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8), settings, folder)
+    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8, int8_bounds=settings.int8_bounds()), settings, folder)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.core.errors import ConfigError
+from service.core.int8_reference import Int8Bounds
 from service.core.registry import FileLimits
 
 PREFIX = "MODELSERVE_"
@@ -107,7 +108,16 @@ class Settings:
         "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)",
     )
     queue_timeout_ms: int = setting(30_000, "how long an admitted request may wait for a worker thread or a batch before it gets a 503")
-    int8: bool = setting(True, "run a version's INT8 variant (checked at export) on the CPU provider; GPUs always run model.onnx")
+    int8: bool = setting(
+        True,
+        "run a version's INT8 variant on the CPU provider where, at load, it answers its reference set like fp32 (the two bounds below); GPUs always run model.onnx",
+    )
+    int8_min_label_agreement: float = setting(
+        0.99, "the INT8 variant serves only if it gives fp32's label on at least this share of its reference inputs on this CPU"
+    )
+    int8_max_prob_diff: float = setting(
+        0.05, "... and no probability on them differs from fp32's by more than this; else model.onnx serves and GET /models says why"
+    )
     tensorrt_fp16: bool = setting(
         False, "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"
     )
@@ -170,6 +180,9 @@ class Settings:
         """The largest registry files of each kind that a version may have."""
         return FileLimits(model_bytes=self.max_model_bytes, asset_bytes=self.max_asset_bytes)
 
+    def int8_bounds(self) -> Int8Bounds:
+        return Int8Bounds(self.int8_min_label_agreement, self.int8_max_prob_diff)
+
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""
         return {"max_text_chars": self.max_text_chars, "max_image_bytes": self.max_image_bytes, "max_image_pixels": self.max_image_pixels}
@@ -182,6 +195,9 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int) and not isinstance(value, bool) and f.name not in NON_NEGATIVE and value <= 0:
                 raise ConfigError(f"{PREFIX}{f.name.upper()} must be positive, got {value}")
+        for name in ("int8_min_label_agreement", "int8_max_prob_diff"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be between 0 and 1, got {getattr(self, name)}")
         for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0")
@@ -238,10 +254,10 @@ def _parse(name: str, raw: str, default: object) -> object:
     try:
         if isinstance(default, bool):
             return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if isinstance(default, int):
+            return int(raw)
         if isinstance(default, str):
             return raw.strip().lower() if name == "batching" else raw
         if isinstance(default, Path):

@@ -41,6 +41,9 @@ from service.core.files import atomic_write_text
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the checked INT8 variant beside model.onnx (metadata "variants" -> "int8")
+INT8_REFERENCE_FILE = (
+    "model.int8.reference.webp"  # inputs the INT8 variant is checked on at load (metadata "variants" -> "int8" -> "reference")
+)
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
 CANDIDATE_FILE = "CANDIDATE"
@@ -178,15 +181,31 @@ class ModelVersion:
         RegistryError when there is none, it was refused at export, or its file is missing, outside
         the version directory, too large or not the file that was checked.
         """
-        where = f"{self.name} v{self.version}"
+        variant = self._variant(metadata, kind)
+        return self.checked_file(variant["file"], variant.get("sha256"), f"the {kind} check", limits)
+
+    def variant_reference(self, metadata: dict[str, Any], kind: str) -> tuple[Path, dict[str, Any]]:
+        """A variant's reference set (its file, checksum verified, and its metadata block): what the variant is checked on at load."""
+        reference = self._variant(metadata, kind).get("reference")
+        if not isinstance(reference, dict) or not isinstance(reference.get("file"), str):
+            raise RegistryError(f"{self.name} v{self.version}: its {kind} variant has no reference set to check it on this CPU")
+        return self.checked_file(reference["file"], reference.get("sha256"), f"the {kind} export"), reference
+
+    def _variant(self, metadata: dict[str, Any], kind: str) -> dict[str, Any]:
         variant = metadata.get("variants", {}).get(kind) if isinstance(metadata.get("variants"), dict) else None
         if not isinstance(variant, dict) or not variant.get("written") or not isinstance(variant.get("file"), str):
-            raise RegistryError(f"{where} has no {kind} variant that passed its check")
-        path = self.path / variant["file"]
+            raise RegistryError(f"{self.name} v{self.version} has no {kind} variant that passed its check")
+        return variant
+
+    def checked_file(self, name: str, sha256: Any, made_by: str, limits: FileLimits | None = None) -> Path:
+        """A file of this version named by its metadata: a regular file inside the version directory, within the size
+        limit for models, with the checksum recorded by `made_by`."""
+        where = f"{self.name} v{self.version}"
+        path = self.path / name
         if not path.is_file() or not path.resolve().is_relative_to(self.path.resolve()):
-            raise RegistryError(f"{where}: {kind} variant {variant['file']} is missing or not inside the version directory")
-        if self._checksum(path, (limits or FileLimits()).model_bytes) != variant.get("sha256"):
-            raise RegistryError(f"{where}: checksum mismatch for {variant['file']}: not the file that passed the {kind} check")
+            raise RegistryError(f"{where}: {name} is missing or not inside the version directory")
+        if self._checksum(path, (limits or FileLimits()).model_bytes) != sha256:
+            raise RegistryError(f"{where}: checksum mismatch for {name}: not the file that passed {made_by}")
         return path
 
 

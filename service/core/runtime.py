@@ -28,7 +28,10 @@ import onnxruntime as ort
 
 from service.core.catalog import CATALOG, entry
 from service.core.config import Settings
+from service.core.cpu import cpu_report
 from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
+from service.core.int8_reference import Int8Bounds, read_reference
+from service.core.int8_reference import check as check_reference
 from service.core.registry import (
     CANDIDATE_FILE,
     CURRENT_FILE,
@@ -52,15 +55,33 @@ WATCH_TICK_S = 0.25  # how often the CURRENT watcher looks for reload requests f
 
 @dataclass(frozen=True)
 class ModelFile:
-    """Which file of a version the sessions run: model.onnx (fp32), or its checked INT8 variant."""
+    """Which file of a version the sessions run: model.onnx (fp32), or its INT8 variant checked on this CPU."""
 
     path: Path
     sha256: str
     precision: str  # "fp32" or "int8"
     note: str = ""  # why a version's INT8 variant is not the one running
+    check: dict[str, Any] | None = None  # the INT8 variant's reference check on this CPU (ReferenceCheck.describe)
+    cpu: str = ""  # for a version with an INT8 variant: the int8 kernels this CPU runs (service/core/cpu.py)
 
-    def describe(self) -> dict[str, str]:
-        return {"file": self.path.name, "precision": self.precision} | ({"note": self.note} if self.note else {})
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"file": self.path.name, "precision": self.precision}
+        if self.note:
+            described["note"] = self.note
+        if self.check is not None:
+            described["int8_check"] = self.check
+        if self.cpu:
+            described["cpu_int8_kernels"] = self.cpu
+        return described
+
+    def summary(self) -> str:
+        """One line for logs and the batch summary: the file, and why INT8 is or is not running."""
+        if self.precision == "int8" and self.check is not None:
+            return (
+                f"{self.path.name} (int8, checked on this CPU: same label on {self.check['label_agreement']:.0%} of "
+                f"{self.check['samples']} reference inputs, max |prob diff| {self.check['max_prob_diff']:.3f}; {self.cpu})"
+            )
+        return f"{self.path.name} ({self.precision}{f': {self.note}' if self.note else ''})"
 
 
 def choose_model_file(
@@ -70,11 +91,13 @@ def choose_model_file(
 
     GPU providers run model.onnx (TensorRT may make its own fp16 engine from it). A variant whose
     file is missing or is not the file that was checked is not used, and the note says why.
+    Where INT8 is chosen, load_model still checks it on this CPU before it serves.
     """
     fp32 = ModelFile(version.model_path, metadata["sha256"], "fp32")
     variants = metadata.get("variants")
     if not isinstance(variants, dict) or "int8" not in variants:
         return fp32
+    fp32 = replace(fp32, cpu=cpu_report()["int8_kernels"])
     if config.gpu:
         return replace(fp32, note=f"INT8 variant not used: GPU providers run {MODEL_FILE}")
     if not int8:
@@ -84,7 +107,7 @@ def choose_model_file(
     except RegistryError as exc:
         log.warning("%s; running %s", exc, MODEL_FILE)
         return replace(fp32, note=f"INT8 variant refused: {exc}")
-    return ModelFile(path, variants["int8"]["sha256"], "int8")
+    return replace(fp32, path=path, sha256=variants["int8"]["sha256"], precision="int8")
 
 
 @dataclass
@@ -190,11 +213,13 @@ def load_model(
     tensorrt_fp16: bool = False,
     engine_cache: Path | None = None,
     int8: bool = True,
+    int8_bounds: Int8Bounds | None = None,
     limits: FileLimits | None = None,
 ) -> LoadedModel:
     """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError.
 
-    `int8`: run the version's checked INT8 variant where the CPU provider runs it (choose_model_file).
+    `int8`: run the version's INT8 variant where the CPU provider runs it (choose_model_file) and it
+    answers its reference set like fp32 within `int8_bounds` on this CPU (else model.onnx runs).
     `limits`: the largest model and asset files read (default FileLimits()).
     """
     limits = limits or FileLimits()
@@ -224,14 +249,44 @@ def load_model(
         reason = str(exc) if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         raise ModelLoadError(f"{where}: preprocessing assets unusable: {reason}") from exc
     model = LoadedModel(version, metadata, sessions, task, assets, list(providers), chosen)
+    if chosen.precision == "int8":
+        _int8_or_fp32(model, config, int8_bounds or Int8Bounds())
     model.smoke_check()
     if tensorrt_fp16 and "TensorrtExecutionProvider" in model.providers:
         model = _fp16_or_fp32(model, config)
     dropped = [p for p in providers if p not in model.providers]
     if dropped:
         log.info("%s: requested %s did not load; running on %s", where, dropped, model.providers)
-    log.info("loaded %s (%s) on %s", where, chosen.path.name, ", ".join(model.providers))
+    log.info("loaded %s, %s, on %s", where, model.model_file.summary(), ", ".join(model.providers))
     return model
+
+
+def _int8_or_fp32(model: LoadedModel, config: SessionConfig, bounds: Int8Bounds) -> None:
+    """Keep the INT8 variant only when, on this CPU, it answers its reference set as fp32 did at export; else reopen model.onnx.
+
+    The check runs the very session that will serve, so it sees the int8 kernels this CPU
+    takes (service/core/cpu.py). A version without a reference set is not checked, so not used.
+    """
+    version, where, chosen = model.version_ref, f"{model.name} v{model.version}", model.model_file
+    result, started = None, time.perf_counter()
+    try:
+        inputs, expected = read_reference(*version.variant_reference(model.metadata, "int8"))
+        result = check_reference(lambda batch: model.infer(model.feed(list(batch))), inputs, expected, bounds)
+        result = replace(result, seconds=time.perf_counter() - started)  # reading the set (checksum, WebP) included
+    except RegistryError as exc:
+        reason = f"INT8 variant not used: {exc}"
+    except Exception as exc:  # onnxruntime raises its own types: a reference set the variant cannot even run
+        reason = f"INT8 variant not used: it fails on its reference set ({type(exc).__name__}: {exc})"
+    else:
+        if result.passed:
+            model.model_file = replace(chosen, check=result.describe())
+            return
+        reason = f"INT8 variant not used: on this CPU ({chosen.cpu}) it gives {result.summary()}"
+    log.warning("%s: %s; running %s", where, reason, MODEL_FILE)
+    model.sessions = Sessions(version.model_path, model.metadata["sha256"], config)
+    model.model_file = replace(
+        chosen, path=version.model_path, sha256=model.metadata["sha256"], precision="fp32", note=reason, check=result and result.describe()
+    )
 
 
 FP16_TOLERANCE = 1e-2
@@ -315,6 +370,7 @@ class ModelRuntime:
                 tensorrt_fp16=settings.tensorrt_fp16,
                 engine_cache=settings.engine_cache,
                 int8=settings.int8,
+                int8_bounds=settings.int8_bounds(),
                 limits=settings.file_limits(),
             )
         except (RegistryError, ModelLoadError):
@@ -490,6 +546,7 @@ class ModelRuntime:
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
             "onnxruntime": ort.__version__,
+            "cpu": cpu_report(),
             "refused_reloads": dict(self.refused),
             "refused_candidates": dict(self.refused_candidates),
         }
