@@ -26,13 +26,23 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.core.catalog import CATALOG, entry
+from service.core.catalog import own_endpoint
 from service.core.config import Settings
-from service.core.errors import ModelLoadError, RegistryError, ReloadRefused
-from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, MODEL_FILE, Candidate, ModelVersion, Registry
+from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
+from service.core.registry import (
+    CANDIDATE_FILE,
+    CURRENT_FILE,
+    MODEL_FILE,
+    MODEL_NAME_RULE,
+    Candidate,
+    ModelVersion,
+    Registry,
+    is_model_name,
+)
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
 from service.core.tasks.friendly import friendly_api
+from service.core.tasks.kinds import task_for
 from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
@@ -169,13 +179,13 @@ def load_model(
     engine_cache: Path | None = None,
     int8: bool = True,
 ) -> LoadedModel:
-    """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError.
+    """Verify, open, check and warm one version as `task` (default: the one its metadata names). Raises RegistryError or ModelLoadError.
 
     `int8`: run the version's checked INT8 variant where the CPU provider runs it (choose_model_file).
     """
     where = f"{version.name} v{version.version}"
-    task = task or entry(version.name).task
     metadata = version.verify()  # metadata schema + sha256 of model.onnx
+    task = task or task_for(metadata)
     kind = metadata["preprocessing"].get("kind")
     if kind != task.assets_kind:
         raise ModelLoadError(
@@ -257,18 +267,28 @@ class ModelRuntime:
         self.on_change: Callable[[], None] | None = None  # called after every reload attempt (the worker group publishes)
 
     def model_names(self) -> list[str]:
-        """The catalog's models that have a CURRENT (or the MODELSERVE_MODELS subset of them)."""
-        in_registry = self.registry.served_models()
-        unknown = [n for n in in_registry if n not in CATALOG]
-        if unknown:
-            log.warning("not serving %s: not in the catalog (service/core/catalog.py)", unknown)
-        served = [n for n in in_registry if n in CATALOG]
+        """The registry's models that have a CURRENT (or the MODELSERVE_MODELS subset of them); at start, every requested one must be there."""
+        served = self.wanted()
         if self.settings.models:
             missing = [m for m in self.settings.models if m not in served]
             if missing:
                 raise RegistryError(f"requested models {missing} have no CURRENT under {self.registry.root} (have {served})")
-            return list(self.settings.models)
         return served
+
+    def wanted(self) -> list[str]:
+        """What the registry says to serve now: every model with a CURRENT whose name is allowed (MODELSERVE_MODELS limits them).
+
+        A directory whose name breaks the rule is refused with that reason (GET /models lists it), never served.
+        """
+        wanted = []
+        for name in self.registry.served_models():
+            if not is_model_name(name):
+                if name not in self.refused:
+                    self._refuse(name, None, f"the model name {name[:100]!r} is not allowed: {MODEL_NAME_RULE}")
+                continue
+            if not self.settings.models or name in self.settings.models:
+                wanted.append(name)
+        return wanted
 
     def load(self, name: str, version: int | None = None) -> LoadedModel:
         ref = self.registry.current(name) if version is None else self.registry.get(name, version)
@@ -312,7 +332,41 @@ class ModelRuntime:
                 self.reload_candidate(name)
 
     def get(self, name: str) -> LoadedModel:
-        return self._models[name]
+        """The version of `name` served now; NotFoundError (404) naming the served models when there is none."""
+        model = self._models.get(name)
+        if model is None:
+            raise NotFoundError(f"model {name!r} is not served here (served: {list(self._models)})")
+        return model
+
+    def sync(self) -> list[dict[str, Any]]:
+        """Follow the registry's list of models: load the new ones, stop serving those whose directory is gone.
+
+        Like Triton's polled model repository. A new model is loaded, checked and warmed
+        before it is served, exactly like a reload; one that cannot be is refused with its
+        reason (`refused_reloads` on GET /models), and nothing else changes.
+        """
+        present, results = set(self.registry.model_names()), []
+        for name in [n for n in self._models if n not in present]:
+            results.append(self.remove(name))
+        for name in self.wanted():
+            if name not in self._models:
+                with contextlib.suppress(ReloadRefused):
+                    results.append(self.reload(name))
+                    self.reload_candidate(name)
+        return results
+
+    def remove(self, name: str) -> dict[str, Any]:
+        """Stop serving `name` (its directory is gone); requests already running finish on the object they hold."""
+
+        def drop(name: str) -> dict[str, Any]:
+            old = self._models.pop(name, None)
+            self._candidates.pop(name, None)
+            self.refused.pop(name, None)
+            self.refused_candidates.pop(name, None)
+            log.info("%s removed from the registry: no longer served (was v%s)", name, old.version if old else None)
+            return {"model": name, "status": "removed", "previous_version": old.version if old else None}
+
+        return self._changing(drop, name)
 
     def candidate(self, name: str) -> CandidateSlot | None:
         return self._candidates.get(name)
@@ -385,6 +439,11 @@ class ModelRuntime:
                 self.refused.pop(name, None)
                 return {"model": name, "status": "unchanged", "version": old.version}
             new = self._load(target)
+            if old is not None and type(new.task) is not type(old.task):
+                raise ModelLoadError(
+                    f"{name} v{new.version} is a {new.task.name} model with {len(new.labels)} labels; v{old.version}, "
+                    f"served, is a {old.task.name} model with {len(old.labels)}: its clients would break. Serve it under a new name"
+                )
         except (RegistryError, ModelLoadError) as exc:
             raise self._refuse(name, old, str(exc)) from exc
         except Exception as exc:
@@ -404,7 +463,10 @@ class ModelRuntime:
     def _refuse(self, name: str, old: LoadedModel | None, reason: str) -> ReloadRefused:
         reason = reason[:2000]
         self.refused[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, reason)
+        if old is None:
+            log.warning("%s is not served: %s", name, reason)
+        else:
+            log.warning("reload of %s refused, still serving v%s: %s", name, old.version, reason)
         return ReloadRefused(reason)
 
     def candidate_pointer(self, name: str) -> str:
@@ -427,20 +489,34 @@ class ModelRuntime:
             stamp = 0
         return f"{version}@{stamp}"
 
+    def model_key(self, name: str) -> str:
+        """CURRENT, and the size and time of every file of the version it names: a key that changes until a
+        model being copied into the registry is complete (the watcher retries a refused new model when it does)."""
+        parts = [self.pointer(name)]
+        with contextlib.suppress(RegistryError, OSError):
+            version = self.registry.current_version(name)
+            if version is not None:
+                for path in sorted((self.registry.root / name / str(version)).iterdir()):
+                    stat = path.stat()
+                    parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "|".join(parts)
+
     def batch_size(self, name: str) -> int:
-        return max_batch_size(self.settings, name, entry(name).task, self.providers)
+        return max_batch_size(self.settings, name, self.get(name).task, self.providers)
+
+    def describe_model(self, model: LoadedModel) -> dict[str, Any]:
+        """GET /models/{name}: the served version, the routes that reach it, its batch size and candidate."""
+        predict = f"/models/{model.name}/predict"
+        return model.describe() | {
+            "endpoint": own_endpoint(model.name) or predict,
+            "predict_endpoint": predict,
+            "max_batch_size": self.batch_size(model.name),
+            "candidate": self.candidates().get(model.name),
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
-            "models": [
-                m.describe()
-                | {
-                    "endpoint": f"/{entry(m.name).endpoint}",
-                    "max_batch_size": self.batch_size(m.name),
-                    "candidate": self.candidates().get(m.name),
-                }
-                for m in self.served().values()
-            ],
+            "models": [self.describe_model(m) for m in self.served().values()],
             "model_root": str(self.registry.root),
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
@@ -499,7 +575,9 @@ class CurrentWatcher:
     def carry_out(self, request: dict[str, Any]) -> None:
         """Another worker's reload request: reload the models it names (all served ones if it names none), then confirm."""
         assert self.group is not None
-        names = [n for n in request.get("models") or self.runtime.served() if n in self.runtime]
+        if not request.get("models"):  # a reload of everything: the registry's list of models first
+            self.runtime.sync()
+        names = [n for n in request.get("models") or self.runtime.served() if n in self.runtime or n in self.runtime.wanted()]
         for name in names:
             with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused and published
                 self.runtime.reload(name)
@@ -519,7 +597,27 @@ class CurrentWatcher:
             with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused_candidates
                 self.runtime.reload_candidate(name)
 
+    def follow_registry(self) -> None:
+        """Models added to the registry are loaded, removed ones dropped; a refused new model is retried only once its files change."""
+        for name in [n for n in self._refused_pointers if n not in self.runtime and n not in self.runtime.registry.model_names()]:
+            del self._refused_pointers[name]
+        present = set(self.runtime.registry.model_names())
+        for name in [n for n in self.runtime.served() if n not in present]:
+            self.runtime.remove(name)
+        for name in self.runtime.wanted():
+            if name in self.runtime:
+                continue
+            key = self.runtime.model_key(name)
+            if self._refused_pointers.get(name) == key:
+                continue
+            try:
+                self.runtime.reload(name)
+                self._refused_pointers.pop(name, None)
+            except ReloadRefused:
+                self._refused_pointers[name] = key
+
     def follow_current(self) -> None:
+        self.follow_registry()
         self.follow_candidates()
         for name, model in self.runtime.served().items():
             pointer = self.runtime.pointer(name)

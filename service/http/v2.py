@@ -76,7 +76,7 @@ def protocol_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _serving() -> tuple[ModelRuntime, Executor]:
+def serving() -> tuple[ModelRuntime, Executor]:
     try:
         service = bentoml.get_current_service()
     except BentoMLException:  # the service instance is still loading its models
@@ -116,12 +116,12 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """Ready once this worker serves its models (the instance exists only after every one is loaded and warm)."""
-    runtime, _ = _serving()
+    runtime, _ = serving()
     return JSONResponse({"ready": bool(runtime.served())})
 
 
 async def model_metadata(request: Request) -> Response:
-    model = _model(_serving()[0], request)
+    model = _model(serving()[0], request)
     return JSONResponse(
         {
             "name": model.name,
@@ -134,13 +134,13 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    model = _model(_serving()[0], request)
+    model = _model(serving()[0], request)
     return JSONResponse({"name": model.name, "ready": True})
 
 
 async def repository_index(request: Request) -> Response:
     """Triton's repository index: every model served here, at its served version."""
-    runtime, _ = _serving()
+    runtime, _ = serving()
     return JSONResponse([{"name": m.name, "version": str(m.version), "state": "READY"} for m in runtime.served().values()])
 
 
@@ -193,7 +193,7 @@ def _json_bytes(body: bytes, header_length: str | None) -> int:
 def v2_app(settings: Settings) -> Starlette:
     @protocol_errors
     async def infer(request: Request) -> Response:
-        runtime, executor = _serving()
+        runtime, executor = serving()
         model, shadow = _routed(runtime, request)
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             return _error(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send the body uncompressed")

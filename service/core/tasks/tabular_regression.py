@@ -1,4 +1,4 @@
-"""Tabular regression (Boston housing): a row of named numeric features in, one number out."""
+"""Tabular regression: a row of named features in (numbers, or categories seen in training), one number out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.core.config import Settings
-from service.core.preprocessing import StandardScaler, feature_row
+from service.core.preprocessing import TableEncoder
 from service.core.tasks.base import Answer, BatchSizes, Task
 
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
@@ -29,23 +29,23 @@ class TabularRegression(Task):
         self.answer_field = answer_field
         self.description = description
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> StandardScaler:
-        return StandardScaler.from_json(json.loads((version_dir / metadata["preprocessing"]["scaler_file"]).read_text()))
+    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TableEncoder:
+        return TableEncoder.from_json(json.loads((version_dir / metadata["preprocessing"]["scaler_file"]).read_text()))
 
-    def check(self, value: Any, assets: StandardScaler, settings: Settings) -> np.ndarray:
-        return assets.check(feature_row(value, assets.feature_names))
+    def check(self, value: Any, assets: TableEncoder, settings: Settings) -> np.ndarray:
+        return assets.check(value)
 
     def is_light(self, items: Sequence[np.ndarray]) -> bool:
         return len(items) <= LIGHT_REQUEST_ROWS
 
-    def to_tensor(self, items: Sequence[np.ndarray], assets: StandardScaler) -> np.ndarray:
+    def to_tensor(self, items: Sequence[np.ndarray], assets: TableEncoder) -> np.ndarray:
         return assets.transform(np.stack(items))
 
     def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
         unit = metadata["preprocessing"].get("unit", "")
         return [{self.answer_field: float(v), "unit": unit} for v in outputs.reshape(-1)]
 
-    def smoke_items(self, assets: StandardScaler) -> list[np.ndarray]:
+    def smoke_items(self, assets: TableEncoder) -> list[np.ndarray]:
         typical = assets.inverse_example()
         return [typical, typical * 1.1]
 
