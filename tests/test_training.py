@@ -110,7 +110,8 @@ def test_nb_ratio_is_folded_into_the_exported_model() -> None:
     """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
     import scipy.sparse as sp
 
-    from training.imdb_sentiment import VARIANTS, build_model, fit, nb_ratio
+    from training.imdb_sentiment import VARIANTS, build_model, fit
+    from training.kinds.text import nb_ratio
 
     x = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32))
     y = np.array([1, 1, 0, 0], np.float32)
@@ -210,7 +211,7 @@ def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: P
 
 
 def test_in_graph_scaling_matches_keras_applications() -> None:
-    from training.image_classifier import scale_caffe, scale_tf
+    from training.kinds.image import scale_caffe, scale_tf
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     assert np.allclose(keras.ops.convert_to_numpy(scale_tf(x)), keras.applications.mobilenet.preprocess_input(x.copy()), atol=1e-5)
