@@ -154,5 +154,7 @@ def write_crops_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["field", "soil", "rain_mm", "temp_c", "fertilizer_kg", "yield_t_ha"])
         for i, (row, target) in enumerate(zip(rows, y)):
-            writer.writerow([f"f{i}", row["soil"], f"{row['rain_mm']:.1f}", f"{row['temp_c']:.2f}", f"{row['fertilizer_kg']:.1f}", f"{target:.3f}"])
+            writer.writerow(
+                [f"f{i}", row["soil"], f"{row['rain_mm']:.1f}", f"{row['temp_c']:.2f}", f"{row['fertilizer_kg']:.1f}", f"{target:.3f}"]
+            )
     return path

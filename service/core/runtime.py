@@ -345,15 +345,22 @@ class ModelRuntime:
         before it is served, exactly like a reload; one that cannot be is refused with its
         reason (`refused_reloads` on GET /models), and nothing else changes.
         """
-        present, results = set(self.registry.model_names()), []
-        for name in [n for n in self._models if n not in present]:
-            results.append(self.remove(name))
+        present = set(self.registry.model_names())
+        results = self.drop_missing(present)
         for name in self.wanted():
             if name not in self._models:
                 with contextlib.suppress(ReloadRefused):
                     results.append(self.reload(name))
                     self.reload_candidate(name)
         return results
+
+    def drop_missing(self, present: set[str]) -> list[dict[str, Any]]:
+        """Stop serving the models whose directory is not `present`, and forget refusals of those never served."""
+        for name in [n for n in self.refused if n not in present and n not in self._models]:
+            self.refused.pop(name, None)
+            if self.on_change is not None:
+                self.on_change()
+        return [self.remove(name) for name in [n for n in self._models if n not in present]]
 
     def remove(self, name: str) -> dict[str, Any]:
         """Stop serving `name` (its directory is gone); requests already running finish on the object they hold."""
@@ -451,7 +458,10 @@ class ModelRuntime:
             raise self._refuse(name, old, f"unexpected {type(exc).__name__}: {exc}") from exc
         self._models[name] = new  # one reference swap: requests in flight keep the old object
         self.refused.pop(name, None)
-        log.info("reloaded %s: v%s -> v%d", name, old.version if old else None, new.version)
+        if old is None:
+            log.info("added %s v%d (a %s model): served", name, new.version, new.task.name)
+        else:
+            log.info("reloaded %s: v%d -> v%d", name, old.version, new.version)
         return {
             "model": name,
             "status": "reloaded",
@@ -599,11 +609,10 @@ class CurrentWatcher:
 
     def follow_registry(self) -> None:
         """Models added to the registry are loaded, removed ones dropped; a refused new model is retried only once its files change."""
-        for name in [n for n in self._refused_pointers if n not in self.runtime and n not in self.runtime.registry.model_names()]:
-            del self._refused_pointers[name]
         present = set(self.runtime.registry.model_names())
-        for name in [n for n in self.runtime.served() if n not in present]:
-            self.runtime.remove(name)
+        for name in [n for n in self._refused_pointers if n not in present]:
+            del self._refused_pointers[name]
+        self.runtime.drop_missing(present)
         for name in self.runtime.wanted():
             if name in self.runtime:
                 continue
