@@ -1,7 +1,7 @@
 """Start a real `bentoml serve` process on a free port and wait until /readyz says ready.
 
 Used by the benchmarks and by the tests (tests/conftest.py): both talk to the service
-exactly as a user's client does, over HTTP to a separate process.
+exactly as a user's client does, over HTTP (and gRPC, when asked) to a separate process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    grpc_address: str | None = None  # host:port of the Open Inference Protocol over gRPC, when started with grpc=True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -69,11 +70,21 @@ def start_process(
     raise RuntimeError(f"{' '.join(command)} not ready after {READY_TIMEOUT_S}s:\n{server.log()[-3000:]}")
 
 
-def start_server(model_root: Path, log_path: Path, *, project: Path = ROOT, **env: str) -> Server:
-    """`bentoml serve` of `project` (default: this checkout) on `model_root`; MODELSERVE_* settings as keyword arguments."""
+def start_server(model_root: Path, log_path: Path, *, project: Path = ROOT, grpc: bool = False, **env: str) -> Server:
+    """`bentoml serve` of `project` (default: this checkout) on `model_root`; MODELSERVE_* settings as keyword arguments.
+
+    grpc=True: the Open Inference Protocol over gRPC too, on another free port (Server.grpc_address).
+    """
     port = free_port()
     environ = os.environ | {"MODELSERVE_MODEL_ROOT": str(model_root), "BENTOML_HOME": str(log_path.parent / "bentoml_home")} | env
+    grpc_address = None
+    if grpc:
+        grpc_port = free_port()
+        environ |= {"MODELSERVE_GRPC_PORT": str(grpc_port), "MODELSERVE_GRPC_HOST": "127.0.0.1"}
+        grpc_address = f"127.0.0.1:{grpc_port}"
     if project != ROOT:  # another checkout (benchmarks/commits.py): its code, not this one's
         environ["PYTHONPATH"] = str(project)
     command = [str(BENTOML), "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
-    return start_process(command, f"http://127.0.0.1:{port}", log_path, cwd=project, env=environ)
+    server = start_process(command, f"http://127.0.0.1:{port}", log_path, cwd=project, env=environ)
+    server.grpc_address = grpc_address  # listening: a worker starts its gRPC server before it answers /readyz
+    return server

@@ -128,11 +128,17 @@ class Cluster:
     poll_s: int = 2
     project: str = field(default_factory=lambda: f"msreplicas{uuid.uuid4().hex[:8]}")
     lb_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """The balancer's gRPC port: the Open Inference Protocol, spread over the replicas per call."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def compose(self, *args: str, timeout: float = 300) -> str:
         env = os.environ | {
@@ -141,6 +147,7 @@ class Cluster:
             "MODELSERVE_REGISTRY": str(self.registry),
             "MODELSERVE_RELOAD_POLL_S": str(self.poll_s),
             "MODELSERVE_LB_PORT": str(self.lb_port),
+            "MODELSERVE_LB_GRPC_PORT": str(self.grpc_port),
             "MODELSERVE_LB_STATS_PORT": str(self.stats_port),
         }
         command = ["docker-compose", "--project-name", self.project, "--file", str(COMPOSE_FILE), *args]

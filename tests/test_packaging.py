@@ -67,6 +67,7 @@ def test_bentoml_build(tmp_path: Path) -> None:
         current = (src / "models" / name / "CURRENT").read_text().strip()
         assert (src / "models" / name / current / "model.onnx").is_file()
     assert (src / "service" / "http" / "service.py").is_file() and (src / "service" / "core" / "tasks").is_dir()
+    assert (src / "service" / "grpc" / "inference_pb2_grpc.py").is_file(), "the gRPC server and its stubs (service.py imports them)"
     assert {p.name for p in (src / "service" / "http" / "static").iterdir()} == {p.name for p in PLAYGROUND_FILES}, "the playground page"
     assert not (src / "training").exists() and not (src / "service" / "batch").exists(), "the bento carries what serving needs, no more"
     requirements = "\n".join(p.read_text() for p in (bentos[0] / "env" / "python").rglob("requirements*.txt"))

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
@@ -27,6 +28,8 @@ from benchmarks.replicas import (
     scale_down_under_load,
     serving_image,
 )
+from service.grpc import inference_pb2 as pb
+from service.grpc import inference_pb2_grpc as pb_grpc
 
 REPLICAS = 3
 CLIENTS = 32
@@ -62,6 +65,23 @@ def test_balancer_spreads_requests_over_every_replica(cluster: Cluster) -> None:
         assert client.get("/readyz").status_code == 200
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
     by = {a.headers["x-served-by"] for a in answers}
+    assert len(by) == REPLICAS, f"leastconn over {REPLICAS} replicas, answered by {by}"
+
+
+def test_grpc_through_the_balancer_reaches_every_replica(cluster: Cluster) -> None:
+    """HAProxy speaks h2c both ways on the gRPC port and balances calls, not connections: one channel reaches every replica."""
+    request = pb.ModelInferRequest(model_name="imdb_sentiment")
+    request.inputs.add(name="texts", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"A fine, moving film.")
+    with grpc.insecure_channel(cluster.grpc_address) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        by = set()
+        for _ in range(30):
+            reply, call = infer.with_call(request, timeout=30)
+            assert reply.outputs[0].contents.bytes_contents[0] == b"positive"
+            by.add(dict(call.initial_metadata())["x-served-by"])
+        with pytest.raises(grpc.RpcError) as raised:
+            infer(pb.ModelInferRequest(model_name="imdb_sentiment"), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "the replica's status comes through the balancer"
     assert len(by) == REPLICAS, f"leastconn over {REPLICAS} replicas, answered by {by}"
 
 

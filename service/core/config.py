@@ -33,7 +33,7 @@ def setting(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
-NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads", "workers")
+NON_NEGATIVE = ("intra_op_threads", "reload_poll_s", "batch_max_delay_ms", "work_threads", "workers", "grpc_port")
 BATCHING = ("auto", "on", "off")
 T = TypeVar("T")
 
@@ -56,7 +56,12 @@ class Settings:
         0,
         "BentoML worker processes, each loading every model; 0: one per CPU the process may use (cgroup quota respected, benchmarks/results/compare.md)",
     )
-    max_request_bytes: int = setting(32 * MiB, "largest request body; larger gets 413")
+    grpc_port: int = setting(
+        0,
+        "the Open Inference Protocol over gRPC on this port, served by every worker (SO_REUSEPORT); 0: off. KServe's convention is 8081, Triton's 8001",
+    )
+    grpc_host: str = setting("0.0.0.0", "the address the gRPC server listens on (with MODELSERVE_GRPC_PORT)")
+    max_request_bytes: int = setting(32 * MiB, "largest request body or gRPC message; larger gets 413 (gRPC: RESOURCE_EXHAUSTED)")
     max_image_bytes: int = setting(10 * MiB, "largest single image file")
     max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
     max_items: int = setting(64, "most images, texts or rows in one request")
@@ -132,6 +137,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 1")
         if self.batching not in BATCHING:
             raise ConfigError(f"{PREFIX}BATCHING={self.batching!r}: use one of {', '.join(BATCHING)}")
+        if self.grpc_port > 65535:
+            raise ConfigError(f"{PREFIX}GRPC_PORT={self.grpc_port} is not a TCP port (1-65535, or 0: off)")
         if self.max_pending_pixels < self.max_request_pixels:
             raise ConfigError(
                 f"{PREFIX}MAX_PENDING_PIXELS must be at least {PREFIX}MAX_REQUEST_PIXELS, or the largest request could never run"

@@ -29,7 +29,8 @@ from service.core.runtime import LoadedModel
 from service.core.tasks.friendly import ADAPTERS, FriendlyApi, friendly_api
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import MAX_FORM_FIELDS
-from service.http.v2 import protocol_errors, serving
+from service.http.v2 import protocol_errors
+from service.http.v2_infer import serving
 
 PREDICT_PATH = "/models/{name}/predict"
 PREFIX = "/models/"  # the request guard's rules for every model's route

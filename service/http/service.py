@@ -3,13 +3,14 @@
     bentoml serve                      # from the project root (bentofile.yaml names this file)
 
 One class, thin. Every served model answers at POST /models/{name}/predict (predict.py)
-and on the Open Inference Protocol (/v2/..., v2.py), whatever its name: the registry is
-the catalog. The three shipped models also keep the endpoints they had first: BentoML
-APIs made from their recipes (catalog.py), whose request item type comes from the
-task's friendly-API adapter. Checks run per request on
-the event loop and are cheap by contract (an image's header, not its pixels); the work
-(decoding, preprocessing, inference, batching where it pays) runs in executor.py's
-worker threads. GET /models[/{name}] and POST /admin/reload live in admin.py.
+and on the Open Inference Protocol (/v2/..., v2.py; over gRPC on MODELSERVE_GRPC_PORT in
+service/grpc/server.py, started in each worker once its models are loaded), whatever its
+name: the registry is the catalog. The three shipped models also keep the endpoints they
+had first: BentoML APIs made from their recipes (catalog.py), whose request item type
+comes from the task's friendly-API adapter. Checks run per request on the event loop and
+are cheap by contract (an image's header, not its pixels); the work (decoding,
+preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
+GET /models[/{name}] and POST /admin/reload live in admin.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.core.errors import NotFoundError, Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
+from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
@@ -66,9 +68,22 @@ class ModelServe:
         gc.collect()
         gc.freeze()
         self.watcher = CurrentWatcher(self.runtime, SETTINGS.reload_poll_s, self.workers).start()
+        self.grpc: GrpcServer | None = None
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC on this worker's event loop, now that its models are loaded."""
+        if SETTINGS.grpc_port:
+            self.grpc = GrpcServer(SETTINGS)
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
 
 def served_model(name: str) -> LoadedModel:

@@ -6,7 +6,7 @@
 
 Each module reads top to bottom (data, model, train, evaluate) and gives a
 TrainingResult that training/publish.py exports into a new registry version. The
-shipped models are named recipes of these kinds (training/image_classifier.py, ...).
+shipped models are named recipes of these kinds (service/core/catalog.py lists their trainers).
 """
 
 TRAINERS = {"image": "training.kinds.image", "text": "training.kinds.text", "tabular": "training.kinds.tabular"}
