@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.core.errors import NotFoundError
 from service.core.tasks import Task
 from service.core.tasks.kinds import tabular, task_for
 
@@ -64,13 +63,6 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-
-
-def recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise NotFoundError(f"{name!r} is not a shipped recipe; they are {sorted(RECIPES)}") from None
 
 
 def own_endpoint(name: str) -> str | None:

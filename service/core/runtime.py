@@ -511,8 +511,8 @@ class ModelRuntime:
                     parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
         return "|".join(parts)
 
-    def batch_size(self, name: str) -> int:
-        return max_batch_size(self.settings, name, self.get(name).task, self.providers)
+    def batch_size(self, model: LoadedModel) -> int:
+        return max_batch_size(self.settings, model.name, model.task, self.providers)
 
     def describe_model(self, model: LoadedModel) -> dict[str, Any]:
         """GET /models/{name}: the served version, the routes that reach it, its batch size and candidate."""
@@ -520,7 +520,7 @@ class ModelRuntime:
         return model.describe() | {
             "endpoint": own_endpoint(model.name) or predict,
             "predict_endpoint": predict,
-            "max_batch_size": self.batch_size(model.name),
+            "max_batch_size": self.batch_size(model),
             "candidate": self.candidates().get(model.name),
         }
 

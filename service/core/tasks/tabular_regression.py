@@ -17,7 +17,7 @@ LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms 
 
 
 class TabularRegression(Task):
-    """`answer_field` names the predicted number in answers ("price") and `description` says what it is; `unit` comes from metadata."""
+    """`answer_field` names the predicted number in answers (the target's name) and `description` says what it is; `unit` comes from metadata."""
 
     name = "tabular_regression"
     assets_kind = "tabular"
