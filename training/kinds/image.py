@@ -2,14 +2,12 @@
 
     python -m training image --name NAME --data DIR     # DIR/<class>/*.jpg, or DIR/{train,validation,test}/<class>/
 
-Any number of classes from two. A pretrained convnet base, augmentation, feature
-extraction, then fine-tuning, as the seed does (the pretrained-convnet notes, cats vs
-dogs): a `keras.applications` base with
-ImageNet weights, a new classifier on top, data augmentation (flip, rotation, zoom);
-phase 1 trains the new top with the base frozen, phase 2 unfreezes the top of the
-base and fine-tunes it at a low learning rate. Bases: MobileNetV2 (default),
-MobileNet v1 (the one whose ImageNet weights are available offline), VGG16 (the
-seed's) and EfficientNetB0.
+Any number of classes from two. As the seed does (the pretrained-convnet notes, cats vs
+dogs): a `keras.applications` base with ImageNet weights, a new classifier on top, data
+augmentation (flip, rotation, zoom); phase 1 trains the new top with the base frozen,
+phase 2 unfreezes the top of the base and fine-tunes it at a low learning rate.
+Bases: MobileNetV2 (default), MobileNet v1 (the one whose ImageNet weights are available
+offline), VGG16 (the seed's) and EfficientNetB0.
 
 Images are decoded and resized by service/core/preprocessing.py, the code the service
 runs, rather than by TensorFlow's decoder: the two resize differently, and a model
