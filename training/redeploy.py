@@ -49,6 +49,7 @@ from service.core.registry import Candidate, Registry
 from service.core.runtime import LoadedModel, load_model
 from service.core.tasks.friendly import friendly_api
 from service.core.tasks.gate import redeploy_gate
+from service.core.tasks.kinds import task_for
 from training import live
 from training.__main__ import add_trainer_commands, recorded_recipe, train_recipe, trainer_modules
 
@@ -218,7 +219,7 @@ def redeploy(args: argparse.Namespace) -> int:
     if args.canary is not None or args.shadow:
         if args.no_reload:
             raise UsageError("--canary and --shadow watch a running service; they cannot go with --no-reload")
-        return live_phase(args, registry, ServiceClient(args.url, args.token), new, result.test_items[:SMOKE_ITEMS])
+        return live_phase(args, registry, ServiceClient(args.url, args.token), new.version, result.test_items[:SMOKE_ITEMS])
 
     registry.promote(name, new_ref.version)
     step(4, f"CURRENT: v{previous} -> v{new_ref.version}")
@@ -234,9 +235,10 @@ def redeploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, new: LoadedModel, smoke_items: Sequence[Any]) -> int:
+def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, version: int, smoke_items: Sequence[Any]) -> int:
     """Steps 4-6 with a live phase: CANDIDATE, watch /metrics, then promote or roll back; CANDIDATE is cleared whatever happens."""
-    name, version = new.name, new.version
+    name = args.model
+    predicts_value = task_for(registry.get(name, version).read_metadata()).predicts_value
     current = registry.current_version(name)
     candidate = Candidate(version, "shadow" if args.shadow else "canary", 0.0 if args.shadow else float(args.canary))
     described = "in the shadow of" if args.shadow else f"as a {candidate.percent:g}% canary beside"
@@ -245,7 +247,7 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
             registry.set_candidate(name, candidate)
             client.candidate(name, candidate)
             step(4, f"CANDIDATE: v{version} {described} v{current}, watching for {args.watch:g} s")
-            verdict = live.watch(args, client.metrics, name, current, version, new.task.predicts_value, lambda line: step(5, line))
+            verdict = live.watch(args, client.metrics, name, current, version, predicts_value, lambda line: step(5, line))
     except BaseException as exc:
         registry.clear_candidate(name, "interrupted")
         with contextlib.suppress(Exception):
@@ -261,7 +263,7 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)
     registry.clear_candidate(name, "promoted")
-    deploy(registry, client, new, current, smoke_items)
+    deploy(registry, client, load_model(registry.get(name, version), ["CPUExecutionProvider"]), current, smoke_items)
     print(f"done: {name} v{version} is in production")
     return 0
 

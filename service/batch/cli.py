@@ -159,7 +159,7 @@ def load(args: argparse.Namespace, settings: Settings) -> tuple[LoadedModel, lis
     if args.model not in registry.model_names():
         raise UsageError(f"no model {args.model!r} in {registry.root}; it has {registry.model_names()}")
     ref = registry.get(args.model, args.version) if args.version else registry.current(args.model)
-    task = task_for(ref.read_metadata())
+    task = task_for(ref.verify())
     providers = resolve_providers(settings.providers)
     args.executor = choose_executor(args, task)
     # Thread workers share this session; worker processes load their own.

@@ -38,6 +38,7 @@ from service.core.registry import (
     ModelVersion,
     Registry,
     is_model_name,
+    validate_metadata,
 )
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
@@ -445,12 +446,9 @@ class ModelRuntime:
             if old is not None and old.version == target.version:
                 self.refused.pop(name, None)
                 return {"model": name, "status": "unchanged", "version": old.version}
+            if old is not None:
+                self._same_kind(old, target)
             new = self._load(target)
-            if old is not None and type(new.task) is not type(old.task):
-                raise ModelLoadError(
-                    f"{name} v{new.version} is a {new.task.name} model with {len(new.labels)} labels; v{old.version}, "
-                    f"served, is a {old.task.name} model with {len(old.labels)}: its clients would break. Serve it under a new name"
-                )
         except (RegistryError, ModelLoadError) as exc:
             raise self._refuse(name, old, str(exc)) from exc
         except Exception as exc:
@@ -469,6 +467,20 @@ class ModelRuntime:
             "version": new.version,
             "providers": new.providers,
         }
+
+    @staticmethod
+    def _same_kind(old: LoadedModel, target: ModelVersion) -> None:
+        """A served model keeps its kind (and a classifier its answers' shape): its clients would break. ModelLoadError otherwise."""
+        metadata = target.read_metadata()
+        if validate_metadata(metadata):
+            return  # the load refuses it, saying what is wrong
+        task, kind = task_for(metadata), metadata["preprocessing"].get("kind")
+        if type(task) is not type(old.task):
+            raise ModelLoadError(
+                f"{target.name} v{target.version} is a {kind!r} model ({task.name}, {len(metadata['labels'])} labels); "
+                f"{target.name} is served as {old.task.name} ({len(old.labels)} labels) by v{old.version}: its clients would break, "
+                "serve it under a new name"
+            )
 
     def _refuse(self, name: str, old: LoadedModel | None, reason: str) -> ReloadRefused:
         reason = reason[:2000]
