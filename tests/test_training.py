@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -208,6 +209,91 @@ def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: P
     assert metadata["architecture"]["pretrained"] is False
     assert metadata["architecture"]["weights"].startswith("none")
     assert metadata["training"]["phase2"]["epochs"] == 0
+
+
+def test_efficientnet_lite_from_scratch_trains_exports_and_serves(tmp_path: Path) -> None:
+    """The new base end to end: a clean ONNX graph (BatchNorm folded, ReLU6 as Clip, one input) that the service loads."""
+    folders = write_image_folders(tmp_path / "images", {"train": 16, "validation": 4, "test": 50}, size=32)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path), "--base", "efficientnet_lite0", "--weights", "none",
+            "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--no-int8"]  # fmt: skip
+    assert main(args) == 0
+    registry, metadata = trained_version(tmp_path, "image_classifier")
+    assert metadata["architecture"]["base"] == "efficientnet_lite0" and metadata["architecture"]["pretrained"] is False
+    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 32, 32, 3]}
+    graph = onnx.load(str(registry.get("image_classifier", 1).model_path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in ops and not ops & {"Sigmoid", "HardSwish"}, "BatchNorm folded, ReLU6 (Clip) throughout, no swish"
+    # tf2onnx folds BatchNorm into the 33 regular convs and leaves a Mul + Add after the 16 depthwise
+    # ones; onnxruntime's basic graph optimizations fold those: what runs is convs, Clips, the 9
+    # residual Adds and the one Mul of (x - 127) / 128.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(registry.get("image_classifier", 1).model_path), options, providers=["CPUExecutionProvider"])
+    optimized = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert (optimized.count("Conv"), optimized.count("Clip"), optimized.count("Add"), optimized.count("Mul")) == (49, 33, 9, 1)
+    assert [i.name for i in graph.input] == ["image"]
+
+    model = load_model(registry.get("image_classifier", 1), ["CPUExecutionProvider"])
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    answers = model.predict(list(pixels))
+    direct = onnx_session(registry, "image_classifier").run(None, {"image": pixels})[0]
+    assert [a["label"] for a in answers] == [["blue", "red"][i] for i in direct.argmax(axis=1)]
+
+
+def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path) -> None:
+    """--weights FILE for the new base: the top trained on features computed once (with photo copies), then the top layers fine-tuned."""
+    from training.efficientnet_lite import efficientnet_lite
+
+    folders = write_image_folders(tmp_path / "images", {"train": 16, "validation": 4, "test": 50}, size=32)
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "lite0_random.weights.h5"
+    efficientnet_lite("lite0", input_shape=(32, 32, 3)).save_weights(weights)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "efficientnet_lite0",
+            "--weights", str(weights), "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "12",
+            "--batch-size", "8", "--photo-copies", "1", "--phase1", "features", "--no-int8"]  # fmt: skip
+    assert main(args) == 0
+    _, metadata = trained_version(tmp_path / "models", "image_classifier")
+    arch, phase2 = metadata["architecture"], metadata["training"]["phase2"]
+    assert arch["pretrained"] is True and arch["weights_file"]["bytes"] == weights.stat().st_size
+    assert arch["photo_copies"] == 1 and metadata["data"]["samples"]["train"] == 32
+    assert metadata["training"]["phase1"]["mode"] == "features" and len(metadata["training"]["history"]["val_accuracy"]) == 2
+    assert arch["augmentation"][-1].startswith("photo copies: 1 per training photo"), "phase 2 ran the in-graph layers, the copies too"
+    assert metadata["training"]["chosen_by"] is None, "not v3's recipe"
+    assert phase2["epochs"] == 1 and phase2["unfrozen_layers_with_weights"] == 4, (
+        "head conv and the last block's three convs (BatchNorm stays frozen)"
+    )
+
+
+def test_efficientnet_lite_matches_the_published_architecture() -> None:
+    """The parameter counts of the reference (README-efficientnet-lite.md): a drifted layer would no longer load the ImageNet weights."""
+    from training.efficientnet_lite import efficientnet_lite
+    from training.kinds.image import default_image_size
+
+    assert efficientnet_lite("lite0").count_params() == 3_413_024
+    assert efficientnet_lite("lite2").count_params() == 4_869_168
+    assert (default_image_size("efficientnet_lite0"), default_image_size("efficientnet_lite2"), default_image_size("mobilenet")) == (
+        224,
+        260,
+        224,
+    )
+
+
+def test_efficientnet_lite_has_no_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folders = write_image_folders(tmp_path / "images", {"train": 4, "validation": 2, "test": 2}, size=32)
+    args = [
+        "image_classifier",
+        "--data",
+        str(folders),
+        "--registry",
+        str(tmp_path / "models"),
+        "--base",
+        "efficientnet_lite2",
+        "--image-size",
+        "32",
+    ]
+    assert main(args) == 2
+    assert "efficientnet_lite2 has no download: pass --weights FILE" in capsys.readouterr().err
 
 
 def test_in_graph_scaling_matches_keras_applications() -> None:
