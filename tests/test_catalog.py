@@ -90,7 +90,7 @@ def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(served_root: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Started on the shipped model alone; the three are copied in while it runs (as `cp -r` would, file by file)."""
     server = start_server(
-        served_root, tmp_path_factory.mktemp("serve") / "server.log", MODELSERVE_RELOAD_POLL_S="1", MODELSERVE_ADMIN_TOKEN=TOKEN
+        served_root, tmp_path_factory.mktemp("serve") / "server.log", grpc=True, MODELSERVE_RELOAD_POLL_S="1", MODELSERVE_ADMIN_TOKEN=TOKEN
     )
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert [m["name"] for m in client.get("/models").json()["models"]] == [SHIPPED]
@@ -180,6 +180,29 @@ def test_multiclass_texts_on_the_friendly_route_and_v2_agree(client: httpx.Clien
     assert v2["label"] == [a["label"] for a in answers]
     assert v2["score"] == pytest.approx([a["score"] for a in answers], abs=TOLERANCE)
     assert v2["probabilities"][:4] == pytest.approx(list(answers[0]["probabilities"].values()), abs=TOLERANCE)
+
+
+def test_grpc_answers_a_model_of_your_own_as_rest_does(server: Server, client: httpx.Client) -> None:
+    import grpc
+
+    from service.grpc import inference_pb2 as pb
+    from service.grpc import inference_pb2_grpc as pb_grpc
+
+    texts = tickets()
+    request = pb.ModelInferRequest(model_name=TEXT)
+    request.inputs.add(name="texts", datatype="BYTES", shape=[len(texts)]).contents.bytes_contents.extend(t.encode() for t in texts)
+    assert server.grpc_address is not None
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    outputs = {o.name: o for o in reply.outputs}
+    labels = [b.decode() for b in outputs["label"].contents.bytes_contents] if outputs["label"].contents.bytes_contents else None
+    if labels is None:  # raw output contents, in output order: 4-byte length-prefixed BYTES
+        raw, labels, at = reply.raw_output_contents[list(outputs).index("label")], [], 0
+        while at < len(raw):
+            size = int.from_bytes(raw[at : at + 4], "little")
+            labels.append(raw[at + 4 : at + 4 + size].decode())
+            at += 4 + size
+    assert labels == [a["label"] for a in client.post(f"/models/{TEXT}/predict", json={"texts": texts}).json()]
 
 
 def test_rows_with_a_category_on_the_friendly_route_and_v2_agree(client: httpx.Client) -> None:

@@ -161,11 +161,11 @@ class ServiceClient:
             time.sleep(0.5)
         raise DeployError(f"{name} v{version} is not served by every worker on {self.url}/models after {RELOAD_WAIT_S}s")
 
-    def smoke(self, model: LoadedModel, items: Sequence[Any]) -> None:
-        """Send `items` to the model's friendly route; every answer must come from `model`'s version."""
-        endpoint, version = f"models/{model.name}/predict", model.version
+    def smoke(self, name: str, version: int, request: dict[str, Any]) -> None:
+        """Send `request` (smoke_request's) to the model's friendly route; every answer must come from `version`."""
+        endpoint = f"models/{name}/predict"
         try:
-            response = self.http.post(f"/{endpoint}", **friendly_api(model.task).smoke_request(items, model.assets))
+            response = self.http.post(f"/{endpoint}", **request)
         except httpx.HTTPError as exc:
             raise DeployError(f"smoke test: /{endpoint}: no answer ({exc})") from exc
         if response.status_code != 200:
@@ -178,8 +178,15 @@ class ServiceClient:
             raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
 
 
-def reload_and_check(client: ServiceClient, model: LoadedModel, smoke_items: Sequence[Any]) -> None:
-    name, version = model.name, model.version
+def smoke_request(registry: Registry, name: str, version: int, items: Sequence[Any]) -> dict[str, Any]:
+    """httpx arguments that send `items` (test inputs of `version`) to the model's friendly route, as its kind takes them."""
+    target = registry.get(name, version)
+    metadata = target.read_metadata()
+    task = task_for(metadata)
+    return friendly_api(task).smoke_request(items, task.load_assets(target.path, metadata))
+
+
+def reload_and_check(client: ServiceClient, registry: Registry, name: str, version: int, smoke_items: Sequence[Any]) -> None:
     result = client.reload(name)["results"][0]
     waited = client.wait_for(name, version)
     if result["status"] == "unchanged":  # its CURRENT watcher got there before the admin call
@@ -187,7 +194,7 @@ def reload_and_check(client: ServiceClient, model: LoadedModel, smoke_items: Seq
     else:
         done = f"{result['status']} {name} v{result.get('previous_version')} -> v{version}"
     step(5, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
-    client.smoke(model, smoke_items)
+    client.smoke(name, version, smoke_request(registry, name, version, smoke_items))
     step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
 
 
@@ -227,7 +234,7 @@ def redeploy(args: argparse.Namespace) -> int:
     if args.no_reload:
         step(5, "--no-reload: not contacting a service (a running one follows CURRENT within MODELSERVE_RELOAD_POLL_S)")
     else:
-        deploy(registry, ServiceClient(args.url, args.token), new, previous, result.test_items[:SMOKE_ITEMS])
+        deploy(registry, ServiceClient(args.url, args.token), name, new_ref.version, previous, result.test_items[:SMOKE_ITEMS])
     if args.build:
         step(6, "bentoml build")
         subprocess.run(["bentoml", "build"], check=True)
@@ -263,18 +270,18 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)
     registry.clear_candidate(name, "promoted")
-    deploy(registry, client, load_model(registry.get(name, version), ["CPUExecutionProvider"]), current, smoke_items)
+    deploy(registry, client, name, version, current, smoke_items)
     print(f"done: {name} v{version} is in production")
     return 0
 
 
-def deploy(registry: Registry, client: ServiceClient, new: LoadedModel, previous: int | None, smoke_items: Sequence[Any]) -> None:
+def deploy(registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any]) -> None:
     """Step 5, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
     try:
         with _signals_interrupt():
-            reload_and_check(client, new, smoke_items)
+            reload_and_check(client, registry, name, version, smoke_items)
     except BaseException as exc:
-        back = _restore(registry, client, new.name, previous)
+        back = _restore(registry, client, name, previous)
         if isinstance(exc, KeyboardInterrupt | Interrupted):
             raise Interrupted(f"interrupted ({str(exc) or 'SIGINT'}) while the service reloaded; {back}") from exc
         reason = str(exc) if isinstance(exc, DeployError) else f"unexpected {type(exc).__name__}: {exc}"
