@@ -44,6 +44,8 @@ from tests.generate import (
 from training.__main__ import main as train_main
 from training.redeploy import main as redeploy_main
 
+pytestmark = pytest.mark.e2e
+
 TOKEN = "catalog-test-token"
 SHIPPED = "boston_housing"  # the one shipped model the server starts with
 IMAGE, TEXT, TABLE = "colours", "tickets", "crop-yield"

@@ -22,6 +22,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,9 @@ def test_timeouts_overload_bugs_and_loading_get_their_status_codes() -> None:
 
 
 def test_every_worker_serves_the_port_and_health_says_serving(channel: grpc.Channel, server: Server) -> None:
+    deadline = time.monotonic() + 120  # /readyz answered from one worker; the other may still be loading its models
+    while server.log().count("Open Inference Protocol over gRPC on") < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert server.log().count("Open Inference Protocol over gRPC on") == WORKERS
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", SERVICE_NAME):

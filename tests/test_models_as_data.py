@@ -21,6 +21,8 @@ from service.core.tasks.tabular_regression import TabularRegression
 from service.core.tasks.tensors import v2_tensors
 from service.core.tasks.text_classification import MulticlassTextClassification, TextClassification
 
+pytestmark = pytest.mark.unit
+
 SHIPPED_TABLE = "boston_housing"
 
 

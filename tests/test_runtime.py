@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -54,10 +57,33 @@ def test_bad_configuration_is_refused() -> None:
 
 
 def test_workers_default_to_one_per_cpu_the_process_may_use() -> None:
-    import os
-
     assert Settings().workers == 0, "the default: one worker per CPU"
     assert 1 <= Settings().worker_count() <= len(os.sched_getaffinity(0))
     assert Settings(workers=3).worker_count() == 3
     with pytest.raises(ConfigError, match="WORKERS"):
         Settings.from_env({"MODELSERVE_WORKERS": "-1"})
+
+
+def test_threads_are_sized_from_the_workers_and_the_cpus_the_process_may_use() -> None:
+    """A worker's pools get its share of the CPUs; a process pinned to one CPU runs one worker and single-threaded sessions."""
+    from service.core.config import available_cpus
+    from service.http.executor import Executor
+
+    cpus = available_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    for workers in (1, 2, cpus, cpus + 3):
+        settings = Settings(model_root=ROOT / "models", workers=workers)
+        executor = Executor(settings, ModelRuntime(settings))
+        assert executor.pool("imdb_sentiment")._max_workers == max(1, cpus // workers)
+        executor.close()
+    model = load_model(Registry(ROOT / "models").current("boston_housing"), ["CPUExecutionProvider"])
+    threads = model.sessions.primary.get_session_options().intra_op_num_threads
+    assert threads == (cpus if cpus > 1 else 0), "a call alone may use every CPU the process may use, no more"
+    pinned = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from service.core.config import Settings; from service.core.registry import Registry; from service.core.runtime import load_model;"
+        "m = load_model(Registry('models').current('boston_housing'), ['CPUExecutionProvider']);"
+        "print(Settings().worker_count(), Settings().cpus_per_worker(), m.sessions.narrow is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", pinned], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "True"]

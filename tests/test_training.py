@@ -18,6 +18,7 @@ pytest.importorskip("tensorflow")
 
 import keras
 
+from service.core.drift import read_profile
 from service.core.registry import Registry, validate_metadata
 from service.core.runtime import load_model
 from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv
@@ -41,6 +42,11 @@ def trained_version(registry_root: Path, name: str) -> tuple[Registry, dict]:
     assert metadata["onnx_opset"] <= 18
     assert metadata["data"]["fingerprint"] and metadata["data"]["samples"]["train"] > 0
     assert registry.current_version(name) is None, "training must not change what is served"
+    profile = read_profile(
+        version.path, load_model(version, ["CPUExecutionProvider"]).task.assets_kind
+    )  # the drift reference, made at export
+    assert metadata["profile"]["features"] == [f.name for f in profile.features] and metadata["profile"]["sha256"]
+    assert {f.role for f in profile.features} == {"input", "output"} and all(f.count > 0 for f in profile.features)
     return registry, metadata
 
 
@@ -81,6 +87,8 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
     session = onnx_session(registry, "imdb_sentiment")
     assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("ids", "tensor(int64)"), ("weights", "tensor(float)")], "sparse input"
+    assert [i["name"] for i in metadata["inputs"]] == ["ids", "weights"] and metadata["parity"]["max_abs_diff"] <= 1e-5
 
     model = load_model(registry.get("imdb_sentiment", 1), ["CPUExecutionProvider"])
     rng = np.random.default_rng(42)
@@ -159,6 +167,14 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     x, y = housing_rows(50, seed=7)
     predicted = np.array([a["price"] for a in model.predict(list(x))])
     assert np.abs(predicted - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+    # A profile for an existing version, without training: a new version with the same model.onnx, from the same data.
+    assert main(["profile", "boston_housing", "1", "--data", str(data), "--registry", str(tmp_path)]) == 0
+    profiled = registry.get("boston_housing", 2).verify()
+    assert profiled["sha256"] == metadata["sha256"] and profiled["derived_from"]["version"] == 1
+    assert profiled["profile"]["same_data_as_training"] is True
+    rm = read_profile(registry.get("boston_housing", 2).path, "tabular").feature("RM")
+    assert rm.count == len(split.x_train) and rm.summary["max"] == split.x_train[:, 5].max()
 
 
 def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
     python -m training promote MODEL 2                         # or: latest
     python -m training rollback MODEL
     python -m training quantize MODEL [VERSION] --data PATH    # a new version: VERSION + a checked INT8 variant
+    python -m training profile MODEL [VERSION] --data PATH     # a new version: VERSION + a drift reference profile
 
 Training writes a new version and never changes what is served; `promote` does (a
 running service serves a newly promoted model within its poll interval). Every version
@@ -27,11 +28,12 @@ from typing import Any
 
 from service.core.catalog import RECIPES
 from service.core.config import Settings
+from service.core.drift import PROFILE_FILE
 from service.core.errors import UsageError, run_cli
 from service.core.registry import MODEL_NAME_RULE, ModelVersion, Registry, is_model_name
 from training.kinds import TRAINERS
 
-REGISTRY_COMMANDS = ("list", "promote", "rollback", "quantize")
+REGISTRY_COMMANDS = ("list", "promote", "rollback", "quantize", "profile")
 NOT_RECORDED = ("data", "test_data", "name", "registry", "help")  # options a retrain takes anew, not from the recipe
 
 
@@ -122,20 +124,52 @@ def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     quantize.add_argument("--data", help="the training data: calibration from its training split, the check on its test split")
     quantize.add_argument("--seed", type=int, default=0)
     quantize.add_argument("--registry", default=registry)
+    profile = commands.add_parser("profile", help="a new version: an existing one plus a reference profile for drift monitoring")
+    profile.add_argument("model")
+    profile.add_argument("version", nargs="?", help="the version to start from (default: CURRENT)")
+    profile.add_argument("--data", help="the data the version was trained on: inputs from its training split, answers on its test split")
+    profile.add_argument("--seed", type=int, default=0, help="the split seed, as in training (tables without a split)")
+    profile.add_argument("--registry", default=registry)
     return parser
+
+
+def _source_version(registry: Registry, model: str, version: str | None) -> ModelVersion:
+    if version is not None and not version.isdecimal():
+        raise UsageError(f"version must be a number, got {version!r}")
+    return registry.current(model) if version is None else registry.get(model, int(version))
+
+
+def _trainer_of(source: ModelVersion, function: str, missing: str) -> Any:
+    """The trainer module of a version's recipe (a shipped name's own, else the one its metadata records), which must have `function`."""
+    trainer = RECIPES[source.name].trainer if source.name in RECIPES else trainer_modules()[recorded_recipe(source)["command"]]
+    module = importlib.import_module(trainer)
+    if not hasattr(module, function):
+        raise UsageError(f"{source.name}: its trainer ({trainer}) {missing}")
+    return module
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from training.profile import add_profile
+
+    registry = Registry(args.registry)
+    source = _source_version(registry, args.model, args.version)
+    module = _trainer_of(source, "profile_data", "gives no data to profile (profile_data)")
+    inputs, held_out, data = module.profile_data(args, source.verify()["preprocessing"])
+    version = add_profile(registry, source, inputs, held_out, data)
+    same = version.read_metadata()["profile"]["same_data_as_training"]
+    print(
+        f"== {version.name} v{version.version}: v{source.version} + {PROFILE_FILE}"
+        f" ({'its training data' if same else 'OTHER data than it was trained on'}); model.onnx unchanged; CURRENT unchanged"
+    )
+    return 0
 
 
 def _quantize(args: argparse.Namespace) -> int:
     from training.quantize import add_int8_variant
 
     registry = Registry(args.registry)
-    if args.version is not None and not args.version.isdecimal():
-        raise UsageError(f"version must be a number, got {args.version!r}")
-    source = registry.current(args.model) if args.version is None else registry.get(args.model, int(args.version))
-    trainer = RECIPES[args.model].trainer if args.model in RECIPES else trainer_modules()[recorded_recipe(source)["command"]]
-    module = importlib.import_module(trainer)
-    if not hasattr(module, "quantization_data"):
-        raise UsageError(f"{args.model} has no INT8 variant: its trainer ({trainer}) gives no calibration data")
+    source = _source_version(registry, args.model, args.version)
+    module = _trainer_of(source, "quantization_data", "gives no calibration data: no INT8 variant")
     calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
     version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
     variant = version.read_metadata()["variants"]["int8"]
@@ -197,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser(argv, str(Settings.from_env().model_root)).parse_args(argv)
         if args.command == "quantize":
             return _quantize(args)
+        if args.command == "profile":
+            return _profile(args)
         return _train(args) if args.command in trainer_modules() else _registry_command(args)
 
     return run_cli(body)

@@ -166,5 +166,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args, config, data.feature_names),
         test_items=list(data.x_test),
         test_targets=[float(y) for y in data.y_test],
+        profile_inputs=[row.tolist() for row in data.x_train],
         extra_plots={"kfold_val_mae.png": lambda path: plot_kfold(histories, "mae", path, f"{NAME}: {args.folds}-fold validation MAE")},
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training rows, test rows and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_housing(args.data)
+    log("data", f"{len(data.x_train)} training rows to profile, {len(data.x_test)} test rows to answer")
+    return [row.tolist() for row in data.x_train], list(data.x_test), data.source

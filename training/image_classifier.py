@@ -64,3 +64,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
 def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images to calibrate an INT8 variant on, and the test images and labels to check it (`python -m training quantize`)."""
     return image.quantization_data(args, preprocessing)
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training image files, decoded test images and the data's record, for a reference profile (`python -m training profile`)."""
+    return image.profile_data(args, preprocessing)

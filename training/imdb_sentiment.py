@@ -18,7 +18,10 @@ graph and the service's preprocessing are the plain TF-IDF ones.
 The text kind's recipe (training/kinds/text.py) on IMDB: its vectoriser, network and fit,
 with this model's variants, data and short-review check. Tokenising and the vocabulary
 live in service/core/preprocessing.py, outside the ONNX graph, because tf2onnx cannot
-convert string ops; the service imports the same code.
+convert string ops; the service imports the same code. The graph is exported with
+sparse input (training/sparse_input.py): the review's n-gram ids and TF-IDF weights
+instead of a 200,000-wide row with a few hundred non-zeros, the first Dense layer a
+gather-sum; the parity check compares it with the Keras model.
 
 As in the seed, a first run holds out 20% of the training reviews to draw the
 validation curves, then the final model is fitted on all training reviews for the
@@ -82,6 +85,10 @@ _MARKUP_RE = re.compile(r"<[^>]{0,200}>")
 SENTENCE_MIN_WORDS = 4
 SENTENCE_MAX_WORDS = 40
 SHORT_CHECK = f"first sentence of each review ({SENTENCE_MIN_WORDS}-{SENTENCE_MAX_WORDS} words, training.imdb_sentiment.first_sentence)"
+SPARSE_EXPORT = (
+    "sparse input: each text's n-gram ids (int64 [N, K]) and TF-IDF weights (float32 [N, K], padded with id 0 weight 0); "
+    "the first Dense layer is Gather + Mul + ReduceSum over its kernel (training/sparse_input.py)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +164,7 @@ def _records(variant: str, config: dict[str, Any], vectorizer: TextVectorizer, s
             "dropout": config["dropout"],
             "nb_weighting": NB_RECORD if config["nb"] else None,
             "input": f"{config['mode']} n-grams 1..{config['ngram_max']}, {vectorizer.size} features",
+            "export": SPARSE_EXPORT,
         },
         "training": {
             "optimizer": config["optimizer"],
@@ -221,5 +229,14 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args.variant, config, vectorizer, args.seed),
         test_items=list(data.test_texts),
         test_targets=[SENTIMENT_LABELS[int(y)] for y in truth],
+        profile_inputs=list(data.train_texts),
         confusion_matrix=matrix,
+        sparse_input=True,
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training reviews, test reviews and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_reviews(args.data, getattr(args, "test_data", None), seed=args.seed)
+    log("data", f"{len(data.train_texts):,} training reviews to profile, {len(data.test_texts):,} test reviews to answer")
+    return list(data.train_texts), list(data.test_texts), data.source

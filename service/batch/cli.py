@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import threading
@@ -25,7 +24,7 @@ from service.batch.formats import OUTPUT_FORMATS, FileFolder
 from service.batch.job import Job, build_job
 from service.batch.run import choose_executor, finish, run, session_threads
 from service.batch.state import State, WorkDir, open_state
-from service.core.config import Settings
+from service.core.config import Settings, available_cpus
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, Interrupted, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model, max_batch_size
@@ -107,7 +106,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_CHUNK_SIZE,
         help=f"inputs per committed part; a crash loses at most this much work (default {DEFAULT_CHUNK_SIZE})",
     )
-    parser.add_argument("--workers", type=positive, default=len(os.sched_getaffinity(0)), help="parallel workers (default: one per core)")
+    parser.add_argument(
+        "--workers", type=positive, default=available_cpus(), help="parallel workers (default: one per CPU this process may use)"
+    )
     parser.add_argument(
         "--executor", choices=("auto", "thread", "process"), default="auto",
         help="workers are threads sharing one session, or processes with one each; auto (default): processes for text models, threads for the others",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from service.batch.formats import Unreadable, assemble, write_part
 from service.batch.job import Item, Job, Key
 from service.batch.state import State, WorkDir
-from service.core.config import Settings
+from service.core.config import Settings, available_cpus
 from service.core.errors import InputError
 from service.core.registry import ModelVersion
 from service.core.runtime import LoadedModel, load_model
@@ -211,8 +211,8 @@ def commit(job: Job, work: WorkDir, state: State, chunk: Chunk) -> tuple[int, in
 
 
 def session_threads(args: argparse.Namespace, settings: Settings) -> int:
-    """onnxruntime threads per session: MODELSERVE_INTRA_OP_THREADS, else the cores shared among the workers."""
-    return settings.intra_op_threads or max(1, len(os.sched_getaffinity(0)) // args.workers)
+    """onnxruntime threads per session: MODELSERVE_INTRA_OP_THREADS, else the CPUs (cgroup quota respected) shared among the workers."""
+    return settings.intra_op_threads or max(1, available_cpus() // args.workers)
 
 
 def choose_executor(args: argparse.Namespace, task: Task) -> str:

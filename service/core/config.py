@@ -26,6 +26,19 @@ PROVIDER_ALIASES = {
 MiB = 1024 * 1024
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by the cgroup CPU quota (a container's --cpus), at least 1.
+
+    The quota is read as BentoML reads it for its own `workers="cpu_count"` (cgroup v1 and v2).
+    """
+    affinity = len(os.sched_getaffinity(0))
+    try:
+        from bentoml._internal.resource import CpuResource
+    except ImportError:  # training without the serving extra
+        return affinity
+    return max(1, min(affinity, int(CpuResource.from_system())))
+
+
 def setting(default: Any, doc: str) -> Any:
     """A settings field: its default and the line that documents it (docs/configuration.md's table is made from these)."""
     if isinstance(default, dict):
@@ -50,7 +63,8 @@ class Settings:
     )
     intra_op_threads: int = setting(
         0,
-        "onnxruntime threads per CPU session; 0: adaptive, one call alone uses every core, concurrent calls one core each (benchmarks/results/compare.md)",
+        "onnxruntime threads per CPU session; 0: adaptive, a call alone in its worker uses every CPU the process may use, "
+        "concurrent calls one each (benchmarks/results/compare.md)",
     )
     workers: int = setting(
         0,
@@ -72,7 +86,11 @@ class Settings:
     max_pending_pixels: int = setting(
         200_000_000, "most image pixels being decoded or waiting to be, per worker; a request beyond it gets a fast 503 with Retry-After"
     )
-    work_threads: int = setting(0, "threads per worker that decode, preprocess and run CPU inference (0: one per core)")
+    work_threads: int = setting(
+        0,
+        "threads per worker and model that decode, preprocess and run CPU inference; 0: the worker's share of the CPUs "
+        "(the CPUs the process may use, cgroup quota respected, divided by the workers; at least 1)",
+    )
     batching: str = setting(
         "auto", "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"
     )
@@ -104,18 +122,40 @@ class Settings:
     )
     body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
     admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
+    drift: bool = setting(
+        True,
+        "compare each served version's live inputs and answers with its reference profile (profile.json): GET /models/{name}/drift, modelserve_drift_* gauges",
+    )
+    drift_sample: float = setting(1.0, "share of requests (0-1) whose inputs and answers are summarized for drift and the prediction log")
+    drift_window: int = setting(1000, "live window per model version and worker: the most recent items summarized")
+    drift_min_items: int = setting(200, "items the workers' windows must hold together before a version's drift is scored")
+    drift_interval_s: int = setting(10, "seconds between drift computations (each worker; the workers' windows are merged)")
+    drift_threshold: float = setting(
+        0.2, "Jensen-Shannon distance above which a feature counts as drifted (keep deploy/monitoring/alerts.yml in step)"
+    )
+    prediction_log_dir: str = setting(
+        "", "directory of the prediction log: sampled requests as Parquet files, one folder per model (empty: no log)"
+    )
+    prediction_log_inputs: bool = setting(False, "also log the raw input where a kind has one that fits a table (texts)")
+    prediction_log_file_mb: int = setting(32, "a prediction log file is closed and a new one started at this size ...")
+    prediction_log_file_s: int = setting(300, "... or when its first row is this many seconds old")
+    prediction_log_keep_mb: int = setting(1024, "per model, the oldest prediction log files are deleted beyond this total size")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return _from_env(cls, environ)
 
     def worker_count(self) -> int:
-        """MODELSERVE_WORKERS, or for 0 the CPUs this process may use as BentoML counts them for its own `workers="cpu_count"`."""
-        if self.workers:
-            return self.workers
-        from bentoml._internal.resource import CpuResource  # BentoML's count honours a cgroup CPU quota (containers)
+        """MODELSERVE_WORKERS, or for 0 one per CPU this process may use (affinity and cgroup quota: `available_cpus`)."""
+        return self.workers or available_cpus()
 
-        return max(1, int(CpuResource.from_system()))
+    def cpus_per_worker(self) -> int:
+        """Each worker's share of the CPUs this process may use, at least 1: what its thread pools are sized by.
+
+        With one worker per CPU, a worker whose pools each assumed every CPU ran several
+        times more compute threads than there are CPUs (benchmarks/results/threads.md).
+        """
+        return max(1, available_cpus() // self.worker_count())
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""
@@ -137,6 +177,10 @@ class Settings:
                 raise ConfigError(f"{PREFIX}MAX_BATCH_SIZE: {model}={size}, must be at least 1")
         if self.batching not in BATCHING:
             raise ConfigError(f"{PREFIX}BATCHING={self.batching!r}: use one of {', '.join(BATCHING)}")
+        if not 0.0 <= self.drift_sample <= 1.0:
+            raise ConfigError(f"{PREFIX}DRIFT_SAMPLE must be between 0 and 1, got {self.drift_sample}")
+        if not 0.0 < self.drift_threshold <= 1.0:
+            raise ConfigError(f"{PREFIX}DRIFT_THRESHOLD is a Jensen-Shannon distance: above 0, at most 1; got {self.drift_threshold}")
         if self.grpc_port > 65535:
             raise ConfigError(f"{PREFIX}GRPC_PORT={self.grpc_port} is not a TCP port (1-65535, or 0: off)")
         if self.max_pending_pixels < self.max_request_pixels:
@@ -183,6 +227,8 @@ def _parse(name: str, raw: str, default: object) -> object:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
+        if isinstance(default, float):
+            return float(raw)
         if isinstance(default, str):
             return raw.strip().lower() if name == "batching" else raw
         if isinstance(default, Path):

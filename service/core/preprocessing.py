@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import html
 import io
+import itertools
 import math
 import re
 import warnings
@@ -56,6 +57,58 @@ def tokenize(text: str, ngram_max: int = 1) -> list[str]:
     return tokens
 
 
+SPARSE_INPUTS = ("ids", "weights")  # a sparse-input text graph's inputs: n-gram ids int64 [N, K], their weights float32 [N, K]
+
+
+@dataclass(frozen=True)
+class _NgramIndex:
+    """The vocabulary as one sorted array of integer keys, to find a text's n-grams without building their strings.
+
+    Every word of any vocabulary entry gets a number below 2**bits - 1 (that last number
+    stands for every other word); an n-gram is the integer that packs a leading 1 and its
+    words' numbers, `bits` each, so n-grams of different lengths never share a key. A
+    text's keys are looked up by binary search, all lengths at once. A word that no entry
+    contains can be part of no entry, so the ids found are exactly those of the `tokenize`
+    tokens in the vocabulary.
+    """
+
+    words: dict[str, int]
+    keys: np.ndarray  # sorted packed keys of every entry
+    ids: np.ndarray  # their vocabulary ids, in the order of `keys`
+    bits: int
+
+    @classmethod
+    def build(cls, vocabulary: Mapping[str, int], ngram_max: int) -> _NgramIndex | None:
+        """None when the packed keys would not fit in 63 bits (the string lookup is used then)."""
+        split = [token.split(" ") for token in vocabulary]
+        kept = [len(parts) <= ngram_max for parts in split]
+        split = list(itertools.compress(split, kept))
+        ids = np.fromiter(itertools.compress(vocabulary.values(), kept), np.int64, len(split))
+        words = {word: i for i, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
+        bits = (len(words) + 1).bit_length()  # numbers 0 .. len(words) - 1, and 2**bits - 1 for unknown words
+        if bits * ngram_max + 1 > 63:
+            return None
+        lengths = np.fromiter(map(len, split), np.int64, len(split))
+        numbers = np.fromiter(map(words.__getitem__, itertools.chain.from_iterable(split)), np.int64, int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        position = np.arange(len(numbers)) - np.repeat(starts, lengths)  # of each word within its n-gram
+        shifts = bits * (np.repeat(lengths, lengths) - 1 - position)
+        keys = (np.int64(1) << (bits * lengths)) + np.add.reduceat(numbers << shifts, starts) if len(split) else np.zeros(0, np.int64)
+        order = np.argsort(keys, kind="stable")
+        return cls(words, keys[order], ids[order], bits)
+
+    def find(self, words: Sequence[str], ngram_max: int) -> np.ndarray:
+        """Ids of the text's n-grams (1..ngram_max) found in the vocabulary, with repeats, in no particular order."""
+        unknown = (1 << self.bits) - 1
+        numbers = np.array(list(map(self.words.get, words, itertools.repeat(unknown, len(words)))), np.int64)
+        grams = [numbers | (1 << self.bits)]
+        for n in range(2, min(ngram_max, len(words)) + 1):
+            grams.append((grams[-1][:-1] << self.bits) | numbers[n - 1 :])
+        keys = np.concatenate(grams)
+        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.ids[where[self.keys[where] == keys]]
+
+
 @dataclass
 class TextVectorizer:
     """Bag-of-n-grams vectoriser: multi-hot (the seed) or TF-IDF (the stronger variant).
@@ -68,6 +121,8 @@ class TextVectorizer:
     ngram_max: int = 1
     mode: TextMode = "multi_hot"
     idf: np.ndarray | None = None
+    _index: _NgramIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _indexed: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -100,12 +155,29 @@ class TextVectorizer:
             idf = (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
         return cls(vocabulary=vocabulary, ngram_max=ngram_max, mode=mode, idf=idf)
 
+    def build_index(self) -> TextVectorizer:
+        """Build the n-gram index now (a second or so for 200,000 entries) rather than on the first text."""
+        if not self._indexed:
+            self._index, self._indexed = _NgramIndex.build(self.vocabulary, self.ngram_max), True
+        return self
+
+    def token_ids(self, text: str) -> np.ndarray:
+        """Vocabulary ids of the text's `tokenize` tokens that are in the vocabulary, with repeats (int64).
+
+        By the n-gram index (`build_index`, on first use if not before): several times faster than
+        building every n-gram's string and looking it up.
+        """
+        self.build_index()
+        if self._index is None:
+            return np.array([i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None], np.int64)
+        return self._index.find(_TOKEN_RE.findall(normalize_text(text)), self.ngram_max)
+
     def _row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Column ids (ascending) and values of one text's features; empty when no token is known."""
-        ids = [i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None]
-        if not ids:
+        ids = self.token_ids(text)
+        if not len(ids):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        unique, counts = np.unique(ids, return_counts=True)
         if self.mode == "multi_hot":
             return unique, np.ones(len(unique), np.float32)
         assert self.idf is not None
@@ -128,6 +200,14 @@ class TextVectorizer:
             return np.zeros(0, np.float32), np.zeros(0, np.int64), starts
         return np.concatenate([v for _, v in rows]), np.concatenate([i for i, _ in rows]), starts
 
+    def transform_sparse(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`transform` as a sparse-input graph takes it: (ids int64 [N, K], weights float32 [N, K]), K the most non-zeros of a row.
+
+        Shorter rows are padded with id 0 and weight 0, which adds nothing to the sum; K is
+        at least 1, so a text with no known token is a row of padding (the model's bias alone).
+        """
+        return padded_rows([self._row(text) for text in texts])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
@@ -141,6 +221,22 @@ class TextVectorizer:
         tokens = data["tokens"]
         idf = None if data.get("idf") is None else np.asarray(data["idf"], dtype=np.float32)
         return cls({t: i for i, t in enumerate(tokens)}, int(data["ngram_max"]), data["mode"], idf)
+
+
+def padded_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of (column ids, values) -> (ids int64 [N, K], weights float32 [N, K]), padded with id 0 and weight 0; K >= 1."""
+    width = max([1, *(len(ids) for ids, _ in rows)])
+    ids = np.zeros((len(rows), width), np.int64)
+    weights = np.zeros((len(rows), width), np.float32)
+    for row, (columns, values) in enumerate(rows):
+        ids[row, : len(columns)] = columns
+        weights[row, : len(values)] = values
+    return ids, weights
+
+
+def dense_to_padded(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense feature rows [N, V] -> the same rows as `padded_rows` gives them (the export's parity check feeds both graphs)."""
+    return padded_rows([(np.flatnonzero(row), row[np.flatnonzero(row)].astype(np.float32)) for row in dense])
 
 
 def check_text(text: Any, max_chars: int) -> str:

@@ -114,9 +114,18 @@ class LoadedModel:
     def providers(self) -> list[str]:
         return self.sessions.providers
 
-    def infer(self, batch: np.ndarray, alone: bool | None = None) -> np.ndarray:
-        inputs = self.metadata["inputs"][0]["name"]
-        return self.sessions.run({inputs: batch}, alone)[0]
+    @property
+    def input_names(self) -> list[str]:
+        """The graph's inputs, as metadata names them (load_model checked that the graph's are the same)."""
+        return [i["name"] for i in self.metadata["inputs"]]
+
+    def feed(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Validated items -> this version's graph inputs by name (a dense batch, or a text model's sparse ids and weights)."""
+        return self.task.feed(items, self.assets, self.input_names)
+
+    def infer(self, feed: Mapping[str, np.ndarray], alone: bool | None = None) -> np.ndarray:
+        """The graph's first output for a feed of named inputs (`feed`)."""
+        return self.sessions.run(feed, alone)[0]
 
     def predict(self, items: Sequence[Any], alone: bool | None = None) -> list[dict[str, Any]]:
         """Validated items (texts, decoded images, feature rows) -> one answer each, naming model and version.
@@ -125,7 +134,7 @@ class LoadedModel:
         """
         if not items:
             return []
-        outputs = self.infer(self.task.to_tensor(items, self.assets), alone)
+        outputs = self.infer(self.feed(items), alone)
         stamp = {"model": self.name, "version": self.version}
         return [answer | stamp for answer in self.task.answers(outputs, self.assets, self.metadata)]
 
@@ -201,6 +210,9 @@ def load_model(
     expected = [i["name"] for i in metadata["inputs"]]
     if expected != sessions.input_names:
         raise ModelLoadError(f"{where}: graph inputs {sessions.input_names} differ from metadata {expected}")
+    problem = task.input_problem(metadata["inputs"])
+    if problem:
+        raise ModelLoadError(f"{where}: {problem}")
     try:
         assets = task.load_assets(version.path, metadata)
     except (OSError, KeyError, TypeError, ValueError) as exc:
@@ -221,10 +233,9 @@ FP16_TOLERANCE = 1e-2
 
 def _fp16_or_fp32(model: LoadedModel, config: SessionConfig) -> LoadedModel:
     """Keep TensorRT fp16 only when it answers the smoke inputs like fp32 on the CPU does; else reopen in fp32."""
-    batch = model.task.to_tensor(model.task.smoke_items(model.assets), model.assets)
+    feed = model.feed(model.task.smoke_items(model.assets))
     reference = open_session(model.version_ref.model_path, SessionConfig(("CPUExecutionProvider",)), model.metadata["sha256"], 0)
-    name = model.metadata["inputs"][0]["name"]
-    difference = float(np.max(np.abs(model.infer(batch) - reference.run(None, {name: batch})[0])))
+    difference = float(np.max(np.abs(model.infer(feed) - reference.run(None, feed)[0])))
     if difference <= FP16_TOLERANCE:
         log.info("%s v%d: TensorRT fp16 kept (max |fp16 - fp32| = %.2g on the smoke inputs)", model.name, model.version, difference)
         return model

@@ -21,6 +21,8 @@
 - BentoML's 400 for a validation error says "1 validation error for Input"; the
   guard rewrites `error` into what was wrong and where ("texts[1]: is empty"),
   keeping pydantic's `detail` list, and caps what an error body quotes.
+- It counts the requests in flight in this process (`requests_in_flight`): the
+  executor runs a request that is alone on the event loop, skipping the thread hop.
 - Client errors are logged by BentoML at ERROR level with a traceback; the log
   filter turns those into one INFO line, so the error log is for real errors. The
   guard's own refusals are logged as one INFO line too.
@@ -206,6 +208,19 @@ def lookup(table: Mapping[str, tuple[str, ...]], path: str) -> tuple[str, ...] |
     return table[max(prefixes, key=len)] if prefixes else None
 
 
+class InFlight:
+    """HTTP requests of this process between arrival and the end of their response (the executor's idle test reads it)."""
+
+    count = 0
+
+
+IN_FLIGHT = InFlight()
+
+
+def requests_in_flight() -> int:
+    return IN_FLIGHT.count
+
+
 class RequestGuard:
     def __init__(
         self,
@@ -228,14 +243,18 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        IN_FLIGHT.count += 1
         try:
-            buffered = await self._admit(scope, receive)
-        except Refusal as refusal:
-            await self._refuse(scope, receive, send, refusal)
-            return
-        if buffered is None:  # the client went away while sending
-            return
-        await self.app(scope, self._replay(buffered, receive), self._rewriting(send))
+            try:
+                buffered = await self._admit(scope, receive)
+            except Refusal as refusal:
+                await self._refuse(scope, receive, send, refusal)
+                return
+            if buffered is None:  # the client went away while sending
+                return
+            await self.app(scope, self._replay(buffered, receive), self._rewriting(send))
+        finally:
+            IN_FLIGHT.count -= 1
 
     async def _admit(self, scope: Scope, receive: Receive) -> list[Message] | None:
         """Check framing and content type, read the whole body within the limits, check a multipart body."""

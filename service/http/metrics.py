@@ -83,11 +83,12 @@ class Metrics:
 
     def shadow(self, task: Task, name: str, version: int, served: Sequence[Answer], candidate: Sequence[Answer]) -> None:
         """Compare a shadow candidate's answers with the served version's, item by item."""
+        disagreements = self.shadow_disagreements.labels(name, str(version))  # exported from the first item on, at 0 until one differs
         for ours, theirs in zip(served, candidate, strict=True):
             (label, score), (their_label, their_score) = task.observation(ours), task.observation(theirs)
             self.shadow_items.labels(name, str(version)).inc()
             if label != their_label:
-                self.shadow_disagreements.labels(name, str(version)).inc()
+                disagreements.inc()
             self.shadow_difference.labels(name, str(version)).observe(abs(score - their_score))
 
 
@@ -95,3 +96,47 @@ class Metrics:
 def metrics() -> Metrics:
     """The worker's metrics, created once, on first use (see the module docstring)."""
     return Metrics()
+
+
+class DriftMetrics:
+    """Drift per model, version and feature (service/http/drift.py), and how much was sampled for it.
+
+    Every worker computes the same scores from the windows of all workers merged (shared
+    files), so the gauges keep the most recent value any live worker set ("livemostrecent"),
+    not a sum. A version no longer served is set to NaN: multiprocess values cannot be removed.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        version, feature = ["model", "version"], ["model", "version", "feature"]
+        mode = "livemostrecent"
+        self.score = Gauge(
+            "modelserve_drift_score",
+            "Jensen-Shannon distance (base 2, 0-1) between a feature's live and reference histograms; NaN while the window fills",
+            feature,
+            multiprocess_mode=mode,
+        )
+        self.psi = Gauge(
+            "modelserve_drift_psi", "Population stability index of a feature, live against reference", feature, multiprocess_mode=mode
+        )
+        self.window = Gauge(
+            "modelserve_drift_window_items", "Items in the live window, every worker's together", version, multiprocess_mode=mode
+        )
+        self.available = Gauge(
+            "modelserve_drift_profile_available",
+            "1 when the version has a usable reference profile (profile.json), else 0",
+            version,
+            multiprocess_mode=mode,
+        )
+        self.sampled = Counter("modelserve_drift_sampled_items", "Items summarized for drift and the prediction log", version)
+        self.dropped = Counter(
+            "modelserve_drift_dropped_requests", "Sampled requests dropped because the drift thread was behind", ["model"]
+        )
+        self.logged = Counter("modelserve_prediction_log_rows", "Rows written to the prediction log's files", ["model"])
+
+
+@functools.cache
+def drift_metrics() -> DriftMetrics:
+    """The worker's drift series, created on first use in the worker (see the module docstring)."""
+    return DriftMetrics()

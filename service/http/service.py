@@ -36,8 +36,9 @@ from service.core.workers import WorkerGroup
 from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
+from service.http.drift import DriftMonitor, drift_routes
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
-from service.http.guard import ClientErrorLogFilter, RequestGuard
+from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
 from service.http.playground import playground_routes
 from service.http.predict import CONTENT_TYPES as PREDICT_CONTENT_TYPES
 from service.http.predict import FILE_FIELDS as PREDICT_FILE_FIELDS
@@ -61,7 +62,8 @@ class ModelServe:
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
-        self.executor = Executor(SETTINGS, self.runtime)
+        self.monitor = DriftMonitor.from_settings(SETTINGS, self.runtime, self.workers)  # live drift, prediction log (drift.py)
+        self.executor = Executor(SETTINGS, self.runtime, requests_in_flight, self.monitor)
         # Start-up leaves ~130,000 long-lived objects (BentoML, pydantic, onnxruntime) that every
         # full collection would walk again: 66-75 ms pauses under load, measured. Frozen, a full
         # collection walks only what requests allocate (about 2 ms).
@@ -72,6 +74,12 @@ class ModelServe:
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.served())
+
+    @bentoml.on_shutdown
+    def stop_monitor(self) -> None:
+        """On a graceful stop, summarize what is queued and write the prediction log's buffered rows."""
+        if self.monitor is not None:
+            self.monitor.close()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -142,7 +150,7 @@ def predict_api(recipe: Recipe) -> Any:
 for _recipe in RECIPES.values():
     setattr(ModelServe, _recipe.endpoint, predict_api(_recipe))
 
-ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*predict_routes(SETTINGS), *playground_routes()]), path="/")(  # type: ignore[misc]
+ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*predict_routes(SETTINGS), *playground_routes(), *drift_routes()]), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.worker_count(),

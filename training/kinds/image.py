@@ -371,6 +371,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         confusion_matrix=matrix,
         phase_boundaries=[args.epochs] if fine_tuned_layers else [],
         calibration_inputs=data.train.images if args.int8 else None,
+        profile_inputs=[Path(p) for p in data.train.paths],
     )
 
 
@@ -379,3 +380,10 @@ def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -
     data = load_image_folders(args.data, ImageSpec.from_json(preprocessing), seed=args.seed)
     log("data", f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check")
     return data.train.images, data.test.images, data.test.labels
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training image files, decoded test images and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_image_folders(args.data, ImageSpec.from_json(preprocessing), seed=args.seed)
+    log("data", f"{len(data.train.paths)} training images to profile, {len(data.test.labels)} test images to answer")
+    return [Path(p) for p in data.train.paths], list(data.test.images), data.source

@@ -317,6 +317,18 @@ def unscaled(model: keras.Model, mean: float, std: float, name: str, output: str
     return keras.Model(inputs, keras.layers.Rescaling(std, mean, name=output)(model(inputs)), name=name)
 
 
+def raw_rows(table: Table, rows: np.ndarray) -> list[list[Any]]:
+    """Rows as the service takes them (a category by its name), for drift's reference profile."""
+    return [[table.categories[c][int(v)] if c in table.categories else float(v) for c, v in zip(table.columns, row)] for row in rows]
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training rows, test rows and the data's record, for a reference profile (`python -m training profile`)."""
+    table = load_table(args)
+    log("data", f"{len(table.x_train)} training rows to profile, {len(table.x_test)} test rows to answer")
+    return raw_rows(table, table.x_train), list(table.x_test), table.source
+
+
 def _example(table: Table) -> dict[str, Any]:
     """A real row to start from (the playground's form): the first test row, with its true target."""
     values = {c: table.categories[c][int(v)] if c in table.categories else float(v) for c, v in zip(table.columns, table.x_test[0])}
@@ -412,6 +424,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args, config, table, encoder),
         test_items=list(table.x_test),
         test_targets=[float(y) for y in table.y_test],
+        profile_inputs=raw_rows(table, table.x_train),
         extra_plots={
             "kfold_val_mae.png": lambda path: plot_kfold(histories, "mae", path, f"{args.name}: {args.folds}-fold validation MAE")
         },

@@ -5,7 +5,8 @@
 Two labels or more: two end in a sigmoid (the probability of the second label, in
 sorted order), more in a softmax. Texts become bag-of-n-gram vectors (TF-IDF) in
 service/core/preprocessing.py, the code the service runs, outside the ONNX graph
-(tf2onnx cannot convert string ops), into a small Dense network.
+(tf2onnx cannot convert string ops), into a small Dense network, exported with sparse input (training/sparse_input.py: each
+text's n-gram ids and weights, the first Dense layer a gather-sum).
 
 The recipe is chosen on validation data, as the IMDB trainer's was: with `--variant
 auto` (the default) every candidate trains on 80% of the training texts and is scored
@@ -338,4 +339,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
         test_items=list(data.test_texts),
         test_targets=[data.classes[int(y)] for y in data.test_labels],
         confusion_matrix=matrix,
+        profile_inputs=list(data.train_texts),
+        sparse_input=True,
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training texts, test texts and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_texts(args)
+    log("data", f"{len(data.train_texts):,} training texts to profile, {len(data.test_texts):,} test texts to answer")
+    return list(data.train_texts), list(data.test_texts), data.source

@@ -11,8 +11,9 @@ How each way in maps its own inputs and outputs onto that core lives beside this
 module, one module per way in with a thin adapter per kind (LitServe keeps its specs
 apart from its LitAPI the same way): friendly.py (the friendly HTTP API), tensors.py
 (the Open Inference Protocol's tensors, for REST and any other transport),
-batch_inputs.py (tables and folders for batch scoring) and gate.py (the metric that
-gates a redeploy). Adding a way in adds a module there; no task changes.
+batch_inputs.py (tables and folders for batch scoring), gate.py (the metric that
+gates a redeploy) and profiles.py (what drift monitoring summarizes of inputs and
+answers). Adding a way in adds a module there; no task changes.
 
 A task object is configuration, chosen for a version from its metadata (kinds.py);
 what changes from one version to the next (vocabulary, scaler, image size) is the
@@ -102,9 +103,27 @@ class Task(ABC):
         """
         return False
 
+    def fits_inline(self, items: Sequence[Any]) -> bool:
+        """Work bounded enough (a few milliseconds) to run on the event loop when it is the worker's only request.
+
+        Nothing else is waiting then, so the loop would only wait for the worker thread.
+        """
+        return self.is_light(items)
+
     @abstractmethod
     def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
-        """Validated items -> the model's input batch."""
+        """Validated items -> the model's input batch (a graph with one input)."""
+
+    def input_problem(self, inputs: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why this kind cannot feed a version whose graph takes `inputs` (metadata's specs); None when it can.
+
+        One input, which `to_tensor` fills, unless a kind knows other layouts.
+        """
+        return None if len(inputs) == 1 else f"{self.name} feeds one input, the version takes {[i['name'] for i in inputs]}"
+
+    def feed(self, items: Sequence[Any], assets: Assets, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Validated items -> the graph's inputs by name, for a version whose graph takes `inputs` (checked by `input_problem`)."""
+        return {inputs[0]: self.to_tensor(items, assets)}
 
     @abstractmethod
     def answers(self, outputs: np.ndarray, assets: Assets, metadata: Mapping[str, Any]) -> list[Answer]:

@@ -18,6 +18,8 @@ from service.core.preprocessing import ImageSpec, decode_opened, open_image
 from service.core.tasks.base import BatchSizes, SoftmaxClassification
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # the files that are images (batch folders, uploads)
+# A worker with no other request decodes and scores images up to this many pixels (a 1600x1250 photo) on its event loop.
+INLINE_PIXELS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,10 @@ class ImageClassification(SoftmaxClassification):
 
     def pending_limit(self, settings: Settings) -> int:
         return settings.max_pending_pixels
+
+    def fits_inline(self, items: Sequence[EncodedImage | np.ndarray]) -> bool:
+        """Images of at most INLINE_PIXELS in all: decoding (JPEG draft mode) and inference take a few milliseconds."""
+        return self.cost(items) <= INLINE_PIXELS
 
     def to_tensor(self, items: Sequence[np.ndarray], assets: ImageSpec) -> np.ndarray:
         return np.stack(items).astype(np.uint8, copy=False)
