@@ -326,9 +326,9 @@ def test_parity_failure_stops_the_run_and_writes_nothing(
     import training.publish as publish_module
     from training.export import export_onnx
 
-    def export_a_different_model(model, input_spec, output_name, path):  # type: ignore[no-untyped-def]
+    def export_a_different_model(model, input_spec, output_name, path, sparse=False):  # type: ignore[no-untyped-def]
         other = keras.models.clone_model(model)  # same architecture, fresh random weights
-        return export_onnx(other, input_spec, output_name, path)
+        return export_onnx(other, input_spec, output_name, path, sparse=sparse)
 
     monkeypatch.setattr(publish_module, "export_onnx", export_a_different_model)
     data = write_housing_csv(tmp_path / "housing.csv", n=200)
