@@ -2,24 +2,31 @@
 
 Used by the benchmarks and by the tests (tests/conftest.py): both talk to the service
 exactly as a user's client does, over HTTP (and gRPC, when asked) to a separate process.
+Each server's own count of the requests it answered, by route and status (BentoML's counter
+on /metrics, over every worker and every route), is read when it is stopped: the tests fail
+a module whose servers answered a 5xx they did not expect (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).with_name("bentoml")
 READY_TIMEOUT_S = 120
+ANSWERED_METRIC = "bentoml_service_request_total"  # BentoML counts every answered request by endpoint and status
 
 
 def free_port() -> int:
@@ -33,13 +40,26 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    answered_at_stop: Counter[tuple[str, int]] | None = None  # (route, status) -> requests, read by stop() (None: not read)
     grpc_address: str | None = None  # host:port of the Open Inference Protocol over gRPC, when started with grpc=True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def answered(self) -> Counter[tuple[str, int]]:
+        """The requests this server has answered so far, by route and status, from its own /metrics."""
+        counts: Counter[tuple[str, int]] = Counter()
+        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics", timeout=10).text):
+            for sample in family.samples:
+                code = sample.labels.get("http_response_code", "")
+                if sample.name == ANSWERED_METRIC and code.isdigit() and sample.value:
+                    counts[(sample.labels.get("endpoint", "?"), int(code))] += int(sample.value)
+        return counts
+
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError, ValueError):  # a server that no longer answers has nothing to tell
+                self.answered_at_stop = self.answered()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -87,4 +107,8 @@ def start_server(model_root: Path, log_path: Path, *, project: Path = ROOT, grpc
     command = [str(BENTOML), "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
     server = start_process(command, f"http://127.0.0.1:{port}", log_path, cwd=project, env=environ)
     server.grpc_address = grpc_address  # listening: a worker starts its gRPC server before it answers /readyz
+    STARTED.append(server)
     return server
+
+
+STARTED: list[Server] = []  # every `bentoml serve` this process started, for the tests' check of what they answered

@@ -32,6 +32,7 @@ from training.redeploy import ServiceClient, live_phase
 from training.redeploy import main as redeploy_main
 
 TOKEN = "canary-token"
+EXPECTED_5XX = {500: "the tabular candidate's graph raises on some rows on purpose: its errors are what the canary watch must see"}
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 TEXT, TABULAR = "imdb_sentiment", "boston_housing"
 TRAIN_ARGS = ["--epochs", "8", "--batch-size", "32", "--max-tokens", "300"]

@@ -66,6 +66,7 @@ SERVER_ENV = {
     "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),
     "MODELSERVE_MAX_REQUEST_PIXELS": str(2 * IMAGE_PIXELS),
     "MODELSERVE_MAX_PENDING_PIXELS": str(2 * IMAGE_PIXELS),
+    "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the REST side of a comparison sends two photos' pixels as JSON numbers
 }
 # The other projects' clients, each in a venv of its own (their protobuf pins are not ours), cached by requirement.
 CLIENTS = {"triton": "tritonclient[grpc]==2.73.0", "kserve": "kserve==0.21.0"}

@@ -55,3 +55,5 @@ def test_a_slow_request_still_times_out_with_504() -> None:
     messages = asyncio.run(_call(middleware))
     assert messages[0]["status"] == 504
     assert b"0.05 seconds" in messages[1]["body"]
+    headers = dict(messages[0]["headers"])
+    assert headers[b"x-content-type-options"] == b"nosniff" and b"default-src 'self'" in headers[b"content-security-policy"]

@@ -7,6 +7,7 @@ process so TensorFlow is imported once.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,7 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     assert scaler["min"] == split.x_train.min(axis=0).tolist() and scaler["max"] == split.x_train.max(axis=0).tolist()
     assert metadata["data"]["example"]["values"] == dict(zip(split.feature_names, split.x_test[0].tolist()))
     assert metadata["data"]["example"]["target"] == float(split.y_test[0])
+    assert metadata["preprocessing"]["feature_descriptions"]["RM"] == "average number of rooms per dwelling", "what each code means"
 
     model = load_model(registry.get("boston_housing", 1), ["CPUExecutionProvider"])
     x, y = housing_rows(50, seed=7)
@@ -216,15 +218,38 @@ def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
     assert check["samples"] == 120 and metadata["variants"]["int8"]["written"] == check["passed"]
 
 
-def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path) -> None:
+def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folders = write_image_folders(tmp_path / "images", {"train": 8, "validation": 4, "test": 50}, size=32)
-    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path), "--base", "mobilenet", "--alpha", "0.25",
+    registry_root = tmp_path / "my registry"
+    args = ["image_classifier", "--data", str(folders), "--registry", str(registry_root), "--base", "mobilenet", "--alpha", "0.25",
             "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]  # fmt: skip
     assert main(args) == 0
-    _, metadata = trained_version(tmp_path, "image_classifier")
+    registry, metadata = trained_version(registry_root, "image_classifier")
     assert metadata["architecture"]["pretrained"] is False
     assert metadata["architecture"]["weights"].startswith("none")
     assert metadata["training"]["phase2"]["epochs"] == 0
+    # Issue 23, 3: the hint named no registry, and run as printed it moved the project's own CURRENT.
+    hint = capsys.readouterr().out.rpartition("to serve this one: ")[2].strip()
+    assert hint == f"python -m training promote image_classifier 1 --registry '{registry_root}'"
+    assert main(shlex.split(hint)[3:]) == 0 and registry.current_version("image_classifier") == 1
+
+
+def test_image_classifier_without_internet_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23, 4: the default --weights imagenet without internet printed Keras's download traceback."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached weights
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens there: every download fails, as offline
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    folders = write_image_folders(tmp_path / "images", {"train": 8, "validation": 4, "test": 8}, size=32)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--image-size", "32", "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: the ImageNet weights of mobilenet_v2 could not be downloaded" in err
+    assert "--weights FILE" in err and "--weights none" in err
+    assert not (tmp_path / "models" / "image_classifier").exists(), "nothing written"
 
 
 def test_efficientnet_lite_from_scratch_trains_exports_and_serves(tmp_path: Path) -> None:

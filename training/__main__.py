@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from service.core.catalog import RECIPES
 from service.core.config import Settings
 from service.core.drift import PROFILE_FILE
 from service.core.errors import UsageError, run_cli
-from service.core.registry import MODEL_NAME_RULE, ModelVersion, Registry, is_model_name
+from service.core.registry import MODEL_NAME_RULE, ModelVersion, Registry, RegistryError, interface_changes, is_model_name
 from training.kinds import TRAINERS
 
 REGISTRY_COMMANDS = ("list", "promote", "rollback", "quantize", "profile")
@@ -115,6 +116,7 @@ def _parser(argv: list[str], registry: str) -> argparse.ArgumentParser:
     promote.add_argument("model")
     promote.add_argument("version", help="a version number or 'latest'")
     promote.add_argument("--registry", default=registry)
+    promote.add_argument("--yes", action="store_true", help="promote even when the labels or inputs differ from the served version's")
     rollback = commands.add_parser("rollback", help="point CURRENT back at the previously served version")
     rollback.add_argument("model")
     rollback.add_argument("--registry", default=registry)
@@ -170,12 +172,18 @@ def _quantize(args: argparse.Namespace) -> int:
     registry = Registry(args.registry)
     source = _source_version(registry, args.model, args.version)
     module = _trainer_of(source, "quantization_data", "gives no calibration data: no INT8 variant")
-    calibration, test_inputs, test_labels = module.quantization_data(args, source.verify()["preprocessing"])
-    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels)
+    calibration, test_inputs, test_labels, shifted = module.quantization_data(args, source.verify()["preprocessing"])
+    version = add_int8_variant(registry, source, calibration, test_inputs, test_labels, shifted)
     variant = version.read_metadata()["variants"]["int8"]
     state = "written" if variant["written"] else "REFUSED (not written)"
     print(f"== {version.name} v{version.version}: v{source.version} + INT8 variant {state}; CURRENT unchanged")
+    print(f"   to serve it: {promote_command(version.name, version.version, args.registry)}")
     return 0
+
+
+def promote_command(name: str, version: int, registry: str) -> str:
+    """The command that serves a version, naming the registry it is in (run as printed, it moves no other registry's CURRENT)."""
+    return f"python -m training promote {name} {version} --registry {shlex.quote(registry)}"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -201,9 +209,25 @@ def _train(args: argparse.Namespace) -> int:
             f"   {state}: accuracy {check['accuracy_int8']:.4f} vs fp32 {check['accuracy_fp32']:.4f}, same label {check['label_agreement']:.2%}"
         )
     print(
-        f"   served version unchanged (CURRENT = {current}); to serve this one: python -m training promote {version.name} {version.version}"
+        f"   served version unchanged (CURRENT = {current}); to serve this one: {promote_command(version.name, version.version, args.registry)}"
     )
     return 0
+
+
+def _refuse_interface_change(registry: Registry, name: str, version: int) -> None:
+    """A promotion that changes the labels or inputs clients of the served version rely on needs --yes (UsageError without)."""
+    try:
+        current = registry.current_version(name)
+    except RegistryError:  # a damaged CURRENT: pointing it at a good version is the repair
+        return
+    if current is None or current == version:
+        return
+    changes = interface_changes(registry.get(name, current).read_metadata(), registry.get(name, version).read_metadata())
+    if changes:
+        raise UsageError(
+            f"{name} v{version} in {registry.root} is not a drop-in for the served v{current}: {'; '.join(changes)}. "
+            "Clients of the served version would break; pass --yes to promote it anyway"
+        )
 
 
 def _registry_command(args: argparse.Namespace) -> int:
@@ -216,8 +240,10 @@ def _registry_command(args: argparse.Namespace) -> int:
         if args.version != "latest" and not args.version.isdecimal():
             raise UsageError(f"version must be a number or 'latest', got {args.version!r}")
         version = max(registry.versions(args.model), default=0) if args.version == "latest" else int(args.version)
+        if not args.yes:
+            _refuse_interface_change(registry, args.model, version)
         previous = registry.promote(args.model, version)
-        print(f"{args.model}: CURRENT {previous} -> {version}")
+        print(f"{args.model}: CURRENT {previous} -> {version} in {registry.root}")
     elif args.command == "rollback":
         old, new = registry.rollback(args.model)
         print(f"{args.model}: CURRENT {old} -> {new} (rollback)")

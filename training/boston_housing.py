@@ -28,7 +28,7 @@ import numpy as np
 
 from service.core.errors import DataError
 from service.core.preprocessing import SCALER_FILE, StandardScaler
-from training.datasets import TabularData, load_housing
+from training.datasets import BOSTON_FEATURE_DESCRIPTIONS, TabularData, load_housing
 from training.export import TensorSpec, parity_inputs
 from training.kinds import tabular
 from training.kinds.tabular import evaluate, k_fold, k_fold_metrics, layer
@@ -153,6 +153,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
             "kind": "tabular",
             "scaler_file": SCALER_FILE,
             "features": list(data.feature_names),
+            "feature_descriptions": {f: BOSTON_FEATURE_DESCRIPTIONS[f] for f in data.feature_names if f in BOSTON_FEATURE_DESCRIPTIONS},
             "log1p_features": list(config["log1p"]),
             "target": "MEDV",
             "unit": "$1000s",

@@ -31,6 +31,23 @@ LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "polarity")
 BOSTON_FEATURES = (
     "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
 )  # fmt: skip
+# What each feature means (Harrison & Rubinfeld, as the dataset's documentation gives it): recorded in a version's
+# metadata (preprocessing.feature_descriptions), so that a client such as the playground can say what a code is.
+BOSTON_FEATURE_DESCRIPTIONS = {
+    "CRIM": "per-capita crime rate by town",
+    "ZN": "share of residential land zoned for lots over 25,000 sq. ft. (%)",
+    "INDUS": "share of non-retail business acres per town (%)",
+    "CHAS": "bounds the Charles River: 1 yes, 0 no",
+    "NOX": "nitric oxides concentration (parts per 10 million)",
+    "RM": "average number of rooms per dwelling",
+    "AGE": "share of owner-occupied units built before 1940 (%)",
+    "DIS": "weighted distance to five Boston employment centres",
+    "RAD": "index of accessibility to radial highways",
+    "TAX": "full-value property-tax rate per $10,000",
+    "PTRATIO": "pupil-teacher ratio by town",
+    "B": "1000 (Bk - 0.63)^2, Bk the share of Black residents by town",
+    "LSTAT": "share of the population of lower status (%)",
+}
 KERAS_BOSTON_SEED = 113
 KERAS_BOSTON_TEST_SPLIT = 0.2
 

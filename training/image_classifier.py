@@ -61,8 +61,10 @@ def train(args: argparse.Namespace) -> TrainingResult:
     return result
 
 
-def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images to calibrate an INT8 variant on, and the test images and labels to check it (`python -m training quantize`)."""
+def quantization_data(
+    args: argparse.Namespace, preprocessing: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Training images to calibrate an INT8 variant on; test images, labels and shifted test images to check it (`python -m training quantize`)."""
     return image.quantization_data(args, preprocessing)
 
 

@@ -77,6 +77,8 @@ class TrainingResult:
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
     # Training inputs to calibrate an INT8 variant on (training/quantize.py); None: no INT8 variant.
     calibration_inputs: np.ndarray | None = None
+    # The test inputs under the synthetic shifts (training/shifts.py), which the INT8 check covers too.
+    int8_shifted: dict[str, np.ndarray] | None = None
     # Export a bag-of-n-grams model with sparse input (n-gram ids and weights; training/sparse_input.py).
     sparse_input: bool = False
     # The training split's inputs as the task's `check` takes them (texts, feature rows as lists, image paths):
@@ -119,7 +121,7 @@ def write_variants(result: TrainingResult, model_path: Path) -> dict[str, Any]:
     from training.quantize import int8_variant
 
     labels = np.array([result.labels.index(t) for t in result.test_targets])
-    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels)}
+    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels, result.int8_shifted)}
 
 
 def publish(result: TrainingResult, registry: Registry) -> ModelVersion:

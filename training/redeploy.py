@@ -45,7 +45,7 @@ import httpx
 from service.core.catalog import RECIPES
 from service.core.config import ClientSettings, Settings
 from service.core.errors import DeployError, Interrupted, UsageError, run_cli
-from service.core.registry import Candidate, Registry
+from service.core.registry import Candidate, Registry, VersionFiles
 from service.core.runtime import LoadedModel, load_model
 from service.core.tasks.friendly import friendly_api
 from service.core.tasks.gate import redeploy_gate
@@ -183,19 +183,22 @@ def smoke_request(registry: Registry, name: str, version: int, items: Sequence[A
     target = registry.get(name, version)
     metadata = target.read_metadata()
     task = task_for(metadata)
-    return friendly_api(task).smoke_request(items, task.load_assets(target.path, metadata))
+    return friendly_api(task).smoke_request(items, task.load_assets(VersionFiles(target.path), metadata))
 
 
-def reload_and_check(client: ServiceClient, registry: Registry, name: str, version: int, smoke_items: Sequence[Any]) -> None:
+def reload_and_check(
+    client: ServiceClient, registry: Registry, name: str, version: int, smoke_items: Sequence[Any], number: int = 5
+) -> None:
+    """Step `number` (5; 7 after a live phase): reload, wait for every worker, smoke-test over HTTP."""
     result = client.reload(name)["results"][0]
     waited = client.wait_for(name, version)
     if result["status"] == "unchanged":  # its CURRENT watcher got there before the admin call
         done = f"already serving {name} v{version} (it follows CURRENT by itself)"
     else:
         done = f"{result['status']} {name} v{result.get('previous_version')} -> v{version}"
-    step(5, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
+    step(number, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
     client.smoke(name, version, smoke_request(registry, name, version, smoke_items))
-    step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
+    step(number, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
 
 
 # ---------------------------------------------------------------- the two commands
@@ -243,7 +246,9 @@ def redeploy(args: argparse.Namespace) -> int:
 
 
 def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, version: int, smoke_items: Sequence[Any]) -> int:
-    """Steps 4-6 with a live phase: CANDIDATE, watch /metrics, then promote or roll back; CANDIDATE is cleared whatever happens."""
+    """Steps 4-7 with a live phase: (4) CANDIDATE, (5) watch /metrics, (6) promote or roll back, (7) reload and smoke-test.
+
+    CANDIDATE is cleared whatever happens."""
     name = args.model
     predicts_value = task_for(registry.get(name, version).read_metadata()).predicts_value
     current = registry.current_version(name)
@@ -266,20 +271,24 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
         registry.clear_candidate(name, "rolled-back")
         client.candidate(name, None)
         why = "; ".join(verdict.reasons) if verdict.decided else f"not enough traffic to decide ({'; '.join(verdict.reasons)})"
+        if verdict.resets and not verdict.decided:
+            why = f"the service's metrics were reset {verdict.resets} time(s) during the watch, too little was counted to decide ({'; '.join(verdict.reasons)})"
         raise DeployError(f"rolled back: {why}; v{version} is kept in the registry, v{current} keeps serving")
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)
     registry.clear_candidate(name, "promoted")
-    deploy(registry, client, name, version, current, smoke_items)
+    deploy(registry, client, name, version, current, smoke_items, number=7)
     print(f"done: {name} v{version} is in production")
     return 0
 
 
-def deploy(registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any]) -> None:
-    """Step 5, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
+def deploy(
+    registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any], number: int = 5
+) -> None:
+    """Step `number`, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
     try:
         with _signals_interrupt():
-            reload_and_check(client, registry, name, version, smoke_items)
+            reload_and_check(client, registry, name, version, smoke_items, number)
     except BaseException as exc:
         back = _restore(registry, client, name, previous)
         if isinstance(exc, KeyboardInterrupt | Interrupted):
@@ -294,15 +303,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM raises like Ctrl-C does, so that a stopped redeploy restores CURRENT before it exits."""
+    """SIGINT and SIGTERM raise Interrupted, so that a stopped redeploy restores CURRENT before it exits.
+
+    SIGINT gets its handler here too, as the batch scorer's does: a command started in the
+    background of a script (`cmd &`, a CI step) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt, so a `kill -INT` went unheard while the service reloaded.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> str:

@@ -164,7 +164,13 @@ def load(args: argparse.Namespace, settings: Settings) -> tuple[LoadedModel, lis
     providers = resolve_providers(settings.providers)
     args.executor = choose_executor(args, task)
     # Thread workers share this session; worker processes load their own.
-    model = load_model(ref, providers, session_threads(args, settings) if args.executor == "thread" else 1, int8=settings.int8)
+    model = load_model(
+        ref,
+        providers,
+        session_threads(args, settings) if args.executor == "thread" else 1,
+        int8=settings.int8,
+        int8_bounds=settings.int8_bounds(),
+    )
     if args.batch_size is None:
         args.batch_size = max_batch_size(settings, args.model, task, providers)
     return model, providers
@@ -203,6 +209,8 @@ def score(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setti
         f"{f' (see {job.errors})' if state.failed else ''}; wrote {job.output} in {elapsed:.1f} s ({rate:,.0f} {job.unit}s/s)",
         file=err,
     )
+    if model.model_file.cpu:  # a version with an INT8 variant: which file ran here, and why
+        print(f"model file: {model.model_file.summary()}", file=err)
     return EXIT_ROWS_FAILED if state.failed else EXIT_OK
 
 

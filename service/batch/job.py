@@ -98,7 +98,9 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, str, Path, str]:
     errors = Path(args.errors) if args.errors else output.with_name(f"{output.stem}.errors.{'csv' if fmt == 'csv' else 'jsonl'}")
     if errors.resolve() == output.resolve():
         raise UsageError("--errors must differ from OUTPUT")
-    for path in (output, errors):
+    for path, what in ((output, "OUTPUT"), (errors, "the errors file")):
+        if path.exists() and not path.is_file():  # a folder: every row was scored, then the job failed at the end, every time
+            raise UsageError(f"{what} {path} exists and is not a file (a folder?); name a file to write")
         _check_writable(path.parent)
     return output, fmt, errors, output_format(errors)
 

@@ -85,7 +85,7 @@ def _start_worker(ref: ModelVersion, providers: list[str], threads: int, setting
     global _worker_scorer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8), settings, folder)
+    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8, int8_bounds=settings.int8_bounds()), settings, folder)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -281,11 +281,15 @@ def run(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setting
 
 
 def finish(job: Job, work: WorkDir, state: State) -> None:
-    """Assemble the committed parts into the errors file and OUTPUT, then drop the work folder."""
+    """Assemble the committed parts into the errors file (only when an input failed) and OUTPUT, then drop the work folder."""
     state.complete = True
     work.save(state)
     errors = [p for p in map(work.errors_part, range(state.parts)) if p.exists()]
-    failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    if errors:
+        failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    else:  # no errors file: an empty one said nothing, and one left from an earlier run of this job would be wrong
+        failed = 0
+        job.errors.unlink(missing_ok=True)
     scored = assemble([work.part(i) for i in range(state.parts)], job.schema, job.output_format, job.output)
     if (scored, failed) != (state.scored, state.failed):
         raise RuntimeError(f"assembled {scored} rows and {failed} errors, the state says {state.scored} and {state.failed}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import hashlib
 import io
 import os
@@ -36,7 +37,7 @@ from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-from pyspark import SparkConf, StorageLevel
+from pyspark import AccumulatorParam, SparkConf, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -253,7 +254,9 @@ def driver_model(args: argparse.Namespace, settings: Settings) -> LoadedModel:
     if args.model not in registry.model_names():
         raise UsageError(f"no model {args.model!r} in {registry.root}; it has {registry.model_names()}")
     ref = registry.get(args.model, args.version) if args.version else registry.current(args.model)
-    return load_model(ref, ["CPUExecutionProvider"], 1)  # the driver only checks it and reads its answer fields
+    return load_model(
+        ref, ["CPUExecutionProvider"], 1, int8=settings.int8, int8_bounds=settings.int8_bounds()
+    )  # checked here; read for its answer fields
 
 
 def suffix_glob(suffixes: Sequence[str]) -> str:
@@ -442,6 +445,19 @@ class Counts:
     total: int
     scored: int
     failed: int
+    files: dict[str, int] = dataclasses.field(default_factory=dict)  # "host: the file its executor ran, and why" -> tasks
+
+
+class TaskCounts(AccumulatorParam):
+    """A Spark accumulator of counts by key: what each executor ran, summed over tasks."""
+
+    def zero(self, value: dict[str, int]) -> dict[str, int]:
+        return {}
+
+    def addInPlace(self, first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+        for key, count in second.items():
+            first[key] = first.get(key, 0) + count
+        return first
 
 
 def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations, overwrite: bool, progress: Progress) -> Counts:
@@ -449,7 +465,8 @@ def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations,
     plan = prepared.plan
     counter = spark.sparkContext.accumulator(0)
     progress.counter = counter
-    results = prepared.frame.mapInArrow(partial(score_batches, plan, counter), output_struct(prepared.frame, plan))
+    files = spark.sparkContext.accumulator({}, TaskCounts())
+    results = prepared.frame.mapInArrow(partial(score_batches, plan, counter, files), output_struct(prepared.frame, plan))
     results = results.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         progress.set_phase("scoring")
@@ -472,7 +489,7 @@ def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations,
             raise
     finally:
         results.unpersist()
-    return Counts(prepared.total, scored, failed)
+    return Counts(prepared.total, scored, failed, dict(files.value))
 
 
 # ---------------------------------------------------------------- the job
@@ -562,6 +579,10 @@ def run_spark(args: argparse.Namespace, stream: TextIO) -> int:
         if owned:
             spark.stop()
     summarize(label, counts, prepared.unit, dest, time.monotonic() - started, stream)
+    if model.model_file.cpu:  # a version with an INT8 variant: which file each executor ran, and why
+        print(f"model file on the driver: {model.model_file.summary()}", file=stream)
+        for ran, tasks in sorted(counts.files.items()):
+            print(f"model file on executor {ran} ({tasks} task{'s' if tasks != 1 else ''})", file=stream)
     return EXIT_ROWS_FAILED if counts.failed else EXIT_OK
 
 

@@ -93,7 +93,13 @@ def load_version(plan: WorkerPlan) -> LoadedModel:
     try:
         path = _shipped_dir(plan.model_dir) if plan.shipped else Path(plan.model_dir)
         providers = resolve_providers(plan.settings.providers)
-        model = load_model(ModelVersion(plan.name, plan.version, path), providers, plan.intra_op_threads, int8=plan.settings.int8)
+        model = load_model(
+            ModelVersion(plan.name, plan.version, path),
+            providers,
+            plan.intra_op_threads,
+            int8=plan.settings.int8,
+            int8_bounds=plan.settings.int8_bounds(),
+        )
         if model.metadata["sha256"] != plan.sha256:
             raise ModelLoadError(
                 f"{path} holds a different model.onnx (sha256 {model.metadata['sha256'][:12]}...) "
@@ -150,12 +156,16 @@ def outcome_arrays(plan: WorkerPlan, outcomes: Sequence[Outcome]) -> list[pa.Arr
     return [*arrays, pa.array([o if isinstance(o, str) else None for o in outcomes], pa.string())]
 
 
-def score_batches(plan: WorkerPlan, counter: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def score_batches(plan: WorkerPlan, counter: Any, files: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow's function: one output row per input row, in order: keys, answers, kept columns, reason.
 
-    `counter` is a Spark accumulator (rows done, for the driver's progress line), or None.
+    `counter` is a Spark accumulator (rows done, for the driver's progress line), or None;
+    `files` one of what each executor ran (its host, the file and why: the INT8 variant is
+    checked on each executor's CPU), counted per task, or None.
     """
     scorer, size = scorer_for(plan)
+    if files is not None:
+        files.add({f"{socket.gethostname()}: {scorer.model.model_file.summary()}": 1})
     for batch in batches:
         values, jsonl_kept = raw_values(plan, scorer, batch)
         outcomes: list[Outcome] = []

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.core.errors import ConfigError
+from service.core.int8_reference import Int8Bounds
+from service.core.registry import FileLimits
 
 PREFIX = "MODELSERVE_"
 PROVIDER_ALIASES = {
@@ -77,6 +79,12 @@ class Settings:
     grpc_host: str = setting("0.0.0.0", "the address the gRPC server listens on (with MODELSERVE_GRPC_PORT)")
     max_request_bytes: int = setting(32 * MiB, "largest request body or gRPC message; larger gets 413 (gRPC: RESOURCE_EXHAUSTED)")
     max_image_bytes: int = setting(10 * MiB, "largest single image file")
+    max_model_bytes: int = setting(
+        2048 * MiB, "largest model file (model.onnx, its INT8 variant) a version may have; a larger one is refused at load"
+    )
+    max_asset_bytes: int = setting(
+        256 * MiB, "largest preprocessing file (vocab.json, scaler.json) a version may have; a larger one is refused at load"
+    )
     max_image_pixels: int = setting(40_000_000, "largest image (width x height), checked before decoding")
     max_items: int = setting(64, "most images, texts or rows in one request")
     max_text_chars: int = setting(50_000, "longest text; longer is refused with 400, never truncated silently")
@@ -102,7 +110,16 @@ class Settings:
         "largest onnxruntime batch per model, as `name=size,...`; a model not named uses its task's size for the provider (GET /models shows it)",
     )
     queue_timeout_ms: int = setting(30_000, "how long an admitted request may wait for a worker thread or a batch before it gets a 503")
-    int8: bool = setting(True, "run a version's INT8 variant (checked at export) on the CPU provider; GPUs always run model.onnx")
+    int8: bool = setting(
+        True,
+        "run a version's INT8 variant on the CPU provider where, at load, it answers its reference set like fp32 (the two bounds below); GPUs always run model.onnx",
+    )
+    int8_min_label_agreement: float = setting(
+        0.99, "the INT8 variant serves only if it gives fp32's label on at least this share of its reference inputs on this CPU"
+    )
+    int8_max_prob_diff: float = setting(
+        0.05, "... and no probability on them differs from fp32's by more than this; else model.onnx serves and GET /models says why"
+    )
     tensorrt_fp16: bool = setting(
         False, "TensorRT in fp16, kept only when its answers match fp32 on the smoke inputs (probabilities within 1e-2)"
     )
@@ -121,6 +138,11 @@ class Settings:
         "request line and headers must arrive within this many seconds of the connection opening (or of a kept-alive connection's next byte), else 408 and close",
     )
     body_timeout_s: int = setting(60, "the whole request body must arrive within this many seconds of its headers, else 408 and close")
+    max_json_values: int = setting(
+        200_000,
+        "most values (numbers, strings, keys) in one JSON body, counted before it is parsed (parsing holds every thread of the worker: about 15 ms per 200,000 here); more gets 413",
+    )
+    max_header_bytes: int = setting(64 * 1024, "largest request line and headers together; larger gets 431 and the connection is closed")
     admin_token: str = setting("", "bearer token for POST /admin/reload; empty disables the admin API (403)")
     drift: bool = setting(
         True,
@@ -157,6 +179,13 @@ class Settings:
         """
         return max(1, available_cpus() // self.worker_count())
 
+    def file_limits(self) -> FileLimits:
+        """The largest registry files of each kind that a version may have."""
+        return FileLimits(model_bytes=self.max_model_bytes, asset_bytes=self.max_asset_bytes)
+
+    def int8_bounds(self) -> Int8Bounds:
+        return Int8Bounds(self.int8_min_label_agreement, self.int8_max_prob_diff)
+
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""
         return {"max_text_chars": self.max_text_chars, "max_image_bytes": self.max_image_bytes, "max_image_pixels": self.max_image_pixels}
@@ -169,6 +198,9 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int) and not isinstance(value, bool) and f.name not in NON_NEGATIVE and value <= 0:
                 raise ConfigError(f"{PREFIX}{f.name.upper()} must be positive, got {value}")
+        for name in ("int8_min_label_agreement", "int8_max_prob_diff"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be between 0 and 1, got {getattr(self, name)}")
         for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be >= 0")
@@ -225,10 +257,10 @@ def _parse(name: str, raw: str, default: object) -> object:
     try:
         if isinstance(default, bool):
             return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if isinstance(default, int):
+            return int(raw)
         if isinstance(default, str):
             return raw.strip().lower() if name == "batching" else raw
         if isinstance(default, Path):

@@ -32,6 +32,8 @@ from service.core.errors import InputError
 VOCABULARY_FILE = "vocab.json"
 SCALER_FILE = "scaler.json"
 MAX_NAMES_QUOTED = 20  # unknown feature names an error message lists
+MAX_NGRAM = 5  # the longest n-grams a saved vectoriser may use
+MAX_IMAGE_SIDE = 8192  # the largest model input side a saved image block may name
 
 
 # ---------------------------------------------------------------- text
@@ -218,9 +220,18 @@ class TextVectorizer:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TextVectorizer:
-        tokens = data["tokens"]
+        """A saved vectoriser; ValueError naming what is wrong with a damaged one (checked here, not at the first request)."""
+        tokens, ngram_max, mode = data["tokens"], data["ngram_max"], data["mode"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("tokens must be a list of strings")
+        if not isinstance(ngram_max, int) or isinstance(ngram_max, bool) or not 1 <= ngram_max <= MAX_NGRAM:
+            raise ValueError(f"ngram_max must be an integer from 1 to {MAX_NGRAM}, got {ngram_max!r}")
+        if mode not in ("multi_hot", "tfidf"):
+            raise ValueError(f"mode must be multi_hot or tfidf, got {mode!r}")
         idf = None if data.get("idf") is None else np.asarray(data["idf"], dtype=np.float32)
-        return cls({t: i for i, t in enumerate(tokens)}, int(data["ngram_max"]), data["mode"], idf)
+        if mode == "tfidf" and (idf is None or idf.shape != (len(tokens),) or not np.isfinite(idf).all()):
+            raise ValueError(f"tfidf needs one finite idf weight per token ({len(tokens)})")
+        return cls({t: i for i, t in enumerate(tokens)}, ngram_max, mode, idf)
 
 
 def padded_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +294,16 @@ class ImageSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageSpec:
-        return cls(int(data["width"]), int(data["height"]), data["resample"], tuple(data["alpha_background"]))
+        """A version's image block; ValueError naming what is wrong (a bad `resample` blamed every client's image)."""
+        width, height, resample, background = data["width"], data["height"], data["resample"], data["alpha_background"]
+        for name, side in (("width", width), ("height", height)):
+            if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_IMAGE_SIDE}, got {side!r}")
+        if not isinstance(resample, str) or resample.upper() not in Image.Resampling.__members__:
+            raise ValueError(f"resample must be one of {', '.join(m.lower() for m in Image.Resampling.__members__)}; got {resample!r}")
+        if not isinstance(background, list) or len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+            raise ValueError(f"alpha_background must be 3 integers from 0 to 255, got {background!r}")
+        return cls(width, height, resample, (background[0], background[1], background[2]))
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -456,8 +476,19 @@ class StandardScaler:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StandardScaler:
-        low, high = (np.asarray(data[k], dtype=np.float64) if k in data else None for k in ("min", "max"))
-        return cls(tuple(data["features"]), np.asarray(data["mean"]), np.asarray(data["std"]), tuple(data.get("log1p", ())), low, high)
+        """A saved scaler; ValueError naming what is wrong with a damaged one (checked here, not at the first request)."""
+        features, log1p = data["features"], data.get("log1p", [])
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise ValueError("features must be a non-empty list of names")
+        if not isinstance(log1p, list) or not set(log1p) <= set(features):
+            raise ValueError(f"log1p must name features of the scaler; {sorted(set(map(str, log1p)) - set(features))} are not")
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("mean", "std", "min", "max") if k in data or k in ("mean", "std")}
+        for key, array in arrays.items():
+            if array.shape != (len(features),) or not np.isfinite(array).all():
+                raise ValueError(f"{key} must hold one finite number per feature ({len(features)})")
+        if (arrays["std"] <= 0).any():
+            raise ValueError("std must be positive")
+        return cls(tuple(features), arrays["mean"], arrays["std"], tuple(log1p), arrays.get("min"), arrays.get("max"))
 
 
 def category_text(value: Any) -> str | None:
@@ -504,9 +535,13 @@ def feature_row(row: Any, feature_names: Sequence[str], categories: Mapping[str,
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"feature {name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # JSON integers have no limit: 400 nines raise OverflowError here (it answered 500)
+        except OverflowError:
+            raise InputError(f"feature {name} is an integer of {len(str(abs(value))):,} digits, too large for a number") from None
+        if not math.isfinite(number):
             raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
-        out[i] = value
+        out[i] = number
     return out
 
 

@@ -28,16 +28,23 @@ import onnxruntime as ort
 
 from service.core.catalog import own_endpoint
 from service.core.config import Settings
+from service.core.cpu import cpu_report
 from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
+from service.core.int8_reference import Int8Bounds, read_reference
+from service.core.int8_reference import check as check_reference
 from service.core.registry import (
     CANDIDATE_FILE,
     CURRENT_FILE,
+    MAX_CANDIDATE_BYTES,
     MODEL_FILE,
     MODEL_NAME_RULE,
     Candidate,
+    FileLimits,
     ModelVersion,
     Registry,
+    VersionFiles,
     is_model_name,
+    read_limited,
     validate_metadata,
 )
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
@@ -52,37 +59,59 @@ WATCH_TICK_S = 0.25  # how often the CURRENT watcher looks for reload requests f
 
 @dataclass(frozen=True)
 class ModelFile:
-    """Which file of a version the sessions run: model.onnx (fp32), or its checked INT8 variant."""
+    """Which file of a version the sessions run: model.onnx (fp32), or its INT8 variant checked on this CPU."""
 
     path: Path
     sha256: str
     precision: str  # "fp32" or "int8"
     note: str = ""  # why a version's INT8 variant is not the one running
+    check: dict[str, Any] | None = None  # the INT8 variant's reference check on this CPU (ReferenceCheck.describe)
+    cpu: str = ""  # for a version with an INT8 variant: the int8 kernels this CPU runs (service/core/cpu.py)
 
-    def describe(self) -> dict[str, str]:
-        return {"file": self.path.name, "precision": self.precision} | ({"note": self.note} if self.note else {})
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"file": self.path.name, "precision": self.precision}
+        if self.note:
+            described["note"] = self.note
+        if self.check is not None:
+            described["int8_check"] = self.check
+        if self.cpu:
+            described["cpu_int8_kernels"] = self.cpu
+        return described
+
+    def summary(self) -> str:
+        """One line for logs and the batch summary: the file, and why INT8 is or is not running."""
+        if self.precision == "int8" and self.check is not None:
+            return (
+                f"{self.path.name} (int8, checked on this CPU: same label on {self.check['label_agreement']:.0%} of "
+                f"{self.check['samples']} reference inputs, max |prob diff| {self.check['max_prob_diff']:.3f}; {self.cpu})"
+            )
+        return f"{self.path.name} ({self.precision}{f': {self.note}' if self.note else ''})"
 
 
-def choose_model_file(version: ModelVersion, metadata: dict[str, Any], config: SessionConfig, int8: bool = True) -> ModelFile:
+def choose_model_file(
+    version: ModelVersion, metadata: dict[str, Any], config: SessionConfig, int8: bool = True, limits: FileLimits | None = None
+) -> ModelFile:
     """INT8 on the CPU provider when the version has a variant that passed its check (and `int8`); model.onnx otherwise.
 
     GPU providers run model.onnx (TensorRT may make its own fp16 engine from it). A variant whose
     file is missing or is not the file that was checked is not used, and the note says why.
+    Where INT8 is chosen, load_model still checks it on this CPU before it serves.
     """
     fp32 = ModelFile(version.model_path, metadata["sha256"], "fp32")
     variants = metadata.get("variants")
     if not isinstance(variants, dict) or "int8" not in variants:
         return fp32
+    fp32 = replace(fp32, cpu=cpu_report()["int8_kernels"])
     if config.gpu:
         return replace(fp32, note=f"INT8 variant not used: GPU providers run {MODEL_FILE}")
     if not int8:
         return replace(fp32, note="INT8 variant not used: MODELSERVE_INT8 is off")
     try:
-        path = version.variant_path(metadata, "int8")
+        path = version.variant_path(metadata, "int8", limits)
     except RegistryError as exc:
         log.warning("%s; running %s", exc, MODEL_FILE)
         return replace(fp32, note=f"INT8 variant refused: {exc}")
-    return ModelFile(path, variants["int8"]["sha256"], "int8")
+    return replace(fp32, path=path, sha256=variants["int8"]["sha256"], precision="int8")
 
 
 @dataclass
@@ -139,13 +168,13 @@ class LoadedModel:
         return [answer | stamp for answer in self.task.answers(outputs, self.assets, self.metadata)]
 
     def smoke_check(self) -> None:
-        """Predict on the task's smoke items (also warming the session); refuse nonsense."""
-        items = self.task.smoke_items(self.assets)
+        """Predict on the task's smoke items, made by the real preprocessing (also warming the session); refuse nonsense."""
         try:
+            items = self.task.smoke_items(self.assets)
             single = self.predict(items[:1])
             batch = self.predict(items)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction failed: {exc}") from exc
+        except Exception as exc:  # onnxruntime raises its own exception types; a broken asset raises anything
+            raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction failed: {type(exc).__name__}: {exc}") from exc
         if len(single) != 1 or len(batch) != len(items):
             raise ModelLoadError(f"{self.name} v{self.version}: smoke prediction returned {len(batch)} answers for {len(items)} inputs")
         for answer in batch:
@@ -188,13 +217,18 @@ def load_model(
     tensorrt_fp16: bool = False,
     engine_cache: Path | None = None,
     int8: bool = True,
+    int8_bounds: Int8Bounds | None = None,
+    limits: FileLimits | None = None,
 ) -> LoadedModel:
     """Verify, open, check and warm one version as `task` (default: the one its metadata names). Raises RegistryError or ModelLoadError.
 
-    `int8`: run the version's checked INT8 variant where the CPU provider runs it (choose_model_file).
+    `int8`: run the version's INT8 variant where the CPU provider runs it (choose_model_file) and it
+    answers its reference set like fp32 within `int8_bounds` on this CPU (else model.onnx runs).
+    `limits`: the largest model and asset files read (default FileLimits()).
     """
+    limits = limits or FileLimits()
     where = f"{version.name} v{version.version}"
-    metadata = version.verify()  # metadata schema + sha256 of model.onnx
+    metadata = version.verify(limits)  # metadata schema + sha256 of model.onnx
     task = task or task_for(metadata)
     kind = metadata["preprocessing"].get("kind")
     if kind != task.assets_kind:
@@ -202,7 +236,7 @@ def load_model(
             f"{where} is a {kind!r} model; {version.name} is served as {task.name}, which takes {task.assets_kind!r} models"
         )
     config = SessionConfig(tuple(providers), intra_op_threads, tensorrt_fp16, engine_cache)
-    chosen = choose_model_file(version, metadata, config, int8)
+    chosen = choose_model_file(version, metadata, config, int8, limits)
     try:
         sessions = Sessions(chosen.path, chosen.sha256, config)
     except Exception as exc:
@@ -214,18 +248,49 @@ def load_model(
     if problem:
         raise ModelLoadError(f"{where}: {problem}")
     try:
-        assets = task.load_assets(version.path, metadata)
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: preprocessing assets unusable: {exc}") from exc
+        assets = task.load_assets(VersionFiles(version.path, limits.asset_bytes), metadata)
+    except Exception as exc:  # whatever a damaged asset raises (KeyError, RecursionError, ...) is a refusal, never a crash
+        reason = str(exc) if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(f"{where}: preprocessing assets unusable: {reason}") from exc
     model = LoadedModel(version, metadata, sessions, task, assets, list(providers), chosen)
+    if chosen.precision == "int8":
+        _int8_or_fp32(model, config, int8_bounds or Int8Bounds())
     model.smoke_check()
     if tensorrt_fp16 and "TensorrtExecutionProvider" in model.providers:
         model = _fp16_or_fp32(model, config)
     dropped = [p for p in providers if p not in model.providers]
     if dropped:
         log.info("%s: requested %s did not load; running on %s", where, dropped, model.providers)
-    log.info("loaded %s (%s) on %s", where, chosen.path.name, ", ".join(model.providers))
+    log.info("loaded %s, %s, on %s", where, model.model_file.summary(), ", ".join(model.providers))
     return model
+
+
+def _int8_or_fp32(model: LoadedModel, config: SessionConfig, bounds: Int8Bounds) -> None:
+    """Keep the INT8 variant only when, on this CPU, it answers its reference set as fp32 did at export; else reopen model.onnx.
+
+    The check runs the very session that will serve, so it sees the int8 kernels this CPU
+    takes (service/core/cpu.py). A version without a reference set is not checked, so not used.
+    """
+    version, where, chosen = model.version_ref, f"{model.name} v{model.version}", model.model_file
+    result, started = None, time.perf_counter()
+    try:
+        inputs, expected = read_reference(*version.variant_reference(model.metadata, "int8"))
+        result = check_reference(lambda batch: model.infer(model.feed(list(batch))), inputs, expected, bounds)
+        result = replace(result, seconds=time.perf_counter() - started)  # reading the set (checksum, WebP) included
+    except RegistryError as exc:
+        reason = f"INT8 variant not used: {exc}"
+    except Exception as exc:  # onnxruntime raises its own types: a reference set the variant cannot even run
+        reason = f"INT8 variant not used: it fails on its reference set ({type(exc).__name__}: {exc})"
+    else:
+        if result.passed:
+            model.model_file = replace(chosen, check=result.describe())
+            return
+        reason = f"INT8 variant not used: on this CPU ({chosen.cpu}) it gives {result.summary()}"
+    log.warning("%s: %s; running %s", where, reason, MODEL_FILE)
+    model.sessions = Sessions(version.model_path, model.metadata["sha256"], config)
+    model.model_file = replace(
+        chosen, path=version.model_path, sha256=model.metadata["sha256"], precision="fp32", note=reason, check=result and result.describe()
+    )
 
 
 FP16_TOLERANCE = 1e-2
@@ -307,15 +372,26 @@ class ModelRuntime:
         return self._load(ref)
 
     def _load(self, ref: ModelVersion) -> LoadedModel:
+        """load_model with this server's settings. Any failure is a RegistryError or ModelLoadError with its reason:
+        one of another type (a bug, or damage nothing checks for yet) is logged with its traceback and becomes a
+        ModelLoadError, so that a worker never fails to start, or a watcher to go on, because of a version's files."""
         settings = self.settings
-        return load_model(
-            ref,
-            self.providers,
-            settings.intra_op_threads,
-            tensorrt_fp16=settings.tensorrt_fp16,
-            engine_cache=settings.engine_cache,
-            int8=settings.int8,
-        )
+        try:
+            return load_model(
+                ref,
+                self.providers,
+                settings.intra_op_threads,
+                tensorrt_fp16=settings.tensorrt_fp16,
+                engine_cache=settings.engine_cache,
+                int8=settings.int8,
+                int8_bounds=settings.int8_bounds(),
+                limits=settings.file_limits(),
+            )
+        except (RegistryError, ModelLoadError):
+            raise
+        except Exception as exc:
+            log.exception("loading %s v%d failed unexpectedly", ref.name, ref.version)
+            raise ModelLoadError(f"{ref.name} v{ref.version} cannot be loaded: unexpected {type(exc).__name__}: {exc}") from exc
 
     def load_all(self, fallback: Mapping[str, int] | None = None) -> None:
         """Load every model's CURRENT version; where that fails, the version in `fallback` (what this server served).
@@ -331,7 +407,7 @@ class ModelRuntime:
         for name in names:
             try:
                 self._models[name] = self.load(name)
-            except (RegistryError, ModelLoadError) as exc:
+            except Exception as exc:  # whatever the damage: a restarting worker starts on what it served
                 if not fallback or name not in fallback:
                     raise
                 log.warning(
@@ -345,10 +421,10 @@ class ModelRuntime:
 
     def get(self, name: str) -> LoadedModel:
         """The version of `name` served now; NotFoundError (404) naming the served models when there is none."""
-        model = self._models.get(name)
-        if model is None:
-            raise NotFoundError(f"model {name!r} is not served here (served: {list(self._models)})")
-        return model
+        try:
+            return self._models[name]
+        except KeyError:
+            raise NotFoundError(f"model {name!r} is not served here (served: {sorted(self._models)})") from None
 
     def sync(self) -> list[dict[str, Any]]:
         """Follow the registry's list of models: load the new ones, stop serving those whose directory is gone.
@@ -408,7 +484,9 @@ class ModelRuntime:
             if wanted is not None and name in self._models and wanted.version == self._models[name].version:
                 raise RegistryError(f"{name}: the candidate v{wanted.version} is the version CURRENT serves")
             model = slot.model if slot and wanted and slot.model.version == wanted.version else self._load_candidate(name, wanted)
-        except (RegistryError, ModelLoadError) as exc:
+        except Exception as exc:  # any failure is a refusal: CURRENT answers everything
+            if not isinstance(exc, RegistryError | ModelLoadError):
+                log.exception("candidate of %s failed unexpectedly", name)
             self._candidates.pop(name, None)
             reason = str(exc)[:2000]
             self.refused_candidates[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -506,9 +584,10 @@ class ModelRuntime:
         """CANDIDATE's content and modification time: a key that changes whenever the file does (for the watcher)."""
         path = self.registry.root / name / CANDIDATE_FILE
         try:
-            return f"{path.read_bytes()[:1024]!r}@{path.stat().st_mtime_ns}"
-        except OSError:
-            return "none"
+            stamp = path.stat().st_mtime_ns
+            return f"{read_limited(path, MAX_CANDIDATE_BYTES)!r}@{stamp}"
+        except OSError as exc:  # none, or not a regular file, or too large: CANDIDATE reports the reason when read
+            return "none" if isinstance(exc, FileNotFoundError) else f"unusable ({exc})@{stamp}"
 
     def pointer(self, name: str) -> str:
         """What CURRENT says for `name`, as a key that changes whenever the file does (for the watcher)."""
@@ -554,6 +633,7 @@ class ModelRuntime:
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
             "onnxruntime": ort.__version__,
+            "cpu": cpu_report(),
             "refused_reloads": dict(self.refused),
             "refused_candidates": dict(self.refused_candidates),
         }

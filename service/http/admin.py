@@ -33,6 +33,8 @@ from service.core.runtime import ModelRuntime
 from service.core.workers import WorkerGroup
 
 PEER_WAIT_S = 30.0  # how long a reload waits for the other workers to confirm
+CANDIDATE_USAGE = 'send {"model": NAME, "version": V, "mode": "canary"|"shadow", "percent": P} or {"model": NAME, "clear": true}'
+RELOAD_USAGE = 'send {"model": NAME} or {} for every model'
 
 
 def _runtime() -> ModelRuntime | None:
@@ -47,6 +49,17 @@ def _workers() -> WorkerGroup | None:
         return getattr(bentoml.get_current_service(), "workers", None)
     except BentoMLException:
         return None
+
+
+def json_body(raw: bytes, usage: str) -> Any:
+    """A request body as JSON (None when empty); UsageError (400) saying why when it is not: bad syntax, not UTF-8, nested too deep."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: about a thousand nested brackets; it answered 500
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise UsageError(f"invalid JSON body ({reason}); {usage}") from None
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -143,7 +156,7 @@ async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerG
 def _candidate_change(runtime: ModelRuntime, body: Any) -> tuple[str, Candidate | None]:
     """(model, the candidate to set, or None to clear) from a POST /admin/candidate body; UsageError when it says neither."""
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise UsageError('send {"model": NAME, "version": V, "mode": "canary"|"shadow", "percent": P} or {"model": NAME, "clear": true}')
+        raise UsageError(CANDIDATE_USAGE)
     name = body["model"]
     if name not in runtime:
         raise NotFoundError(f"not served here: {name!r}; served: {list(runtime.served())}")
@@ -197,10 +210,8 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         if isinstance(runtime, JSONResponse):
             return runtime
         try:
-            name, candidate = _candidate_change(runtime, json.loads(await request.body() or b"null"))
+            name, candidate = _candidate_change(runtime, json_body(await request.body(), CANDIDATE_USAGE))
             return await _change_candidate(runtime, name, candidate)
-        except ValueError:
-            return _error(400, "invalid JSON body")
         except (UsageError, NotFoundError, RegistryError) as exc:
             return _error(exc.http_status, str(exc))
 
@@ -211,9 +222,9 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
             return runtime
         raw = await request.body()  # however it is framed: Content-Length or chunked (the guard has read and counted it)
         try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            return _error(400, 'invalid JSON body; send {"model": NAME} or {}')
+            body = json_body(raw, RELOAD_USAGE) if raw.strip() else {}
+        except UsageError as exc:
+            return _error(exc.http_status, str(exc))
         if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):
             return _error(400, 'send {"model": NAME} or {} for every model')
         if not body.get("model"):

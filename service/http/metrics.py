@@ -5,21 +5,71 @@ the model's name and version, so two versions served at once show side by side.
 prometheus_client is imported on first use, inside the worker: BentoML sets
 PROMETHEUS_MULTIPROC_DIR there after this module is imported, and prometheus_client
 picks its value storage when it is imported.
+
+Each server keeps its values in a directory of its own (`own_metrics_directory`).
+BentoML's default is one per user, ~/bentoml/prometheus_multiproc_dir, and every
+server that starts empties it: a second `bentoml serve` on the host wiped the first
+one's per-version series in the middle of a canary watch, which then saw no traffic.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
 
 from service.core.tasks import Answer, Task
+
+METRICS_DIR = "modelserve-metrics"  # under the temporary directory: <pid>-<start time> of each `bentoml serve`
 
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 VALUE_BUCKETS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 250, 1000)
 ABS_DIFFERENCE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+
+
+def own_metrics_directory() -> Path | None:
+    """In the process that starts the server, point BentoML at a metrics directory of this server's own.
+
+    BentoML creates (and empties) it when it starts the workers and hands it to them in
+    PROMETHEUS_MULTIPROC_DIR; it is removed when this process exits, and directories of
+    servers that are gone (killed with -9) are removed by the next one that starts. In a
+    worker (the directory is already chosen) this does nothing and returns None.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is not None:
+        return None
+    root = Path(tempfile.gettempdir()) / METRICS_DIR
+    me = psutil.Process()
+    mine = root / f"{me.pid}-{int(me.create_time())}"
+    with contextlib.suppress(OSError):
+        for other in root.iterdir():
+            if other != mine and not _alive(other.name):
+                shutil.rmtree(other, ignore_errors=True)
+    BentoMLContainer.prometheus_multiproc_dir.set(str(mine))
+    atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    return mine
+
+
+def _alive(name: str) -> bool:
+    """Whether the server a directory is named after (`<pid>-<start time>`) still runs."""
+    pid, _, started = name.partition("-")
+    if not (pid.isascii() and pid.isdigit() and started.isascii() and started.isdigit()):
+        return True  # not ours to remove
+    try:
+        return int(psutil.Process(int(pid)).create_time()) == int(started)
+    except psutil.Error:
+        return False
 
 
 @dataclass

@@ -36,9 +36,12 @@ from service.core.workers import WorkerGroup
 from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
 from service.http.connections import limit_header_time
+from service.http.drain import drain_on_sigterm
 from service.http.drift import DriftMonitor, drift_routes
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
+from service.http.headers import SecurityHeaders
+from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
 from service.http.predict import CONTENT_TYPES as PREDICT_CONTENT_TYPES
 from service.http.predict import FILE_FIELDS as PREDICT_FILE_FIELDS
@@ -49,8 +52,10 @@ from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
 
 SETTINGS = Settings.from_env()
+own_metrics_directory()
 cancel_finished_request_timers()
-limit_header_time(SETTINGS.header_timeout_s)
+limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
+drain_on_sigterm()
 log = logging.getLogger("modelserve.service")
 
 
@@ -99,7 +104,7 @@ def served_model(name: str) -> LoadedModel:
     runtime: ModelRuntime = bentoml.get_current_service().runtime
     try:
         return runtime.get(name)
-    except NotFoundError as exc:
+    except NotFoundError as exc:  # BentoML answers its own exception types with their status, anything else with 500
         raise bentoml.exceptions.NotFound(str(exc)) from None
 
 
@@ -119,7 +124,7 @@ def predict_api(recipe: Recipe) -> Any:
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
         try:
             model, shadow = route(self.runtime, recipe.name, ctx.request.headers.get(ROUTING_HEADER))
-        except NotFoundError as exc:  # its directory was removed from the registry
+        except NotFoundError as exc:  # not served (MODELSERVE_MODELS), or its directory was removed from the registry
             raise bentoml.exceptions.NotFound(str(exc)) from None
         try:
             answers = await self.executor.predict(model, request[field], shadow)
@@ -162,6 +167,7 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*predict_routes(SETTINGS), *p
     )(ModelServe)
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
+ModelServe.add_asgi_middleware(SecurityHeaders)  # added first: outside the guard, so its refusals carry them too
 _friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in RECIPES.values()}
 ModelServe.add_asgi_middleware(
     RequestGuard,
@@ -173,6 +179,8 @@ ModelServe.add_asgi_middleware(
     | {PREDICT_PREFIX: PREDICT_FILE_FIELDS},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
+    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in RECIPES.values()},
+    max_json_values=SETTINGS.max_json_values,
 )
 
 

@@ -34,7 +34,7 @@ from service.core.config import Settings
 from service.core.errors import ModelServeError, Overloaded
 from service.core.runtime import LoadedModel
 from service.http.executor import ROUTING_HEADER
-from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, parse_request, to_array
+from service.http.v2_codec import HEADER_LENGTH, InferRequest, RequestInput, encode_response, is_byte_count, parse_request, to_array
 from service.http.v2_infer import (
     SERVER_NAME,
     CheckedRequest,
@@ -121,7 +121,7 @@ def checked_request(model: LoadedModel, body: bytes, header_length: str | None, 
 
 
 def _json_bytes(body: bytes, header_length: str | None) -> int:
-    return min(len(body), int(header_length)) if header_length and header_length.isdigit() else len(body)
+    return min(len(body), int(header_length)) if header_length and is_byte_count(header_length) else len(body)
 
 
 def v2_app(settings: Settings) -> Starlette:

@@ -27,6 +27,7 @@ from service.core.errors import InputError
 from service.core.tasks.tensors import V2_NUMPY_TYPES, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+_END = object()  # the end of a list, for _flatten
 BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 
@@ -61,6 +62,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise InputError(f"invalid JSON: {exc}{hint}") from None
     except ValueError as exc:  # not UTF-8
         raise InputError(f"invalid JSON: {exc}") from None
+    except RecursionError:  # about a thousand nested brackets (it answered 500)
+        raise InputError("invalid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise InputError("the request must be a JSON object with `inputs`")
     request_id = header.get("id")
@@ -73,12 +76,18 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
-        raise InputError(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
+    if not is_byte_count(header_length):
+        raise InputError(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
     length = int(header_length)
     if length > len(body):
         raise InputError(f"Inference-Header-Content-Length is {length:,} but the body has only {len(body):,} bytes")
     return body[:length], memoryview(body)[length:]
+
+
+def is_byte_count(text: str) -> bool:
+    """ASCII digits only: '²' is a digit to str.isdigit(), not to int() (it answered 500)."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -195,11 +204,16 @@ def _raw_elements(name: str, datatype: str, shape: tuple[int, ...], view: memory
 
 
 def _flatten(data: Any) -> Iterator[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+    """The leaves of nested lists in order, without recursion (JSON may nest about a thousand deep)."""
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            yield item
 
 
 def _json_elements(tensor: RequestInput, count: int) -> list[str]:
@@ -219,8 +233,8 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype[Any], count: int) -> np.
         raise InputError(f"input {tensor.name}: `data` must be a list")
     try:
         array = np.asarray(tensor.data)
-    except ValueError:
-        raise InputError(f"input {tensor.name}: `data` is a ragged nested list") from None
+    except (ValueError, RecursionError):
+        raise InputError(f"input {tensor.name}: `data` is a ragged or too deeply nested list") from None
     if array.size != count:
         raise InputError(f"input {tensor.name}: {tensor.describe()} has {count:,} elements, `data` has {array.size:,}")
     kinds, what = ("b", "true/false") if dtype.kind == "b" else ("iu", "integers") if dtype.kind in "iu" else ("iuf", "numbers")

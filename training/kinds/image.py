@@ -39,6 +39,7 @@ from training.export import TensorSpec, parity_inputs
 from training.photo_augment import augmented_copies
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
+from training.shifts import shifted_sets
 
 # Each base's own input scaling, written with plain keras.ops so that tf2onnx converts it
 # cleanly (keras.applications.vgg16.preprocess_input leaves a stray graph input behind).
@@ -138,6 +139,22 @@ def add_arguments(parser: argparse.ArgumentParser, data_help: str | None = None)
     )
 
 
+def _base(constructor: Callable[..., keras.Model], kwargs: dict[str, Any], args: argparse.Namespace) -> keras.Model:
+    """The base network with its weights; one `error:` line (DataError) when they cannot be had, never Keras's traceback."""
+    try:
+        return constructor(**kwargs)
+    except Exception as exc:  # keras raises a bare Exception for a failed download, ValueError for a file that does not fit
+        reason = " ".join(str(exc).split())[:300]
+        if kwargs["weights"] == "imagenet":
+            raise DataError(
+                f"the ImageNet weights of {args.base} could not be downloaded ({reason}); without internet pass "
+                "--weights FILE (a .weights.h5 of the base without its top) or --weights none (train from scratch)"
+            ) from None
+        raise DataError(
+            f"--weights {args.weights} cannot be used for {args.base} at {args.image_size}x{args.image_size}: {reason}"
+        ) from None
+
+
 def augmentation(seed: int) -> keras.Sequential:
     return keras.Sequential(
         [
@@ -176,7 +193,7 @@ def build_models(args: argparse.Namespace, n_classes: int) -> Models:
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": size}
     if args.base.startswith("mobilenet"):
         kwargs["alpha"] = args.alpha
-    base = constructor(**kwargs)
+    base = _base(constructor, kwargs, args)
 
     head_input = keras.Input(size, name="pixels_float")
     x = preprocess(head_input)
@@ -371,15 +388,22 @@ def train(args: argparse.Namespace) -> TrainingResult:
         confusion_matrix=matrix,
         phase_boundaries=[args.epochs] if fine_tuned_layers else [],
         calibration_inputs=data.train.images if args.int8 else None,
+        int8_shifted=shifted_sets(data.test.paths, spec, lambda line: log("int8", line)) if args.int8 else None,
         profile_inputs=[Path(p) for p in data.train.paths],
     )
 
 
-def quantization_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images to calibrate an INT8 variant on, and the test images and labels to check it (`python -m training quantize`)."""
-    data = load_image_folders(args.data, ImageSpec.from_json(preprocessing), seed=args.seed)
-    log("data", f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check")
-    return data.train.images, data.test.images, data.test.labels
+def quantization_data(
+    args: argparse.Namespace, preprocessing: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Training images to calibrate an INT8 variant on; test images, labels and shifted test images to check it (`python -m training quantize`)."""
+    spec = ImageSpec.from_json(preprocessing)
+    data = load_image_folders(args.data, spec, seed=args.seed)
+    log(
+        "data",
+        f"{len(data.train.labels)} training images to calibrate on, {len(data.test.labels)} test images to check, and under 12 shifts",
+    )
+    return data.train.images, data.test.images, data.test.labels, shifted_sets(data.test.paths, spec, lambda line: log("data", line))
 
 
 def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:

@@ -27,12 +27,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from service.core.config import Settings
+from service.core.registry import VersionFiles
 
 Answer = dict[str, Any]
 Assets = Any  # what a task loads from a version directory (vectoriser, image spec, scaler)
@@ -60,8 +60,8 @@ class Task(ABC):
     # ------------------------------------------------------------ a version's assets
 
     @abstractmethod
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> Assets:
-        """Read what preprocessing needs from a version directory."""
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> Assets:
+        """Read what preprocessing needs from a version directory (`files.read`: regular files inside it, size-bounded)."""
 
     # ------------------------------------------------------------ items -> tensor -> answers
 
@@ -83,6 +83,10 @@ class Task(ABC):
     def validate(self, value: Any, assets: Assets, settings: Settings) -> Any:
         """`check`, then `decode`: one raw input -> an item ready for `to_tensor` (batch scoring, Spark)."""
         return self.decode(self.check(value, assets, settings), assets, settings)
+
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """The most JSON one friendly-API item can take, for a bound on the request checked before it is parsed."""
+        return 4096
 
     def check_request(self, items: Sequence[Any], settings: Settings) -> None:
         """Limits over a whole request's checked items (e.g. a pixel budget); InputError when over."""

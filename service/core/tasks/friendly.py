@@ -166,8 +166,9 @@ class TabularApi(FriendlyApi):
         return Annotated[Any, PlainValidator(lambda value: self.check_item(value, assets(), settings)), WithJsonSchema(schema)]
 
     def describe(self, assets: TableEncoder, metadata: Mapping[str, Any]) -> dict[str, Any]:
-        """The features with the range the model saw (a categorical one: its categories) and a row to start from: the
-        version's real example row when it recorded one, else a typical row; each says which it is (`range_source`, `example.source`)."""
+        """The features with the range the model saw (a categorical one: its categories; each with its meaning when the
+        version recorded one) and a row to start from: the version's real example row when it recorded one, else a
+        typical row; each says which it is (`range_source`, `example.source`)."""
         low, high, seen = assets.ranges()
         example = metadata.get("data", {}).get("example")
         if not example:
@@ -177,13 +178,18 @@ class TabularApi(FriendlyApi):
                 for name, v in zip(assets.feature_names, typical)
             }
             example = {"values": values, "source": TYPICAL_ROW, "real": False}
+        described = metadata["preprocessing"].get("feature_descriptions")
+        meanings = described if isinstance(described, Mapping) else {}
         return super().describe(assets, metadata) | {
             "answer_field": self.task.answer_field,
             "unit": metadata["preprocessing"].get("unit", ""),
             "features": [
-                {"name": name, "categories": list(assets.categories[name])}
-                if name in assets.categories
-                else {"name": name, "min": low[name], "max": high[name], "log1p": name in assets.log1p}
+                (
+                    {"name": name, "categories": list(assets.categories[name])}
+                    if name in assets.categories
+                    else {"name": name, "min": low[name], "max": high[name], "log1p": name in assets.log1p}
+                )
+                | ({"description": str(meanings[name])[:200]} if name in meanings else {})
                 for name in assets.feature_names
             ],
             "range_source": SEEN_RANGE if seen else ESTIMATED_RANGE,

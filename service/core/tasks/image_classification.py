@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,12 @@ from PIL import Image
 
 from service.core.config import Settings
 from service.core.errors import InputError
-from service.core.preprocessing import ImageSpec, decode_opened, open_image
+from service.core.preprocessing import ImageSpec, decode_image, decode_opened, open_image
+from service.core.registry import VersionFiles
 from service.core.tasks.base import BatchSizes, SoftmaxClassification
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # the files that are images (batch folders, uploads)
+SMOKE_EXTRA_SIDE = 37  # smoke images are this much wider (and half as much taller) than the model's input
 # A worker with no other request decodes and scores images up to this many pixels (a 1600x1250 photo) on its event loop.
 INLINE_PIXELS = 2_000_000
 
@@ -77,7 +80,7 @@ class ImageClassification(SoftmaxClassification):
     # latency. GPU: batch 256 is 20x batch 1 for this network (../shared/GPU.md, H100, io-binding).
     batch_sizes = BatchSizes(cpu=8, gpu=256)
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> ImageSpec:
         return ImageSpec.from_json(metadata["preprocessing"])
 
     def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage | np.ndarray:
@@ -105,6 +108,10 @@ class ImageClassification(SoftmaxClassification):
             raise
         except Exception as exc:  # a decoder failure decode_opened does not anticipate: this image fails, nothing else
             raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
+
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """An image of MAX_IMAGE_BYTES as base64 (4 bytes per 3), with a data URL's prefix."""
+        return settings.max_image_bytes * 4 // 3 + 256
 
     def check_request(self, items: Sequence[EncodedImage | np.ndarray], settings: Settings) -> None:
         total = self.cost(items)
@@ -134,6 +141,18 @@ class ImageClassification(SoftmaxClassification):
         return out
 
     def smoke_items(self, assets: ImageSpec) -> list[np.ndarray]:
+        """Two encoded images of another size (a translucent PNG, a noisy JPEG), through the real decoding and resizing.
+
+        Pixels already at the model's size would skip the resize: a version whose `resample` is
+        unusable passed every check and then failed every client's image.
+        """
         rng = np.random.default_rng(0)
-        shape = (assets.height, assets.width, 3)
-        return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
+        size = (assets.width + SMOKE_EXTRA_SIDE, assets.height + SMOKE_EXTRA_SIDE // 2)
+        translucent = Image.new("RGBA", size, (128, 128, 128, 200))
+        noisy = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        encoded = []
+        for image, fmt in ((translucent, "PNG"), (noisy, "JPEG")):
+            buffer = io.BytesIO()
+            image.save(buffer, fmt)
+            encoded.append(buffer.getvalue())
+        return [decode_image(data, assets) for data in encoded]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.core.config import Settings
 from service.core.preprocessing import TableEncoder
+from service.core.registry import VersionFiles
 from service.core.tasks.base import Answer, BatchSizes, Task
 
+ROW_JSON_BYTES = 16 * 1024  # the most JSON a row may take: about 500 named features
 LIGHT_REQUEST_ROWS = 64  # scaling and inference of this many rows take ~0.1 ms here: less than a thread hop
 
 
@@ -29,11 +29,14 @@ class TabularRegression(Task):
         self.answer_field = answer_field
         self.description = description
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TableEncoder:
-        return TableEncoder.from_json(json.loads((version_dir / metadata["preprocessing"]["scaler_file"]).read_text()))
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> TableEncoder:
+        return TableEncoder.from_json(files.read_json(metadata["preprocessing"]["scaler_file"]))
 
     def check(self, value: Any, assets: TableEncoder, settings: Settings) -> np.ndarray:
         return assets.check(value)
+
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        return ROW_JSON_BYTES
 
     def is_light(self, items: Sequence[np.ndarray]) -> bool:
         return len(items) <= LIGHT_REQUEST_ROWS
@@ -46,8 +49,16 @@ class TabularRegression(Task):
         return [{self.answer_field: float(v), "unit": unit} for v in outputs.reshape(-1)]
 
     def smoke_items(self, assets: TableEncoder) -> list[np.ndarray]:
+        """A typical row and one a little larger, through the checks every client's row gets."""
         typical = assets.inverse_example()
-        return [typical, typical * 1.1]
+        rows = [
+            {
+                name: assets.categories[name][int(v)] if name in assets.categories else float(v) * scale
+                for name, v in zip(assets.feature_names, typical)
+            }
+            for scale in (1.0, 1.1)
+        ]
+        return [assets.check(row) for row in rows]
 
     def observation(self, answer: Answer) -> tuple[str | None, float]:
         return None, answer[self.answer_field]

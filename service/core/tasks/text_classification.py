@@ -7,9 +7,7 @@ training/sparse_input.py); its metadata's inputs say which, and `feed` builds th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +15,7 @@ import numpy as np
 from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import SPARSE_INPUTS, TextVectorizer, check_text
+from service.core.registry import VersionFiles
 from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, SoftmaxClassification
 
 # Up to this many characters in a request, tokenising and inference take ~0.2 ms here: less than a thread hop.
@@ -33,14 +32,18 @@ class TextClassification(ClassificationTask):
     probability_field = "probability_positive"
     batch_sizes = BatchSizes(cpu=64, gpu=64)  # CPU saturates at 64 (benchmarks/results/batch_sizes.md); not measured on a GPU
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TextVectorizer:
-        vocabulary = json.loads((version_dir / metadata["preprocessing"]["vocabulary_file"]).read_text())
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> TextVectorizer:
+        vocabulary = files.read_json(metadata["preprocessing"]["vocabulary_file"])
         return TextVectorizer.from_json(vocabulary).build_index()  # now, not on the first request
 
     def check(self, value: Any, assets: Any, settings: Settings) -> str:
         if value is None:
             raise InputError("is missing")
         return check_text(value, settings.max_text_chars)
+
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """A text of MAX_TEXT_CHARS, every character escaped as \\uXXXX (Python's json.dumps does that to non-ASCII)."""
+        return settings.max_text_chars * 6 + 64
 
     def is_light(self, items: Sequence[str]) -> bool:
         return sum(len(text) for text in items) <= LIGHT_REQUEST_CHARS

@@ -162,9 +162,10 @@ function curlBox() {
 
 const KIND_TITLES = { image_classification: "Classify images", text_classification: "Classify texts" };
 
+/** What the panel does and with which model: two models of one kind must not read alike. */
 function panelTitle(model) {
-  if (model.kind === "tabular_regression") return `Predict ${model.request.answer_field}`;
-  return KIND_TITLES[model.kind] || model.name;
+  const verb = model.kind === "tabular_regression" ? `Predict ${model.request.answer_field}` : KIND_TITLES[model.kind];
+  return verb ? `${verb} with ${model.name}` : model.name;
 }
 
 function panelShell(model, intro) {
@@ -441,7 +442,10 @@ function featureField(feature, value, rangeSeen) {
   const range = `${short(feature.min)} – ${short(feature.max)}`;
   const hint = el("span", { class: "range", id: hintId }, rangeSeen ? range : `≈ ${range}`);
   const error = el("span", { class: "error field-error", id: errorId, hidden: true });
-  const node = el("div", { class: "field", "data-feature": feature.name }, el("label", { for: id }, feature.name), input, hint, error);
+  // What the code means, when the version's metadata says (preprocessing.feature_descriptions).
+  const meaning = feature.description ? el("span", { class: "meaning", id: `${id}-meaning` }, feature.description) : null;
+  if (meaning) input.setAttribute("aria-describedby", `${meaning.id} ${hintId} ${errorId}`);
+  const node = el("div", { class: "field", "data-feature": feature.name }, el("label", { for: id }, feature.name), meaning, input, hint, error);
   const check = () => {
     const x = Number(input.value);
     const outside = input.value.trim() !== "" && Number.isFinite(x) && (x < feature.min || x > feature.max);
