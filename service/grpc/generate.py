@@ -7,6 +7,7 @@ folder and compares, so a stale stub cannot be committed.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,13 +17,16 @@ STUBS = ("inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py")
 
 
 def generate(out: Path = ROOT) -> list[Path]:
-    """Write the stubs under `out` (at service/grpc/, as in the project) and return their paths."""
-    from grpc_tools import protoc  # the dev extra; imported here so that serving never needs it
+    """Write the stubs under `out` (at service/grpc/, as in the project) and return their paths.
 
+    protoc (grpcio-tools, the dev extra) runs in its own process: called in a process that has
+    already loaded protobuf's upb module (any test process that imported the stubs) it segfaulted.
+    """
     (out / PROTO.parent).mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{ROOT}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", str(PROTO)]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    args = [f"-I{ROOT}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", str(PROTO)]
+    done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed ({done.returncode}): {' '.join(args)}\n{done.stderr}")
     return [out / PROTO.parent / name for name in STUBS]
 
 
