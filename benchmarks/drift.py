@@ -30,7 +30,7 @@ import httpx
 from benchmarks.launch import ROOT, Server, start_server
 from benchmarks.load import RESULTS, Run, payloads, run_hey
 from benchmarks.report import figure
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.drift import PROFILE_FILE
 from service.core.registry import Registry
 
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     modes = args.modes.split(",")
     work = Path(tempfile.mkdtemp(prefix="drift-bench-"))
-    names = {e.endpoint: name for name, e in CATALOG.items()}
+    names = {e.endpoint: name for name, e in RECIPES.items()}
     makers = payloads()
     header = [
         "| endpoint | drift | clients | req/s | p50 ms | p99 ms | non-200 | items summarized | requests dropped |",

@@ -123,7 +123,7 @@ def frozen_feature_model(base_name: str, size: int) -> Path:
     import keras
 
     from training.export import TensorSpec, export_onnx
-    from training.image_classifier import _bases
+    from training.kinds.image import _bases
 
     constructor, scale = _bases()[base_name]
     kwargs: dict[str, Any] = {"include_top": False, "weights": str(WEIGHTS[base_name]), "input_shape": (size, size, 3)}
@@ -249,13 +249,14 @@ def command_finetune(name: str, trainer_args: list[str]) -> None:
     import keras
 
     from training.export import TensorSpec, export_onnx
-    from training.image_classifier import add_arguments, build_models, default_image_size, fit_two_phases
+    from training.kinds.image import add_arguments, build_models, default_image_size, fit_two_phases
     from training.photo_augment import augmented_copies as copies_of
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
     add_arguments(parser)
-    args = parser.parse_args(trainer_args)
+    args = parser.parse_args(["--data", "unused", *trainer_args])
+    args.name = "base-compare"  # the Keras models' name
     args.image_size = args.image_size or default_image_size(args.base)
     keras.utils.set_random_seed(args.seed)
     started = time.monotonic()

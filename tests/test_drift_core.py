@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.distance import jensenshannon
 
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.config import Settings
 from service.core.drift import (
     MISSING,
@@ -34,7 +34,7 @@ from tests.generate import image_bytes
 
 pytestmark = pytest.mark.unit
 
-TASKS = {entry.task.assets_kind: entry.task for entry in CATALOG.values()}
+TASKS = {recipe.task.assets_kind: recipe.task for recipe in RECIPES.values()}
 
 
 def test_js_distance_is_scipys_and_bounded() -> None:

@@ -79,6 +79,8 @@ def test_bentoml_build(tmp_path: Path) -> None:
 
 # Which extras must declare what a file imports, by where the file lives (first match wins); the base dependencies count for all.
 INSTALLS = (
+    ("service/grpc/generate.py", ("dev",)),  # a developer's tool: regenerates the checked-in stubs
+    ("service/core/prediction_log.py", ("batch",)),  # the optional prediction log writes Parquet: it asks for the batch extra
     ("service/batch/spark", ("spark",)),
     ("service/batch/", ("batch",)),
     ("service/", ("serve", "serve-cpu")),  # the GPU and the CPU serving installs

@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from benchmarks.launch import ROOT, Server, start_server
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.browser import chromium, chromium_paths, open_playground, wait_for
@@ -379,7 +379,7 @@ def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
     from tests.generate import write_housing_csv
     from training.__main__ import main
 
-    name = next(e.name for e in CATALOG.values() if e.task.name == "tabular_regression")
+    name = next(e.name for e in RECIPES.values() if e.task.name == "tabular_regression")
     root = tmp_path_factory.mktemp("registry")
     data = write_housing_csv(root.parent / "housing.csv", n=300)
     assert main([name, "--data", str(data), "--registry", str(root), "--epochs", "5", "--folds", "2", "--ensemble", "1"]) == 0

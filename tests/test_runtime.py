@@ -16,8 +16,9 @@ from service.core.config import ConfigError, Settings
 from service.core.errors import ModelLoadError
 from service.core.int8_reference import Int8Bounds
 from service.core.registry import METADATA_FILE, Registry
-from service.core.runtime import ModelRuntime, load_model
+from service.core.runtime import ModelRuntime, load_model, max_batch_size
 from service.core.sessions import cuda_device_count, resolve_providers
+from service.core.tasks.kinds import task_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +43,10 @@ def test_runtime_loads_every_shipped_model() -> None:
 
 def test_batch_sizes_come_from_the_task_unless_configured() -> None:
     settings = Settings.from_env({"MODELSERVE_MAX_BATCH_SIZE": "imdb_sentiment=16"})
-    runtime = ModelRuntime(settings)
-    assert runtime.batch_size("imdb_sentiment") == 16
-    assert runtime.batch_size("image_classifier") == 8, "the image task's CPU size"
+    registry, cpu = Registry(ROOT / "models"), ["CPUExecutionProvider"]
+    tasks = {name: task_for(registry.current(name).read_metadata()) for name in ("imdb_sentiment", "image_classifier")}
+    assert max_batch_size(settings, "imdb_sentiment", tasks["imdb_sentiment"], cpu) == 16
+    assert max_batch_size(settings, "image_classifier", tasks["image_classifier"], cpu) == 8, "the image task's CPU size"
 
 
 def test_bad_configuration_is_refused() -> None:

@@ -120,7 +120,8 @@ def test_nb_ratio_is_folded_into_the_exported_model() -> None:
     """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
     import scipy.sparse as sp
 
-    from training.imdb_sentiment import VARIANTS, build_model, fit, nb_ratio
+    from training.imdb_sentiment import VARIANTS, build_model, fit
+    from training.kinds.text import nb_ratio
 
     x = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32))
     y = np.array([1, 1, 0, 0], np.float32)
@@ -308,7 +309,7 @@ def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path) -> None
 def test_efficientnet_lite_matches_the_published_architecture() -> None:
     """The parameter counts of the reference (README-efficientnet-lite.md): a drifted layer would no longer load the ImageNet weights."""
     from training.efficientnet_lite import efficientnet_lite
-    from training.image_classifier import default_image_size
+    from training.kinds.image import default_image_size
 
     assert efficientnet_lite("lite0").count_params() == 3_413_024
     assert efficientnet_lite("lite2").count_params() == 4_869_168
@@ -337,7 +338,7 @@ def test_efficientnet_lite_has_no_download(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_in_graph_scaling_matches_keras_applications() -> None:
-    from training.image_classifier import scale_caffe, scale_tf
+    from training.kinds.image import scale_caffe, scale_tf
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     assert np.allclose(keras.ops.convert_to_numpy(scale_tf(x)), keras.applications.mobilenet.preprocess_input(x.copy()), atol=1e-5)
@@ -350,9 +351,9 @@ def test_parity_failure_stops_the_run_and_writes_nothing(
     import training.publish as publish_module
     from training.export import export_onnx
 
-    def export_a_different_model(model, input_spec, output_name, path):  # type: ignore[no-untyped-def]
+    def export_a_different_model(model, input_spec, output_name, path, sparse=False):  # type: ignore[no-untyped-def]
         other = keras.models.clone_model(model)  # same architecture, fresh random weights
-        return export_onnx(other, input_spec, output_name, path)
+        return export_onnx(other, input_spec, output_name, path, sparse=sparse)
 
     monkeypatch.setattr(publish_module, "export_onnx", export_a_different_model)
     data = write_housing_csv(tmp_path / "housing.csv", n=200)

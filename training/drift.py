@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from service.core.catalog import CATALOG
 from service.core.config import ClientSettings, Settings
 from service.core.drift import METRIC_NAME, compare, read_profile
 from service.core.errors import DeployError, NotFoundError, UsageError, run_cli
@@ -68,7 +67,8 @@ def from_log(directory: Path, name: str, version: int | None, last: int | None, 
         rows = rows.tail(last)
     if rows.empty:
         raise NotFoundError(f"{folder}: no rows of v{version}")
-    profile = read_profile(registry.get(name, version).path, CATALOG[name].task.assets_kind)
+    logged = registry.get(name, version)
+    profile = read_profile(logged.path, logged.read_metadata()["preprocessing"]["kind"])
     features = []
     for feature in profile.features:
         name_in_log = column(feature.name)
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.drift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", choices=list(CATALOG))
+    parser.add_argument("model", help="a model of the registry")
     parser.add_argument(
         "--url", default=ClientSettings.from_env().url, help="the running service (default: MODELSERVE_URL, else %(default)s)"
     )

@@ -91,10 +91,13 @@ def _spec_from_value_info(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def parity_inputs(test: np.ndarray, train: np.ndarray, most: int) -> np.ndarray:
-    """Up to `most` test inputs, topped up from training inputs so that parity sees at least PARITY_MIN_SAMPLES."""
+    """Up to `most` test inputs, topped up from training inputs so that parity sees at least PARITY_MIN_SAMPLES
+    (repeated when a small data set has fewer inputs in all)."""
     chosen = test[:most]
     if len(chosen) < PARITY_MIN_SAMPLES:
         chosen = np.concatenate([chosen, train[: PARITY_MIN_SAMPLES - len(chosen)]])
+    if 0 < len(chosen) < PARITY_MIN_SAMPLES:
+        chosen = np.resize(chosen, (PARITY_MIN_SAMPLES, *chosen.shape[1:]))
     return chosen
 
 

@@ -19,7 +19,6 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from service.core.catalog import entry
 from service.core.config import Settings
 from service.core.drift import PROFILE_FILE, build_profile
 from service.core.registry import METADATA_FILE, ModelVersion, Registry, sha256_file
@@ -32,7 +31,7 @@ def write_profile(version: ModelVersion, inputs: Sequence[Any], held_out: Sequen
     """Profile `version` (a staged or published directory) on its data; write profile.json; return the metadata record."""
     # Answers as the CPU provider serves them: the checked INT8 variant where there is one (its answers are less
     # confident than fp32's: on the shipped image model's test photos that alone is a JS distance of 0.14 on the top score).
-    model = load_model(version, CPU, task=entry(version.name).task)
+    model = load_model(version, CPU)  # the task its metadata names
     data = model.metadata.get("data", {})
     source = source or f"the data this version was trained on (fingerprint {str(data.get('fingerprint', '?'))[:16]})"
     print(f"[profile] {version.name}: {len(inputs):,} training inputs, {len(held_out):,} held-out items", flush=True)

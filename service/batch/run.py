@@ -28,11 +28,11 @@ from tqdm import tqdm
 from service.batch.formats import Unreadable, assemble, write_part
 from service.batch.job import Item, Job, Key
 from service.batch.state import State, WorkDir
-from service.core.catalog import entry
 from service.core.config import Settings, available_cpus
 from service.core.errors import InputError
 from service.core.registry import ModelVersion
 from service.core.runtime import LoadedModel, load_model
+from service.core.tasks import Task
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: enough to keep it busy, few enough to keep memory flat
 PROGRESS_EVERY_S = 10.0  # a progress line this often when stderr is not a terminal
@@ -215,7 +215,7 @@ def session_threads(args: argparse.Namespace, settings: Settings) -> int:
     return settings.intra_op_threads or max(1, available_cpus() // args.workers)
 
 
-def choose_executor(args: argparse.Namespace, model_name: str) -> str:
+def choose_executor(args: argparse.Namespace, task: Task) -> str:
     """--executor auto: processes when the task's preprocessing holds the GIL (text), threads otherwise.
 
     Measured on 2 cores (benchmarks/results/batch.md): text preprocessing (tokenising,
@@ -226,7 +226,7 @@ def choose_executor(args: argparse.Namespace, model_name: str) -> str:
     """
     if args.executor != "auto":
         return str(args.executor)
-    return "process" if entry(model_name).task.gil_bound and args.workers > 1 else "thread"
+    return "process" if task.gil_bound and args.workers > 1 else "thread"
 
 
 def make_pool(

@@ -47,7 +47,6 @@ import service
 from service.batch.formats import KEPT_PREFIX, Unreadable, jsonl_row, output_format, table_format
 from service.batch.job import answer_fields
 from service.batch.spark_worker import CONTENT, CORRUPT_RECORD, EXECUTOR_ERROR, LINE, REASON, WorkerPlan, score_batches
-from service.core.catalog import entry
 from service.core.config import Settings
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, ModelServeError, UsageError
 from service.core.registry import Registry
@@ -251,7 +250,6 @@ class Prepared:
 
 def driver_model(args: argparse.Namespace, settings: Settings) -> LoadedModel:
     """The version to score with (CURRENT, or --version), verified and smoke-checked here before any executor starts."""
-    entry(args.model)  # an unknown name is a usage error naming the catalog
     registry = Registry(args.model_root or settings.model_root)
     if args.model not in registry.model_names():
         raise UsageError(f"no model {args.model!r} in {registry.root}; it has {registry.model_names()}")

@@ -55,8 +55,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Settings:
-    model_root: Path = setting(Path("models"), "registry root; each model's CURRENT version is served")
-    models: tuple[str, ...] = setting((), "comma-separated subset of models to serve (empty: all with a CURRENT)")
+    model_root: Path = setting(
+        Path("models"), "registry root, the catalog: every model in it with a CURRENT version is served, by the kind its metadata names"
+    )
+    models: tuple[str, ...] = setting((), "comma-separated names: serve only these (empty: every model with a CURRENT)")
     providers: tuple[str, ...] = setting(
         ("tensorrt", "cuda", "cpu"),
         "execution provider preference, first that really loads wins; GPU providers are skipped when no GPU is present",
@@ -127,7 +129,8 @@ class Settings:
     tracing: bool = setting(False, "OpenTelemetry spans for requests (BentoML's tracing config exports them)")
     access_log: bool = setting(False, "one log line per request (BentoML's access log)")
     reload_poll_s: int = setting(
-        2, "seconds between checks of CURRENT; a changed pointer is loaded, checked and swapped in (0: only POST /admin/reload)"
+        2,
+        "seconds between checks of the registry: a changed CURRENT is loaded, checked and swapped in, a new model served, a removed one dropped (0: only POST /admin/reload)",
     )
     request_timeout_s: int = setting(120, "BentoML request timeout")
     header_timeout_s: int = setting(

@@ -491,8 +491,23 @@ class StandardScaler:
         return cls(tuple(features), arrays["mean"], arrays["std"], tuple(log1p), arrays.get("min"), arrays.get("max"))
 
 
-def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
-    """One row as an object {name: value} (names case-insensitive) or a list in feature order."""
+def category_text(value: Any) -> str | None:
+    """A categorical cell as training recorded it: text as it is, a whole number without ".0" (a CSV's 3 is 3.0 once parsed)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    return None
+
+
+def feature_row(row: Any, feature_names: Sequence[str], categories: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+    """One row as an object {name: value} (names case-insensitive) or a list in feature order.
+
+    A categorical feature (named in `categories`) holds one of the categories seen in
+    training; the row carries its index there, as a number like every other feature.
+    """
     if isinstance(row, Mapping):
         found, missing = match_names(row, feature_names)
         extra = set(row) - set(found.values())
@@ -512,9 +527,12 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
             raise InputError(f"has {len(row)} values, expected {len(feature_names)} ({', '.join(feature_names)})")
         values = list(row)
     else:
-        raise InputError(f"must be an object of named features or a list of {len(feature_names)} numbers")
+        raise InputError(f"must be an object of named features or a list of {len(feature_names)} {'values' if categories else 'numbers'}")
     out = np.empty(len(feature_names), dtype=np.float64)
     for i, (name, value) in enumerate(zip(feature_names, values)):
+        if categories and name in categories:
+            out[i] = _category_index(name, value, categories[name])
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"feature {name} must be a number, got {type(value).__name__}")
         try:
@@ -525,3 +543,80 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
             raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
         out[i] = number
     return out
+
+
+def _category_index(name: str, value: Any, known: Sequence[str]) -> int:
+    text = category_text(value)
+    if text is None:
+        raise InputError(f"feature {name} must be one of its categories (a string), got {type(value).__name__}")
+    try:
+        return known.index(text)
+    except ValueError:
+        shown = ", ".join(repr(c) for c in known[:MAX_NAMES_QUOTED]) + (", ..." if len(known) > MAX_NAMES_QUOTED else "")
+        raise InputError(f"feature {name} is {text[:100]!r}, not a category the model was trained on ({shown})") from None
+
+
+@dataclass
+class TableEncoder:
+    """A table row -> the model's input: numeric columns scaled (StandardScaler), categorical ones one-hot.
+
+    `columns` is what a request row holds, in order; a checked row is a float array in that
+    order where a categorical column holds its category's index. The model's input is the
+    scaled numeric columns (in their order), then one block of one-hot columns per
+    categorical column, with the categories seen in training (scaler.json records both).
+    A model without categorical columns (Boston housing) is exactly its StandardScaler.
+    """
+
+    columns: tuple[str, ...]
+    scaler: StandardScaler  # over the numeric columns
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._numeric = [self.columns.index(name) for name in self.scaler.feature_names]
+        self._categorical = [(self.columns.index(name), len(known)) for name, known in self.categories.items()]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.columns
+
+    @property
+    def log1p(self) -> tuple[str, ...]:
+        return self.scaler.log1p
+
+    @property
+    def width(self) -> int:
+        """Columns of the model's input."""
+        return len(self._numeric) + sum(n for _, n in self._categorical)
+
+    def check(self, value: Any) -> np.ndarray:
+        row = feature_row(value, self.columns, self.categories)
+        self.scaler.check(row[self._numeric])
+        return row
+
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.columns))
+        parts = [self.scaler.transform(rows[:, self._numeric])]
+        for column, size in self._categorical:
+            parts.append(np.eye(size, dtype=np.float32)[rows[:, column].astype(np.int64)])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def inverse_example(self) -> np.ndarray:
+        """A typical row: the numeric training means, the first category of each categorical column."""
+        row = np.zeros(len(self.columns))
+        row[self._numeric] = self.scaler.inverse_example()
+        return row
+
+    def ranges(self) -> tuple[dict[str, float], dict[str, float], bool]:
+        """Per numeric column, (low, high) as StandardScaler.ranges() gives them, by name; and whether they were seen."""
+        low, high, seen = self.scaler.ranges()
+        names = self.scaler.feature_names
+        return dict(zip(names, map(float, low))), dict(zip(names, map(float, high))), seen
+
+    def to_json(self) -> dict[str, Any]:
+        return self.scaler.to_json() | {"columns": list(self.columns), "categorical": {k: list(v) for k, v in self.categories.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TableEncoder:
+        scaler = StandardScaler.from_json(data)
+        categories = {str(k): tuple(str(c) for c in v) for k, v in (data.get("categorical") or {}).items()}
+        return cls(tuple(data.get("columns") or scaler.feature_names), scaler, categories)

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -114,6 +115,8 @@ REQUIRED_METADATA_KEYS: dict[str, type] = {
     "assets": dict,
 }
 TASKS = ("binary_classification", "multiclass_classification", "regression")
+MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MODEL_NAME_RULE = "lower-case letters, digits, _ and -, starting with a letter or digit, at most 64 characters ([a-z0-9][a-z0-9_-]{0,63})"
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,11 @@ def validate_metadata(metadata: Any) -> list[str]:
                 problems.append(f"each of {io_key!r} needs name, dtype and shape (an object; name a string)")
                 break
     return problems
+
+
+def is_model_name(text: str) -> bool:
+    """A name a model may have: it is a directory, a URL path segment and a metrics label, so a plain one."""
+    return MODEL_NAME_RE.fullmatch(text) is not None
 
 
 def interface_changes(served: dict[str, Any], new: dict[str, Any]) -> list[str]:

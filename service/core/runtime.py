@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.core.catalog import CATALOG, entry
+from service.core.catalog import own_endpoint
 from service.core.config import Settings
 from service.core.cpu import cpu_report
 from service.core.errors import ModelLoadError, NotFoundError, RegistryError, ReloadRefused
@@ -37,16 +37,20 @@ from service.core.registry import (
     CURRENT_FILE,
     MAX_CANDIDATE_BYTES,
     MODEL_FILE,
+    MODEL_NAME_RULE,
     Candidate,
     FileLimits,
     ModelVersion,
     Registry,
     VersionFiles,
+    is_model_name,
     read_limited,
+    validate_metadata,
 )
 from service.core.sessions import GPU_PROVIDERS, SessionConfig, Sessions, cuda_device_count, open_session, resolve_providers
 from service.core.tasks import Task
 from service.core.tasks.friendly import friendly_api
+from service.core.tasks.kinds import task_for
 from service.core.workers import WorkerGroup
 
 log = logging.getLogger("modelserve.runtime")
@@ -216,7 +220,7 @@ def load_model(
     int8_bounds: Int8Bounds | None = None,
     limits: FileLimits | None = None,
 ) -> LoadedModel:
-    """Verify, open, check and warm one version as `task` (default: the catalog's). Raises RegistryError or ModelLoadError.
+    """Verify, open, check and warm one version as `task` (default: the one its metadata names). Raises RegistryError or ModelLoadError.
 
     `int8`: run the version's INT8 variant where the CPU provider runs it (choose_model_file) and it
     answers its reference set like fp32 within `int8_bounds` on this CPU (else model.onnx runs).
@@ -224,8 +228,8 @@ def load_model(
     """
     limits = limits or FileLimits()
     where = f"{version.name} v{version.version}"
-    task = task or entry(version.name).task
     metadata = version.verify(limits)  # metadata schema + sha256 of model.onnx
+    task = task or task_for(metadata)
     kind = metadata["preprocessing"].get("kind")
     if kind != task.assets_kind:
         raise ModelLoadError(
@@ -340,18 +344,28 @@ class ModelRuntime:
         self.on_change: Callable[[], None] | None = None  # called after every reload attempt (the worker group publishes)
 
     def model_names(self) -> list[str]:
-        """The catalog's models that have a CURRENT (or the MODELSERVE_MODELS subset of them)."""
-        in_registry = self.registry.served_models()
-        unknown = [n for n in in_registry if n not in CATALOG]
-        if unknown:
-            log.warning("not serving %s: not in the catalog (service/core/catalog.py)", unknown)
-        served = [n for n in in_registry if n in CATALOG]
+        """The registry's models that have a CURRENT (or the MODELSERVE_MODELS subset of them); at start, every requested one must be there."""
+        served = self.wanted()
         if self.settings.models:
             missing = [m for m in self.settings.models if m not in served]
             if missing:
                 raise RegistryError(f"requested models {missing} have no CURRENT under {self.registry.root} (have {served})")
-            return list(self.settings.models)
         return served
+
+    def wanted(self) -> list[str]:
+        """What the registry says to serve now: every model with a CURRENT whose name is allowed (MODELSERVE_MODELS limits them).
+
+        A directory whose name breaks the rule is refused with that reason (GET /models lists it), never served.
+        """
+        wanted = []
+        for name in self.registry.served_models():
+            if not is_model_name(name):
+                if name not in self.refused:
+                    self._refuse(name, None, f"the model name {name[:100]!r} is not allowed: {MODEL_NAME_RULE}")
+                continue
+            if not self.settings.models or name in self.settings.models:
+                wanted.append(name)
+        return wanted
 
     def load(self, name: str, version: int | None = None) -> LoadedModel:
         ref = self.registry.current(name) if version is None else self.registry.get(name, version)
@@ -406,11 +420,48 @@ class ModelRuntime:
                 self.reload_candidate(name)
 
     def get(self, name: str) -> LoadedModel:
-        """The version of `name` served now; NotFoundError (404) naming what is served when `name` is not."""
+        """The version of `name` served now; NotFoundError (404) naming the served models when there is none."""
         try:
             return self._models[name]
         except KeyError:
             raise NotFoundError(f"model {name!r} is not served here (served: {sorted(self._models)})") from None
+
+    def sync(self) -> list[dict[str, Any]]:
+        """Follow the registry's list of models: load the new ones, stop serving those whose directory is gone.
+
+        Like Triton's polled model repository. A new model is loaded, checked and warmed
+        before it is served, exactly like a reload; one that cannot be is refused with its
+        reason (`refused_reloads` on GET /models), and nothing else changes.
+        """
+        present = set(self.registry.model_names())
+        results = self.drop_missing(present)
+        for name in self.wanted():
+            if name not in self._models:
+                with contextlib.suppress(ReloadRefused):
+                    results.append(self.reload(name))
+                    self.reload_candidate(name)
+        return results
+
+    def drop_missing(self, present: set[str]) -> list[dict[str, Any]]:
+        """Stop serving the models whose directory is not `present`, and forget refusals of those never served."""
+        for name in [n for n in self.refused if n not in present and n not in self._models]:
+            self.refused.pop(name, None)
+            if self.on_change is not None:
+                self.on_change()
+        return [self.remove(name) for name in [n for n in self._models if n not in present]]
+
+    def remove(self, name: str) -> dict[str, Any]:
+        """Stop serving `name` (its directory is gone); requests already running finish on the object they hold."""
+
+        def drop(name: str) -> dict[str, Any]:
+            old = self._models.pop(name, None)
+            self._candidates.pop(name, None)
+            self.refused.pop(name, None)
+            self.refused_candidates.pop(name, None)
+            log.info("%s removed from the registry: no longer served (was v%s)", name, old.version if old else None)
+            return {"model": name, "status": "removed", "previous_version": old.version if old else None}
+
+        return self._changing(drop, name)
 
     def candidate(self, name: str) -> CandidateSlot | None:
         return self._candidates.get(name)
@@ -484,6 +535,8 @@ class ModelRuntime:
             if old is not None and old.version == target.version:
                 self.refused.pop(name, None)
                 return {"model": name, "status": "unchanged", "version": old.version}
+            if old is not None:
+                self._same_kind(old, target)
             new = self._load(target)
         except (RegistryError, ModelLoadError) as exc:
             raise self._refuse(name, old, str(exc)) from exc
@@ -492,7 +545,10 @@ class ModelRuntime:
             raise self._refuse(name, old, f"unexpected {type(exc).__name__}: {exc}") from exc
         self._models[name] = new  # one reference swap: requests in flight keep the old object
         self.refused.pop(name, None)
-        log.info("reloaded %s: v%s -> v%d", name, old.version if old else None, new.version)
+        if old is None:
+            log.info("added %s v%d (a %s model): served", name, new.version, new.task.name)
+        else:
+            log.info("reloaded %s: v%d -> v%d", name, old.version, new.version)
         return {
             "model": name,
             "status": "reloaded",
@@ -501,10 +557,27 @@ class ModelRuntime:
             "providers": new.providers,
         }
 
+    @staticmethod
+    def _same_kind(old: LoadedModel, target: ModelVersion) -> None:
+        """A served model keeps its kind (and a classifier its answers' shape): its clients would break. ModelLoadError otherwise."""
+        metadata = target.read_metadata()
+        if validate_metadata(metadata):
+            return  # the load refuses it, saying what is wrong
+        task, kind = task_for(metadata), metadata["preprocessing"].get("kind")
+        if type(task) is not type(old.task):
+            raise ModelLoadError(
+                f"{target.name} v{target.version} is a {kind!r} model ({task.name}, {len(metadata['labels'])} labels); "
+                f"{target.name} is served as {old.task.name} ({len(old.labels)} labels) by v{old.version}: its clients would break, "
+                "serve it under a new name"
+            )
+
     def _refuse(self, name: str, old: LoadedModel | None, reason: str) -> ReloadRefused:
         reason = reason[:2000]
         self.refused[name] = {"reason": reason, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        log.warning("reload of %s refused, still serving v%s: %s", name, old.version if old else None, reason)
+        if old is None:
+            log.warning("%s is not served: %s", name, reason)
+        else:
+            log.warning("reload of %s refused, still serving v%s: %s", name, old.version, reason)
         return ReloadRefused(reason)
 
     def candidate_pointer(self, name: str) -> str:
@@ -528,20 +601,34 @@ class ModelRuntime:
             stamp = 0
         return f"{version}@{stamp}"
 
-    def batch_size(self, name: str) -> int:
-        return max_batch_size(self.settings, name, entry(name).task, self.providers)
+    def model_key(self, name: str) -> str:
+        """CURRENT, and the size and time of every file of the version it names: a key that changes until a
+        model being copied into the registry is complete (the watcher retries a refused new model when it does)."""
+        parts = [self.pointer(name)]
+        with contextlib.suppress(RegistryError, OSError):
+            version = self.registry.current_version(name)
+            if version is not None:
+                for path in sorted((self.registry.root / name / str(version)).iterdir()):
+                    stat = path.stat()
+                    parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "|".join(parts)
+
+    def batch_size(self, model: LoadedModel) -> int:
+        return max_batch_size(self.settings, model.name, model.task, self.providers)
+
+    def describe_model(self, model: LoadedModel) -> dict[str, Any]:
+        """GET /models/{name}: the served version, the routes that reach it, its batch size and candidate."""
+        predict = f"/models/{model.name}/predict"
+        return model.describe() | {
+            "endpoint": own_endpoint(model.name) or predict,
+            "predict_endpoint": predict,
+            "max_batch_size": self.batch_size(model),
+            "candidate": self.candidates().get(model.name),
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
-            "models": [
-                m.describe()
-                | {
-                    "endpoint": f"/{entry(m.name).endpoint}",
-                    "max_batch_size": self.batch_size(m.name),
-                    "candidate": self.candidates().get(m.name),
-                }
-                for m in self.served().values()
-            ],
+            "models": [self.describe_model(m) for m in self.served().values()],
             "model_root": str(self.registry.root),
             "providers_requested": self.providers,
             "gpus": cuda_device_count(),
@@ -601,7 +688,9 @@ class CurrentWatcher:
     def carry_out(self, request: dict[str, Any]) -> None:
         """Another worker's reload request: reload the models it names (all served ones if it names none), then confirm."""
         assert self.group is not None
-        names = [n for n in request.get("models") or self.runtime.served() if n in self.runtime]
+        if not request.get("models"):  # a reload of everything: the registry's list of models first
+            self.runtime.sync()
+        names = [n for n in request.get("models") or self.runtime.served() if n in self.runtime or n in self.runtime.wanted()]
         for name in names:
             with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused and published
                 self.runtime.reload(name)
@@ -621,7 +710,26 @@ class CurrentWatcher:
             with contextlib.suppress(ReloadRefused):  # recorded in runtime.refused_candidates
                 self.runtime.reload_candidate(name)
 
+    def follow_registry(self) -> None:
+        """Models added to the registry are loaded, removed ones dropped; a refused new model is retried only once its files change."""
+        present = set(self.runtime.registry.model_names())
+        for name in [n for n in self._refused_pointers if n not in present]:
+            del self._refused_pointers[name]
+        self.runtime.drop_missing(present)
+        for name in self.runtime.wanted():
+            if name in self.runtime:
+                continue
+            key = self.runtime.model_key(name)
+            if self._refused_pointers.get(name) == key:
+                continue
+            try:
+                self.runtime.reload(name)
+                self._refused_pointers.pop(name, None)
+            except ReloadRefused:
+                self._refused_pointers[name] = key
+
     def follow_current(self) -> None:
+        self.follow_registry()
         self.follow_candidates()
         for name, model in self.runtime.served().items():
             pointer = self.runtime.pointer(name)

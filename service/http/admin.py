@@ -1,4 +1,4 @@
-"""GET /models, POST /admin/reload and POST /admin/candidate: a small Starlette app mounted beside the predict APIs.
+"""GET /models[/{name}], POST /admin/reload and POST /admin/candidate: a small Starlette app mounted beside the predict APIs.
 
 BentoML APIs are POST-only and typed; these two are plain routes over the served
 models of this worker (the BentoML service instance holds them). A reload reaches
@@ -6,6 +6,9 @@ every worker: the worker that takes the call reloads, asks the others through th
 worker group (service/core/workers.py) and answers once they confirm; 200 when every
 worker serves the same versions, 409 when one refused, 202 when one did not confirm in
 PEER_WAIT_S. GET /models lists every worker's versions and refusals under `workers`.
+A reload of every model (`{}`) first follows the registry's list of models (new ones
+loaded, removed ones dropped), as the CURRENT watcher does every poll; a reload of a
+model the registry has but this worker does not serve yet loads it.
 """
 
 from __future__ import annotations
@@ -73,6 +76,19 @@ async def models_view(request: Request) -> JSONResponse:
     return JSONResponse(runtime.describe() | {"workers": every})
 
 
+async def model_view(request: Request) -> JSONResponse:
+    """GET /models/{name}: one served model, as GET /models lists it; 404 naming the served ones (and why this one is not)."""
+    runtime = _runtime()
+    if runtime is None:
+        return _error(503, "models are still loading")
+    name = request.path_params["name"]
+    try:
+        return JSONResponse(runtime.describe_model(runtime.get(name)))
+    except NotFoundError as exc:
+        refused = runtime.refused.get(name)
+        return _error(404, str(exc) + (f"; it was refused: {refused['reason']}" if refused else ""), refused=refused)
+
+
 def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
     if not settings.admin_token:
         return _error(403, "the admin API is disabled: start the service with MODELSERVE_ADMIN_TOKEN set")
@@ -97,10 +113,11 @@ async def _reload(runtime: ModelRuntime, names: list[str], workers: WorkerGroup 
         try:
             results.append(await anyio.to_thread.run_sync(runtime.reload, name))
         except ReloadRefused as exc:
-            served = runtime.get(name).version
+            served = runtime.get(name).version if name in runtime else None
+            kept = f"v{served} keeps serving" if served is not None else "it is not served"
             return _error(
                 exc.http_status,
-                f"reload of {name} refused, v{served} keeps serving: {exc}",
+                f"reload of {name} refused, {kept}: {exc}",
                 model=name,
                 served_version=served,
                 results=results,
@@ -115,7 +132,8 @@ async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerG
     generation = workers.request_reload(names)
     workers.publish(runtime.versions(), dict(runtime.refused))
     peers, missing = await anyio.to_thread.run_sync(workers.wait_for, generation, PEER_WAIT_S)
-    mine = {name: runtime.get(name).version for name in names}
+    mine = runtime.versions()
+    mine = {name: mine.get(name) for name in names}
     summary = {
         "expected": workers.expected,
         "confirmed": 1 + len(peers),
@@ -209,8 +227,10 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
             return _error(exc.http_status, str(exc))
         if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):
             return _error(400, 'send {"model": NAME} or {} for every model')
+        if not body.get("model"):
+            await anyio.to_thread.run_sync(runtime.sync)
         names = [body["model"]] if body.get("model") else list(runtime.served())
-        unknown = [n for n in names if n not in runtime]
+        unknown = [n for n in names if n not in runtime and n not in runtime.wanted()]
         if unknown:
             return _error(404, f"not served here: {unknown}; served: {list(runtime.served())}")
         return await _reload(runtime, names, _workers())
@@ -218,6 +238,7 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
     return Starlette(
         routes=[
             Route("/models", models_view, methods=["GET"]),
+            Route("/models/{name}", model_view, methods=["GET"]),
             Route("/admin/reload", reload_view, methods=["POST"]),
             Route("/admin/candidate", candidate_view, methods=["POST"]),
             *extra_routes,

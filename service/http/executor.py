@@ -340,7 +340,7 @@ class Executor:
         batcher = self.batchers.get(id(model))
         if batcher is None or batcher.task.done():
             run = functools.partial(self.run, model.name)
-            batcher = Batcher(model, self.runtime.batch_size(model.name), self.settings.batch_max_delay_ms / 1000, run)
+            batcher = Batcher(model, self.runtime.batch_size(model), self.settings.batch_max_delay_ms / 1000, run)
             self.batchers[id(model)] = batcher
             batcher.task.add_done_callback(
                 lambda _: self.batchers.pop(id(model), None) if self.batchers.get(id(model)) is batcher else None

@@ -22,7 +22,8 @@
   and BentoML fetches a *text* field of a file parameter as a URL.
 - A POST with a content type the route does not take gets 415; BentoML would
   otherwise parse anything as JSON. A route entry ending in "/" covers the paths under
-  it (the v2 protocol's /v2/models/{name}/.../infer).
+  it (the v2 protocol's /v2/models/{name}/.../infer, every model's /models/{name}/predict),
+  for content types and multipart file fields alike.
 - BentoML's 400 for a validation error says "1 validation error for Input"; the
   guard rewrites `error` into what was wrong and where ("texts[1]: is empty"),
   keeping pydantic's `detail` list, and caps what an error body quotes.
@@ -242,6 +243,14 @@ def multipart_problem(content_type: str, body: bytes, file_fields: tuple[str, ..
     return None if check.ended else "multipart body ends before its closing boundary"
 
 
+def lookup(table: Mapping[str, tuple[str, ...]], path: str) -> tuple[str, ...] | None:
+    """`path`'s own entry, else the longest entry ending in "/" that prefixes it (/v2/, /models/), else None."""
+    if path in table:
+        return table[path]
+    prefixes = [p for p in table if p.endswith("/") and path.startswith(p)]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
 class InFlight:
     """HTTP requests of this process between arrival and the end of their response (the executor's idle test reads it)."""
 
@@ -319,7 +328,7 @@ class RequestGuard:
         multipart = content_type.lower().startswith("multipart/")
         budget = None if allowed is None or multipart else JsonBudget(scope["path"], json_limit, self.max_json_values, headers)
         buffered = await self._read_body(receive, budget)
-        fields = self.file_fields.get(scope["path"])
+        fields = lookup(self.file_fields, scope["path"])
         if buffered is not None and fields and multipart:
             body = b"".join(m.get("body", b"") for m in buffered if m["type"] == "http.request")
             problem = multipart_problem(content_type, body, fields, self.max_files)
@@ -328,11 +337,8 @@ class RequestGuard:
         return buffered
 
     def _accepted(self, path: str) -> tuple[str, ...] | None:
-        """The content types a POST to `path` may have: its own entry, else the longest entry ending in "/" that prefixes it."""
-        if path in self.content_types:
-            return self.content_types[path]
-        prefixes = [p for p in self.content_types if p.endswith("/") and path.startswith(p)]
-        return self.content_types[max(prefixes, key=len)] if prefixes else None
+        """The content types a POST to `path` may have."""
+        return lookup(self.content_types, path)
 
     def _too_large(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "larger"

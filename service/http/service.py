@@ -1,14 +1,16 @@
-"""The BentoML service: one predict endpoint per catalog entry, over the registry's CURRENT models.
+"""The BentoML service over the registry's models: every one with a CURRENT version is served, found by polling.
 
     bentoml serve                      # from the project root (bentofile.yaml names this file)
 
-One class, thin. Each endpoint is made from its catalog entry: the request item type
-comes from the entry's task (its friendly-API adapter), whose checks run per request
-on the event loop and are cheap by contract (an image's header, not its pixels); the
-work (decoding, preprocessing, inference, batching where it pays) runs in executor.py's
-worker threads.
-GET /models and POST /admin/reload live in admin.py, the Open Inference Protocol (/v2/...) in v2.py,
-and over gRPC (MODELSERVE_GRPC_PORT) in service/grpc/server.py, started in each worker once its models are loaded.
+One class, thin. Every served model answers at POST /models/{name}/predict (predict.py)
+and on the Open Inference Protocol (/v2/..., v2.py; over gRPC on MODELSERVE_GRPC_PORT in
+service/grpc/server.py, started in each worker once its models are loaded), whatever its
+name: the registry is the catalog. The three shipped models also keep the endpoints they
+had first: BentoML APIs made from their recipes (catalog.py), whose request item type
+comes from the task's friendly-API adapter. Checks run per request on the event loop and
+are cheap by contract (an image's header, not its pixels); the work (decoding,
+preprocessing, inference, batching where it pays) runs in executor.py's worker threads.
+GET /models[/{name}] and POST /admin/reload live in admin.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bentoml.exceptions import InvalidArgument
 from pydantic import AfterValidator, Field
 from starlette.responses import JSONResponse, Response
 
-from service.core.catalog import CATALOG, CatalogEntry
+from service.core.catalog import RECIPES, Recipe
 from service.core.config import Settings
 from service.core.errors import NotFoundError, Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
@@ -41,6 +43,10 @@ from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_f
 from service.http.headers import SecurityHeaders
 from service.http.metrics import own_metrics_directory
 from service.http.playground import playground_routes
+from service.http.predict import CONTENT_TYPES as PREDICT_CONTENT_TYPES
+from service.http.predict import FILE_FIELDS as PREDICT_FILE_FIELDS
+from service.http.predict import PREFIX as PREDICT_PREFIX
+from service.http.predict import predict_routes
 from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
@@ -102,11 +108,11 @@ def served_model(name: str) -> LoadedModel:
         raise bentoml.exceptions.NotFound(str(exc)) from None
 
 
-def predict_api(entry: CatalogEntry) -> Any:
-    """POST /<endpoint>: a BentoML API whose request field and item type come from the entry's task's friendly API."""
-    task, api = entry.task, friendly_api(entry.task)
+def predict_api(recipe: Recipe) -> Any:
+    """POST /<endpoint>: a BentoML API whose request field and item type come from the recipe's task's friendly API."""
+    task, api = recipe.task, friendly_api(recipe.task)
     field = api.field
-    assets: Callable[[], Any] = lambda: served_model(entry.name).assets  # noqa: E731
+    assets: Callable[[], Any] = lambda: served_model(recipe.name).assets  # noqa: E731
 
     def check_request(items: list[Any]) -> list[Any]:
         task.check_request(items, SETTINGS)
@@ -116,8 +122,10 @@ def predict_api(entry: CatalogEntry) -> Any:
     items = Annotated[list[item], Field(min_length=1, max_length=SETTINGS.max_items), AfterValidator(check_request)]  # type: ignore[valid-type]
 
     async def predict(self: ModelServe, ctx: bentoml.Context, **request: Any) -> Response:
-        served_model(entry.name)  # 404 naming what is served, when this model is not
-        model, shadow = route(self.runtime, entry.name, ctx.request.headers.get(ROUTING_HEADER))
+        try:
+            model, shadow = route(self.runtime, recipe.name, ctx.request.headers.get(ROUTING_HEADER))
+        except NotFoundError as exc:  # not served (MODELSERVE_MODELS), or its directory was removed from the registry
+            raise bentoml.exceptions.NotFound(str(exc)) from None
         try:
             answers = await self.executor.predict(model, request[field], shadow)
         except ItemError as exc:
@@ -131,8 +139,8 @@ def predict_api(entry: CatalogEntry) -> Any:
         # dump it through its IO machinery (about a tenth of the event loop's time per request).
         return Response(json.dumps(answers).encode(), media_type="application/json")
 
-    predict.__name__ = predict.__qualname__ = entry.endpoint
-    predict.__doc__ = inspect.cleandoc(entry.doc)
+    predict.__name__ = predict.__qualname__ = recipe.endpoint
+    predict.__doc__ = inspect.cleandoc(recipe.doc)
     predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
@@ -144,10 +152,10 @@ def predict_api(entry: CatalogEntry) -> Any:
     return bentoml.api(predict)
 
 
-for _entry in CATALOG.values():
-    setattr(ModelServe, _entry.endpoint, predict_api(_entry))
+for _recipe in RECIPES.values():
+    setattr(ModelServe, _recipe.endpoint, predict_api(_recipe))
 
-ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*playground_routes(), *drift_routes()]), path="/")(  # type: ignore[misc]
+ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*predict_routes(SETTINGS), *playground_routes(), *drift_routes()]), path="/")(  # type: ignore[misc]
     bentoml.service(
         name="modelserve",
         workers=SETTINGS.worker_count(),
@@ -160,16 +168,18 @@ ModelServe = bentoml.asgi_app(admin_app(SETTINGS, [*playground_routes(), *drift_
 )
 ModelServe.mount_asgi_app(v2_app(SETTINGS), path="/")  # the Open Inference Protocol (KServe v2): service/http/v2.py
 ModelServe.add_asgi_middleware(SecurityHeaders)  # added first: outside the guard, so its refusals carry them too
-_friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in CATALOG.values()}
+_friendly = {f"/{e.endpoint}": friendly_api(e.task) for e in RECIPES.values()}
 ModelServe.add_asgi_middleware(
     RequestGuard,
     max_request_bytes=SETTINGS.max_request_bytes,
     content_types={path: api.content_types for path, api in _friendly.items()}
-    | {"/admin/reload": ("application/json",), "/admin/candidate": ("application/json",), "/v2/": V2_CONTENT_TYPES},
-    file_fields={path: (api.field,) for path, api in _friendly.items() if "multipart/form-data" in api.content_types},
+    | {"/admin/reload": ("application/json",), "/admin/candidate": ("application/json",), "/v2/": V2_CONTENT_TYPES}
+    | {PREDICT_PREFIX: PREDICT_CONTENT_TYPES},
+    file_fields={path: (api.field,) for path, api in _friendly.items() if "multipart/form-data" in api.content_types}
+    | {PREDICT_PREFIX: PREDICT_FILE_FIELDS},
     max_files=SETTINGS.max_items,
     body_timeout_s=SETTINGS.body_timeout_s,
-    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in CATALOG.values()},
+    json_bytes={f"/{e.endpoint}": SETTINGS.max_items * e.task.max_json_item_bytes(SETTINGS) + 1024 for e in RECIPES.values()},
     max_json_values=SETTINGS.max_json_values,
 )
 

@@ -15,9 +15,10 @@ batch_inputs.py (tables and folders for batch scoring), gate.py (the metric that
 gates a redeploy) and profiles.py (what drift monitoring summarizes of inputs and
 answers). Adding a way in adds a module there; no task changes.
 
-A task object is configuration (one per catalog entry); what changes from one
-version to the next (vocabulary, scaler, image size) is the version's `assets`,
-which the task loads from the version directory and is handed back on every call.
+A task object is configuration, chosen for a version from its metadata (kinds.py);
+what changes from one version to the next (vocabulary, scaler, image size) is the
+version's `assets`, which the task loads from the version directory and is handed
+back on every call.
 """
 
 from __future__ import annotations
@@ -173,6 +174,24 @@ class ClassificationTask(Task):
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         """Share of answers whose label is the target's."""
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
+
+
+class SoftmaxClassification(ClassificationTask):
+    """Classifiers with one probability per class (a softmax): answers carry the label, its score and every probability."""
+
+    probability_field = "score"
+
+    def answers(self, outputs: np.ndarray, assets: Assets, metadata: Mapping[str, Any]) -> list[Answer]:
+        labels = list(metadata["labels"])
+        return [
+            {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row)))}
+            for row in outputs
+        ]
+
+    def check_answer(self, answer: Answer) -> str | None:
+        if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
+            return "probabilities do not sum to 1"
+        return Task.check_answer(self, answer)  # not the next class's: a binary text classifier checks its own field
 
 
 def for_kind(task: Task, by_kind: Mapping[type[Task], V]) -> V:

@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any, ClassVar
 
 from service.core.errors import UsageError
-from service.core.preprocessing import StandardScaler, match_names
+from service.core.preprocessing import TableEncoder, match_names
 from service.core.tasks.base import Assets, Task, for_kind
 from service.core.tasks.image_classification import IMAGE_SUFFIXES, ImageClassification
 from service.core.tasks.tabular_regression import TabularRegression
@@ -98,9 +98,12 @@ class TextColumn(BatchInput):
 
 
 class FeatureColumns(BatchInput):
-    help = "CSV, JSONL or Parquet with one column per feature (the model's names, any case);\nother columns are ignored"
+    help = (
+        "CSV, JSONL or Parquet with one column per feature (the model's names, any case;\n"
+        "a categorical feature holds one of its categories); other columns are ignored"
+    )
 
-    def columns(self, columns: Sequence[str], assets: StandardScaler, requested: str | None) -> list[str]:
+    def columns(self, columns: Sequence[str], assets: TableEncoder, requested: str | None) -> list[str]:
         if requested:
             raise UsageError(f"--text-column is for text models; {self.task.name} reads feature columns")
         found, missing = match_names(columns, assets.feature_names)

@@ -1,4 +1,4 @@
-"""Image classification (cats vs dogs): encoded image bytes in, a label and every class's probability out."""
+"""Image classification: encoded image bytes in, a label and every class's probability out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import ImageSpec, decode_image, decode_opened, open_image
 from service.core.registry import VersionFiles
-from service.core.tasks.base import Answer, BatchSizes, ClassificationTask
+from service.core.tasks.base import BatchSizes, SoftmaxClassification
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # the files that are images (batch folders, uploads)
 SMOKE_EXTRA_SIDE = 37  # smoke images are this much wider (and half as much taller) than the model's input
@@ -72,11 +72,10 @@ def _checked_pixels(pixels: np.ndarray, assets: ImageSpec) -> np.ndarray:
     return pixels
 
 
-class ImageClassification(ClassificationTask):
+class ImageClassification(SoftmaxClassification):
     name = "image_classification"
     assets_kind = "image"
     item_noun = "image"
-    probability_field = "score"
     # CPU: ~200 img/s at every batch size from 1 to 64 (benchmarks/results/batch_sizes.md), so a big batch only adds
     # latency. GPU: batch 256 is 20x batch 1 for this network (../shared/GPU.md, H100, io-binding).
     batch_sizes = BatchSizes(cpu=8, gpu=256)
@@ -141,13 +140,6 @@ class ImageClassification(ClassificationTask):
             out.append(np.asarray(image if image.size == size else image.resize(size, Image.Resampling[assets.resample.upper()])))
         return out
 
-    def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
-        labels = list(metadata["labels"])
-        return [
-            {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row)))}
-            for row in outputs
-        ]
-
     def smoke_items(self, assets: ImageSpec) -> list[np.ndarray]:
         """Two encoded images of another size (a translucent PNG, a noisy JPEG), through the real decoding and resizing.
 
@@ -164,8 +156,3 @@ class ImageClassification(ClassificationTask):
             image.save(buffer, fmt)
             encoded.append(buffer.getvalue())
         return [decode_image(data, assets) for data in encoded]
-
-    def check_answer(self, answer: Answer) -> str | None:
-        if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
-            return "probabilities do not sum to 1"
-        return super().check_answer(answer)

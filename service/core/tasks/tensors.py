@@ -8,6 +8,7 @@ arrays. Decoding a tensor from the wire is the transport's business (v2_codec.py
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,11 +19,11 @@ import numpy as np
 
 from service.core.config import Settings
 from service.core.errors import InputError
-from service.core.preprocessing import ImageSpec, StandardScaler
+from service.core.preprocessing import ImageSpec, TableEncoder
 from service.core.tasks.base import Answer, Assets, Task, for_kind
 from service.core.tasks.image_classification import ImageClassification, upload_bytes
 from service.core.tasks.tabular_regression import TabularRegression
-from service.core.tasks.text_classification import TextClassification
+from service.core.tasks.text_classification import MulticlassTextClassification, TextClassification
 
 # The Open Inference Protocol's numeric datatypes as NumPy types (BYTES tensors are object arrays of bytes).
 V2_NUMPY_TYPES: dict[str, type[np.generic]] = {
@@ -97,15 +98,30 @@ class ImageTensors(Tensors):
         return [Tensor("images", "BYTES", (-1,)), Tensor(PIXELS_TENSOR, "UINT8", (-1, assets.height, assets.width, 3))]
 
     def outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
-        return [
-            Tensor("label", "BYTES", (-1,)),
-            Tensor("score", "FP32", (-1,)),
-            Tensor("probabilities", "FP32", (-1, len(metadata["labels"]))),
-        ]
+        return softmax_outputs(metadata)
 
     def value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
         """An encoded image is raw bytes in binary tensor data and base64 in JSON (as in the friendly endpoint's JSON)."""
         return element if tensor.name == PIXELS_TENSOR else upload_bytes(element, settings.max_image_bytes)
+
+
+def softmax_outputs(metadata: Mapping[str, Any]) -> list[Tensor]:
+    """What every softmax classifier answers: the label, its score and every class's probability (in metadata's label order)."""
+    return [
+        Tensor("label", "BYTES", (-1,)),
+        Tensor("score", "FP32", (-1,)),
+        Tensor("probabilities", "FP32", (-1, len(metadata["labels"]))),
+    ]
+
+
+def utf8(element: Any) -> Any:
+    """A BYTES element as text: UTF-8 bytes in binary tensor data, already a string in JSON."""
+    if isinstance(element, bytes):
+        try:
+            return element.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return element
 
 
 class TextTensors(Tensors):
@@ -117,31 +133,40 @@ class TextTensors(Tensors):
 
     def value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
         """A text is UTF-8 bytes in binary tensor data, a string in JSON."""
-        if isinstance(element, bytes):
-            try:
-                return element.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        return element
+        return utf8(element)
+
+
+class MulticlassTextTensors(TextTensors):
+    def outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
+        return softmax_outputs(metadata)
 
 
 class TabularTensors(Tensors):
     task: TabularRegression
 
-    def inputs(self, assets: StandardScaler) -> list[Tensor]:
-        """FP32 [N, features], the features in the model's order (GET /models)."""
+    def inputs(self, assets: TableEncoder) -> list[Tensor]:
+        """FP32 [N, features], the features in the model's order (GET /models); with categorical features,
+        BYTES [N] of rows as JSON, as the friendly API takes them (a category is text, which FP32 cannot carry)."""
+        if assets.categories:
+            return [Tensor("rows", "BYTES", (-1,))]
         return [Tensor("rows", "FP32", (-1, len(assets.feature_names)))]
 
     def outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
         return [Tensor(self.task.answer_field, "FP32", (-1,))]
 
-    def value(self, tensor: Tensor, element: np.ndarray, settings: Settings) -> list[float]:
+    def value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
+        if tensor.datatype == "BYTES":
+            try:
+                return json.loads(utf8(element))
+            except ValueError as exc:
+                raise InputError(f"is not a row as JSON, an object of named features or a list ({exc})") from None
         return element.tolist()  # Python floats, as JSON rows of the friendly API give `check`
 
 
 ADAPTERS: dict[type[Task], type[Tensors]] = {
     ImageClassification: ImageTensors,
     TextClassification: TextTensors,
+    MulticlassTextClassification: MulticlassTextTensors,
     TabularRegression: TabularTensors,
 }
 

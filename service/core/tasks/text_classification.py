@@ -1,4 +1,4 @@
-"""Binary text classification (IMDB sentiment): raw text in, a label and the probability of the positive one out.
+"""Text classification: raw text in; binary (a sigmoid) gives the label and the probability of the second label, multi-class (a softmax) every class's.
 
 A version's graph takes either a dense row per text (`features` [N, V]: versions exported
 before sparse input) or the text's n-gram ids and weights (`ids` + `weights` [N, K],
@@ -16,7 +16,7 @@ from service.core.config import Settings
 from service.core.errors import InputError
 from service.core.preprocessing import SPARSE_INPUTS, TextVectorizer, check_text
 from service.core.registry import VersionFiles
-from service.core.tasks.base import Answer, BatchSizes, ClassificationTask
+from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, SoftmaxClassification
 
 # Up to this many characters in a request, tokenising and inference take ~0.2 ms here: less than a thread hop.
 LIGHT_REQUEST_CHARS = 2_000
@@ -75,3 +75,7 @@ class TextClassification(ClassificationTask):
         if not 0.0 <= answer["probability_positive"] <= 1.0:
             return "probability outside [0, 1]"
         return super().check_answer(answer)
+
+
+class MulticlassTextClassification(SoftmaxClassification, TextClassification):
+    """More than two labels: the model ends in a softmax, and answers are those of every softmax classifier."""
