@@ -1,4 +1,4 @@
-"""Shared fixtures: a real `bentoml serve` on the shipped models, a client for it, the test inputs.
+"""Shared fixtures: a real `bentoml serve` on the shipped models, a client for it, the test inputs; the tiers' checks.
 
 One server per test module. A module configures its server with module-level
 SERVER_ENV (MODELSERVE_* settings, e.g. tighter limits) and MODEL_ROOT (another
@@ -15,6 +15,13 @@ import httpx
 import pytest
 
 from benchmarks.launch import ROOT, Server, start_server
+from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
+    pytest_collection_modifyitems,
+    pytest_make_collect_report,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHIPPED_MODELS = ROOT / "models"

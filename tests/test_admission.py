@@ -5,8 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.test_request_path import IMAGE_PIXELS, big_png, heaviest_request
+
+pytestmark = pytest.mark.integration
 
 # The bound admits one heaviest request at a time, so any two that overlap meet it.
 SERVER_ENV = {

@@ -27,6 +27,8 @@ from benchmarks.launch import free_port
 from service.core.registry import Registry
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 CAT = (ROOT / "tests" / "fixtures" / "cat.jpg").read_bytes()
 IMAGE = os.environ.get("MODELSERVE_TEST_IMAGE", "")

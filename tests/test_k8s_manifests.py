@@ -30,6 +30,8 @@ import yaml
 from benchmarks.launch import ROOT
 from service.core.config import PREFIX, ClientSettings, Settings
 
+pytestmark = pytest.mark.integration
+
 K8S = ROOT / "deploy" / "k8s"
 VARIANTS = ("base", "gpu", "registry-volume")
 ISVC = K8S / "kserve" / "inferenceservice.yaml"

@@ -11,7 +11,11 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from benchmarks.launch import BENTOML, ROOT
+
+pytestmark = pytest.mark.integration
 
 PLAYGROUND_FILES = sorted((ROOT / "service" / "http" / "static").iterdir())
 

@@ -9,6 +9,8 @@ import pytest
 
 from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
 
+pytestmark = pytest.mark.unit
+
 
 def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes") -> int:
     with registry.new_version(name) as staged:

@@ -28,6 +28,8 @@ from benchmarks.replicas import (
     serving_image,
 )
 
+pytestmark = pytest.mark.e2e
+
 REPLICAS = 3
 CLIENTS = 32
 POLL_S = 2

@@ -17,6 +17,8 @@ from service.core.runtime import load_model
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 from tests.generate import class_image, image_bytes
 
+pytestmark = pytest.mark.integration
+
 IMAGE_PIXELS = 24_000_000  # one 6000x4000 image: a phone photo's size
 SERVER_ENV = {
     "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),

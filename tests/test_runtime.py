@@ -12,6 +12,8 @@ from service.core.registry import Registry
 from service.core.runtime import ModelRuntime, load_model
 from service.core.sessions import cuda_device_count, resolve_providers
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

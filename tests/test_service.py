@@ -18,6 +18,8 @@ from service.core.runtime import load_model
 from tests.generate import image_bytes
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.integration
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CAT, DOG = (FIXTURES / "cat.jpg").read_bytes(), (FIXTURES / "dog.jpg").read_bytes()
 POSITIVE = "One of the best films I have seen in years: moving, funny and beautifully acted. I loved it."

@@ -38,7 +38,7 @@ pyspark = pytest.importorskip("pyspark", reason="pip install -e '.[spark]'")  # 
 from service.batch import spark  # noqa: E402  (needs pyspark)
 
 # pyspark 4.3 warns about pandas 3 on every session and mapInArrow; the engine never hands pandas anything.
-pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")]
 
 MODEL_ROOT = ROOT / "models"
 SERVED = {name: Registry(MODEL_ROOT).current_version(name) for name in ("imdb_sentiment", "boston_housing")}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from service.http.timeouts import cancel_finished_request_timers
+
+pytestmark = pytest.mark.unit
 
 
 async def _call(app: Any) -> list[dict[str, Any]]:

@@ -6,22 +6,31 @@ process so TensorFlow is imported once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-pytest.importorskip("tensorflow")
-
-import keras
 
 from service.core.registry import Registry, validate_metadata
 from service.core.runtime import load_model
 from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv
 from training.__main__ import main
 from training.datasets import load_housing
+
+# TensorFlow is imported by the first test that trains, not when the tests are collected (pytest -m unit does not wait for it).
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="pip install -e '.[train]'")]
+
+
+@pytest.fixture(scope="module")
+def keras() -> ModuleType:
+    import keras
+
+    return keras
+
 
 SCHEMA_EXTRAS = ("model_bytes", "plots")
 
@@ -106,7 +115,7 @@ def test_seed_variant_is_selectable(tmp_path: Path) -> None:
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
 
 
-def test_nb_ratio_is_folded_into_the_exported_model() -> None:
+def test_nb_ratio_is_folded_into_the_exported_model(keras: ModuleType) -> None:
     """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
     import scipy.sparse as sp
 
@@ -173,7 +182,7 @@ def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
     assert [o.shape[1] for o in session.get_outputs()] == [1], "the members are averaged into one price"
 
 
-def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
+def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> None:
     """Random VGG16 weights saved to a file stand in for ImageNet weights (none can be downloaded).
 
     VGG16 has no BatchNorm, so its random features keep the colour signal; the run
@@ -209,7 +218,7 @@ def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: P
     assert metadata["training"]["phase2"]["epochs"] == 0
 
 
-def test_in_graph_scaling_matches_keras_applications() -> None:
+def test_in_graph_scaling_matches_keras_applications(keras: ModuleType) -> None:
     from training.image_classifier import scale_caffe, scale_tf
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
@@ -218,7 +227,7 @@ def test_in_graph_scaling_matches_keras_applications() -> None:
 
 
 def test_parity_failure_stops_the_run_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keras: ModuleType
 ) -> None:
     import training.publish as publish_module
     from training.export import export_onnx

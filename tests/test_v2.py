@@ -31,6 +31,8 @@ from benchmarks.launch import ROOT, Server, start_server
 from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import Registry
 
+pytestmark = pytest.mark.integration
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CAT, DOG = (FIXTURES / "cat.jpg").read_bytes(), (FIXTURES / "dog.jpg").read_bytes()
 TEXTS = [

@@ -18,6 +18,8 @@ import pytest
 from benchmarks.launch import Server
 from tests.faults.faultlib import ADMIN, HOUSE, TOKEN, log_problems, raw_exchange, slow_send, worker_pids
 
+pytestmark = pytest.mark.integration
+
 LIMIT = 1_000_000
 HEADER_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 2

@@ -28,6 +28,8 @@ from service.core.registry import HISTORY_FILE, Registry
 from tests.faults.faultlib import TABULAR, TOKEN, copy_version, registry_of, versions_answering, wait_until
 from training.redeploy import ServiceClient, deploy
 
+pytestmark = pytest.mark.integration
+
 
 class FaultyService(BaseHTTPRequestHandler):
     """Answers as a broken service or proxy would, per `mode`: '502', 'models-500', 'hang', 'garbage-200'."""

@@ -21,6 +21,8 @@ from benchmarks.launch import Server, start_server
 from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file
 from tests.faults.faultlib import ADMIN, TABULAR, TOKEN, copy_version, log_problems, registry_of, versions_answering, wait_until
 
+pytestmark = pytest.mark.integration
+
 POLL_S = 1
 
 

@@ -32,6 +32,8 @@ from tests.faults.faultlib import (
     worker_pids,
 )
 
+pytestmark = pytest.mark.integration
+
 CLIENTS = 4
 
 
