@@ -105,9 +105,9 @@ class Settings:
         """MODELSERVE_WORKERS, or for 0 the CPUs this process may use as BentoML counts them for its own `workers="cpu_count"`."""
         if self.workers:
             return self.workers
-        from bentoml._internal.resource import CpuResource  # BentoML's count honours a cgroup CPU quota (containers)
+        from service.patches.bentoml_cpu_count import cpu_count  # BentoML's count honours a cgroup CPU quota (containers)
 
-        return max(1, int(CpuResource.from_system()))
+        return cpu_count()
 
     def input_limits(self) -> dict[str, int]:
         """The settings that decide whether an input is valid (a resumed batch job must use the same)."""

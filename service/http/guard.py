@@ -9,7 +9,7 @@
 - Time: the whole body must arrive within MODELSERVE_BODY_TIMEOUT_S of the headers,
   else 408 and the connection is closed (a body that never comes held a connection
   for BentoML's 120 s request timeout). Headers have their own limit, in
-  service/http/connections.py, because uvicorn handles them before any ASGI code.
+  service/patches/uvicorn_header_timeout.py, because uvicorn handles them before any ASGI code.
 - Multipart bodies are checked before BentoML parses them (missing boundary, garbage,
   an unnamed part, too many parts or fields, a text field where a file belongs): 400
   with what was wrong. Starlette raises on each of these and BentoML answered 500,

@@ -29,15 +29,19 @@ from service.core.errors import Overloaded
 from service.core.runtime import CurrentWatcher, LoadedModel, ModelRuntime
 from service.core.workers import WorkerGroup
 from service.http.admin import admin_app
-from service.http.connections import limit_header_time
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard
 from service.http.playground import playground_routes
-from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
+from service.patches import active as active_patches
+from service.patches.bentoml_error_log import filter_request_errors
+from service.patches.bentoml_request_timer import cancel_finished_request_timers
+from service.patches.uvicorn_header_timeout import limit_header_time
 
 SETTINGS = Settings.from_env()
+# Patches of uvicorn and BentoML internals (service/patches, docs/patches.md): each checks the installed
+# version and the shape of what it patches first, and stops the service with what to do when they differ.
 cancel_finished_request_timers()
 limit_header_time(SETTINGS.header_timeout_s)
 log = logging.getLogger("modelserve.service")
@@ -48,6 +52,7 @@ class ModelServe:
 
     def __init__(self) -> None:
         _configure_logging()
+        log.info("patches of third-party internals in effect: %s", "; ".join(active_patches()) or "none")
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
@@ -138,7 +143,7 @@ ModelServe.add_asgi_middleware(
 
 
 def _configure_logging() -> None:
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+    filter_request_errors(ClientErrorLogFilter())
     ours = logging.getLogger("modelserve")
     if not ours.handlers:
         handler = logging.StreamHandler()

@@ -1,4 +1,4 @@
-"""A time limit on a request's line and headers, which uvicorn does not have (a patch of uvicorn's h11 protocol).
+"""A time limit on a request's line and headers, which uvicorn does not have (a patch of uvicorn's two HTTP protocols).
 
 uvicorn 0.54 arms no timer while it reads a request's headers: only its keep-alive
 timer, and only between requests. A client that opens a connection and sends
@@ -13,9 +13,11 @@ next request on a kept-alive connection: otherwise 408 and the connection is clo
 (closed without an answer when the client sent nothing at all). The body's own
 limit is in the request guard (service/http/guard.py), where the ASGI app reads it.
 
-Pinned: uvicorn 0.54.0, asserted at start-up. Both of its HTTP protocols are patched:
-httptools (the C parser uvicorn picks when it is installed, as the serving extras do:
-measurably faster per request) and h11 (the pure-Python fallback).
+Pinned: uvicorn 0.54.0, checked at start-up (`check`). Both of its HTTP protocols are
+patched: httptools (the C parser uvicorn picks when it is installed, as the serving
+extras do: measurably faster per request) and h11 (the pure-Python fallback).
+uvicorn 0.54's `h11_max_incomplete_event_size` bounds the size of the headers, not
+the time they take; no uvicorn or BentoML option arms a timer before the headers are in.
 """
 
 from __future__ import annotations
@@ -25,9 +27,43 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-UVICORN_VERSION = "0.54.0"  # the version whose H11Protocol this patch was written against (pyproject pins it)
+from service.patches import Pin, check_signature, check_source, mark_active
+
+PIN = Pin(
+    module=__name__,
+    distribution="uvicorn",
+    version="0.54.0",
+    target="uvicorn.protocols.http.{h11_impl.H11Protocol,httptools_impl.HttpToolsProtocol}",
+    purpose="a time limit on a request's line and headers (MODELSERVE_HEADER_TIMEOUT_S)",
+)
 _PATCHED_FLAG = "_modelserve_header_timeout_s"
 log = logging.getLogger("modelserve.connections")
+
+
+def check() -> None:
+    """PatchMismatch unless uvicorn is the pinned version and its protocols have the methods and state the patch wraps and reads."""
+    PIN.check_version()
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    for protocol in (H11Protocol, HttpToolsProtocol):
+        check_signature(PIN, _original(protocol, "connection_made"), ["self", "transport"])
+        check_signature(PIN, _original(protocol, "data_received"), ["self", "data"])
+        check_signature(PIN, _original(protocol, "connection_lost"), ["self", "exc"])
+        check_source(PIN, _original(protocol, "__init__"), "self.loop =", "self.transport")
+        check_source(PIN, _original(protocol, "connection_made"), "self.transport = transport", "self.client =")
+    check_source(PIN, _original(H11Protocol, "__init__"), "self.conn = h11.Connection(")
+    if not isinstance(getattr(h11, "IDLE", None), type):
+        raise PIN.mismatch("h11.IDLE, the client state while a request's headers are pending, is gone")
+    check_signature(PIN, _original(HttpToolsProtocol, "on_message_begin"), ["self"])
+    check_signature(PIN, _original(HttpToolsProtocol, "on_headers_complete"), ["self"])
+
+
+def _original(protocol: type, name: str) -> Callable[..., Any]:
+    """A protocol method as uvicorn wrote it, also once this module has wrapped it."""
+    method = getattr(protocol, name)
+    return getattr(method, "__wrapped__", method)
 
 
 def _timeout_response(timeout_s: float) -> bytes:
@@ -38,13 +74,7 @@ def _timeout_response(timeout_s: float) -> bytes:
 
 def limit_header_time(timeout_s: float) -> None:
     """Patch uvicorn's HTTP protocols so that slow or missing headers close the connection (idempotent; the last limit wins)."""
-    import uvicorn
-
-    if uvicorn.__version__ != UVICORN_VERSION:
-        raise RuntimeError(
-            f"service/http/connections.py patches uvicorn {UVICORN_VERSION}'s HTTP protocols; found uvicorn {uvicorn.__version__}: "
-            "check the patch against that version and update UVICORN_VERSION and the pin in pyproject.toml"
-        )
+    check()
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -53,6 +83,7 @@ def limit_header_time(timeout_s: float) -> None:
         setattr(protocol, _PATCHED_FLAG, float(timeout_s))
         if not already:
             _patch_h11(protocol) if protocol is H11Protocol else _patch_httptools(protocol)
+    mark_active(PIN, f"headers within {timeout_s:g} s")
 
 
 def _arm(protocol: Any, waiting_for_headers: Callable[[Any], bool]) -> None:
@@ -103,7 +134,7 @@ def _patch_h11(protocol: Any) -> None:
         _disarm(self)
         original_lost(self, exc)
 
-    protocol.connection_made, protocol.data_received, protocol.connection_lost = connection_made, data_received, connection_lost
+    _replace(protocol, connection_made=connection_made, data_received=data_received, connection_lost=connection_lost)
 
 
 def _patch_httptools(protocol: Any) -> None:
@@ -143,8 +174,21 @@ def _patch_httptools(protocol: Any) -> None:
         _disarm(self)
         original_lost(self, exc)
 
-    protocol.connection_made, protocol.data_received, protocol.connection_lost = connection_made, data_received, connection_lost
-    protocol.on_message_begin, protocol.on_headers_complete = on_message_begin, on_headers_complete
+    _replace(
+        protocol,
+        connection_made=connection_made,
+        data_received=data_received,
+        connection_lost=connection_lost,
+        on_message_begin=on_message_begin,
+        on_headers_complete=on_headers_complete,
+    )
+
+
+def _replace(protocol: type, **methods: Callable[..., Any]) -> None:
+    """Put the wrappers in place, each keeping uvicorn's method as `__wrapped__` (for `check` and `_original`)."""
+    for name, method in methods.items():
+        method.__wrapped__ = getattr(protocol, name)  # type: ignore[attr-defined]
+        setattr(protocol, name, method)
 
 
 def _peer(protocol: Any) -> str:

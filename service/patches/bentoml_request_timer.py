@@ -8,21 +8,60 @@ garbage collections walk them all: under 32 clients the tracked objects grew fro
 130,000 to 260,000 in 10 s and each full collection paused the worker for 100-260 ms,
 which put every in-flight request into the p99 (p50 40 ms, p99 580 ms on the text endpoint).
 Same behaviour, same 504 on timeout, but the timer goes when the request does.
+
+The replacement is a copy of BentoML 1.4.39's method plus `timer.cancel()`, so `check`
+compares a digest of BentoML's source with the one it was copied from: any change
+upstream must be read before the copy runs in its place. No public setting helps:
+BentoML always adds the middleware (`traffic.timeout` must be a positive number, and
+a larger one only keeps each timer, and what it holds, alive longer).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from service.patches import Pin, check_signature, mark_active, source_digest
+
+PIN = Pin(
+    module=__name__,
+    distribution="bentoml",
+    version="1.4.39",
+    target="bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__",
+    purpose="cancel the per-request timeout timer when the request ends",
+)
+# sha256 of BentoML 1.4.39's TimeoutMiddleware.__call__ source (service.patches.source_digest), which the copy below follows.
+UPSTREAM_CALL_DIGEST = "fd8b9e3da28ed2b4"
 _PATCHED_FLAG = "_modelserve_cancels_timer"
+
+
+def check() -> None:
+    """PatchMismatch unless BentoML is the pinned version and TimeoutMiddleware is the one the replacement copies."""
+    PIN.check_version()
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    check_signature(PIN, TimeoutMiddleware.__init__, ["self", "app", "timeout"])
+    check_signature(PIN, TimeoutMiddleware._set_timer_out, ["self", "waiter"])
+    upstream = _upstream_call(TimeoutMiddleware)
+    check_signature(PIN, upstream, ["self", "scope", "receive", "send"])
+    if source_digest(upstream) != UPSTREAM_CALL_DIGEST:
+        raise PIN.mismatch(f"TimeoutMiddleware.__call__ changed (source digest {source_digest(upstream)}, not {UPSTREAM_CALL_DIGEST})")
+
+
+def _upstream_call(middleware: type) -> Callable[..., Any]:
+    """BentoML's own __call__, also once this module has replaced it."""
+    call = middleware.__call__  # type: ignore[operator]
+    return getattr(call, "__wrapped__", call)
 
 
 def cancel_finished_request_timers() -> None:
     """Replace TimeoutMiddleware.__call__ with one that cancels its timer (idempotent)."""
+    check()
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
     from starlette.responses import JSONResponse
 
+    mark_active(PIN)
     if getattr(TimeoutMiddleware.__call__, _PATCHED_FLAG, False):
         return
 
@@ -52,4 +91,5 @@ def cancel_finished_request_timers() -> None:
             timer.cancel()
 
     setattr(__call__, _PATCHED_FLAG, True)
+    __call__.__wrapped__ = TimeoutMiddleware.__call__  # type: ignore[attr-defined]  # BentoML's, for `check`
     TimeoutMiddleware.__call__ = __call__  # type: ignore[method-assign]
