@@ -1,8 +1,11 @@
-"""Shared fixtures: a real `bentoml serve` on the shipped models, a client for it, the test inputs; the tiers' checks.
+"""Shared fixtures: real `bentoml serve` processes (tests/servers.py), a client for them, the test inputs; the tiers' checks.
 
-One server per test module. A module configures its server with module-level
-SERVER_ENV (MODELSERVE_* settings, e.g. tighter limits) and MODEL_ROOT (another
-registry); a module that needs more (a registry it builds itself) overrides `server`.
+A module talks to a server through the `server` and `client` fixtures and says which
+server with a module-level SERVER = ServerSpec(...) (settings; the shipped models unless
+it builds a registry); without one it gets the shipped models with default settings.
+Modules with equal specs on the shipped models share one process; each server starts
+while the module before it runs. A module that needs more (a registry trained by
+TensorFlow) overrides `server`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.launch import ROOT, Server, start_server
+from benchmarks.launch import Server
+from tests.servers import SHIPPED_MODELS, ServerPool, ServerSpec
 from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
     pytest_collection_modifyitems,
     pytest_make_collect_report,
@@ -23,22 +27,54 @@ from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
     pytest_runtest_teardown,
 )
 
+__all__ = ["FIXTURES", "SHIPPED_MODELS"]
 FIXTURES = Path(__file__).parent / "fixtures"
-SHIPPED_MODELS = ROOT / "models"
 CLIENT_TIMEOUT_S = 120
 # The servers tests start run one worker unless a module asks for more (the multi-worker tests
 # set 2): per-worker bounds and logs are then exact. The default (one per CPU) is what the
 # container tests and the benchmarks run.
 os.environ.setdefault("MODELSERVE_WORKERS", "1")
+SERVER_PLAN = pytest.StashKey[list[tuple[str, ServerSpec]]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The modules that will use the shared `server` fixture, in the order they run (for starting servers ahead)."""
+    plan: dict[str, ServerSpec] = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and "server" in getattr(item, "fixturenames", ()) and "server" not in vars(module):
+            plan.setdefault(module.__name__, getattr(module, "SERVER", ServerSpec()))
+    session.config.stash[SERVER_PLAN] = list(plan.items())
+
+
+@pytest.fixture(scope="session")
+def server_pool(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(
+        request.config.stash.get(SERVER_PLAN, []), lambda module: tmp_path_factory.mktemp(f"serve-{module.rsplit('.', 1)[-1]}")
+    )
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = getattr(request.module, "MODEL_ROOT", SHIPPED_MODELS)
-    env = getattr(request.module, "SERVER_ENV", {})
-    server = start_server(root, tmp_path_factory.mktemp("serve") / "server.log", **env)
-    yield server
-    server.stop()
+def pooled_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Iterator[tuple[Server, Path]]:
+    """This module's server and the registry it serves."""
+    module = request.module.__name__
+    if module not in [name for name, _ in server_pool.plan]:  # a module the plan did not foresee (its own `server` calls ours)
+        server_pool.plan.append((module, getattr(request.module, "SERVER", ServerSpec())))
+    yield server_pool.take(module)
+    server_pool.release(module)
+
+
+@pytest.fixture(scope="module")
+def server(pooled_server: tuple[Server, Path]) -> Server:
+    return pooled_server[0]
+
+
+@pytest.fixture(scope="module")
+def server_registry(pooled_server: tuple[Server, Path]) -> Path:
+    """The registry this module's server serves (the module's own copy when its ServerSpec builds one)."""
+    return pooled_server[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,14 @@
     integration  a real `bentoml serve` over HTTP, or another process (the batch CLI, ruff, bentoml build)
     e2e          Spark, Chromium, Docker, replicas, TensorFlow training
 
-`pytest -m unit` is the quick loop; plain `pytest` runs every tier. A module carries its
+`pytest -m unit` is the quick loop; plain `pytest` runs every tier, unit first, then integration,
+then e2e (a fast failure shows first). A module carries its
 tier as a module-level `pytestmark = pytest.mark.<tier>` (a list may add other marks).
 Collection stops with a list of offenders when a test has no tier or more than one, or
 a unit module imports TensorFlow. While a unit test runs (its fixtures included), starting
 a process or listening on a socket raises, and the test fails even if the code under
-test swallowed the exception.
+test swallowed the exception (the threads of tests/servers.py, which start the first
+integration server while the unit tests run, may).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+
+from tests.servers import START_THREADS
 
 TIERS = ("unit", "integration", "e2e")
 HEAVY_MODULES = ("tensorflow", "keras", "pyspark", "selenium")  # none of them may be imported by a unit test
@@ -74,6 +79,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if problems:
         lines = "\n".join(f"  {where}: {problem}" for where, problem in sorted(problems.items()))
         raise pytest.UsageError(f"test tiers (tests/tiers.py):\n{lines}")
+    items.sort(key=lambda item: TIERS.index(_module_tiers(item.module)[0]))  # stable: modules stay whole, in file order
 
 
 @contextmanager
@@ -84,8 +90,10 @@ def _in_process_only(item: pytest.Item) -> Iterator[None]:
         return
     violations: list[str] = []
 
-    def refuse(what: str) -> Callable[..., Any]:
+    def refuse(what: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def refused(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name.startswith(START_THREADS):  # tests/servers.py starting the next server ahead
+                return original(*args, **kwargs)
             message = f"{item.nodeid} is a unit test and {what}; mark its module integration or e2e (tests/tiers.py)"
             violations.append(message)
             raise TierViolation(message)
@@ -103,7 +111,8 @@ def _in_process_only(item: pytest.Item) -> Iterator[None]:
     saved = [(owner, name, vars(owner).get(name)) for owner, name in guarded]  # None: inherited (socket.socket.listen)
     heavy_before = _loaded_heavy()
     for owner, name in guarded:
-        setattr(owner, name, refuse("starts a server (listens on a socket)" if name == "listen" else "starts a process"))
+        what = "starts a server (listens on a socket)" if name == "listen" else "starts a process"
+        setattr(owner, name, refuse(what, getattr(owner, name)))
     try:
         yield
     finally:

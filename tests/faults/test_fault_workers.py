@@ -31,24 +31,23 @@ from tests.faults.faultlib import (
     wait_until,
     worker_pids,
 )
+from tests.servers import ServerSpec
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 4
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return registry_of(tmp_path_factory.mktemp("registry"), TABULAR)
+# Two workers, CURRENT polling off: only the admin call moves them.
+SERVER = ServerSpec(
+    env={"MODELSERVE_ADMIN_TOKEN": TOKEN, "MODELSERVE_WORKERS": "2", "MODELSERVE_RELOAD_POLL_S": "0"},
+    registry=lambda root: registry_of(root, TABULAR),
+)
 
 
 @pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[Server]:
-    """Two workers, CURRENT polling off: only the admin call moves them."""
-    env = {"MODELSERVE_ADMIN_TOKEN": TOKEN, "MODELSERVE_WORKERS": "2", "MODELSERVE_RELOAD_POLL_S": "0"}
-    server = start_server(root, root.parent / "two-workers.log", **env)
-    yield server
-    server.stop()
+def root(server_registry: Path) -> Path:
+    return server_registry
 
 
 def admin_reload(server: Server) -> httpx.Response:
