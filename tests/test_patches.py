@@ -129,6 +129,28 @@ def test_finished_requests_leave_no_timer_behind() -> None:
     assert asyncio.run(main()) == 0
 
 
+def test_a_request_whose_client_went_away_ends_at_once() -> None:
+    """An app that ends without answering (the guard, when the client disconnects mid-body) must not hold the request.
+
+    BentoML's middleware waited for a response until the timeout (120 s here): the task stayed,
+    and a SIGTERM'd worker waited for it (a `Transfer-Encoding: gzip` request made shutdown take 30+ s).
+    """
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    async def gone(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the disconnect; nothing is sent
+
+    bentoml_request_timer.cancel_finished_request_timers()
+    middleware = TimeoutMiddleware(gone, timeout=120)
+
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        sent = await asyncio.wait_for(_call(middleware), timeout=5)
+        return sent, _live_timers(asyncio.get_running_loop())
+
+    sent, timers = asyncio.run(main())
+    assert sent == [] and timers == 0
+
+
 def test_a_slow_request_still_times_out_with_504() -> None:
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 

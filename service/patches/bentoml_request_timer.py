@@ -9,7 +9,13 @@ garbage collections walk them all: under 32 clients the tracked objects grew fro
 which put every in-flight request into the p99 (p50 40 ms, p99 580 ms on the text endpoint).
 Same behaviour, same 504 on timeout, but the timer goes when the request does.
 
-The replacement is a copy of BentoML 1.4.39's method plus `timer.cancel()`, so `check`
+BentoML's middleware also waits for the first response message until the timeout, even
+when the app has already ended without sending one: a client that goes away mid-body (the
+guard then answers nothing) left its request waiting 120 s, and a SIGTERM'd worker waited
+for it: one `Transfer-Encoding: gzip` request made the test server's shutdown take 30+ s
+(killed then). Here the wait also ends when the app does.
+
+The replacement is a copy of BentoML 1.4.39's method plus these two changes, so `check`
 compares a digest of BentoML's source with the one it was copied from: any change
 upstream must be read before the copy runs in its place. No public setting helps:
 BentoML always adds the middleware (`traffic.timeout` must be a positive number, and
@@ -29,7 +35,7 @@ PIN = Pin(
     distribution="bentoml",
     version="1.4.39",
     target="bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__",
-    purpose="cancel the per-request timeout timer when the request ends",
+    purpose="end the per-request timeout timer, and the wait for an answer, when the request ends",
 )
 # sha256 of BentoML 1.4.39's TimeoutMiddleware.__call__ source (service.patches.source_digest), which the copy below follows.
 UPSTREAM_CALL_DIGEST = "fd8b9e3da28ed2b4"
@@ -78,6 +84,7 @@ def cancel_finished_request_timers() -> None:
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, receive, _send))
+        task.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))  # ended without answering: stop waiting
         try:
             await waiter
         except TimeoutError:
