@@ -188,18 +188,18 @@ def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> 
     VGG16 has no BatchNorm, so its random features keep the colour signal; the run
     exercises --weights FILE, the frozen phase, fine-tuning and the uint8 export.
     """
-    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=64)
+    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=32)
     keras.utils.set_random_seed(0)
     weights = tmp_path / "vgg16_random.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)  # VGG16's smallest input
     args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "vgg16", "--weights", str(weights),
-            "--image-size", "64", "--epochs", "3", "--fine-tune-epochs", "1", "--fine-tune-layers", "4", "--batch-size", "16", "--learning-rate", "0.05"]  # fmt: skip
+            "--image-size", "32", "--epochs", "3", "--fine-tune-epochs", "1", "--fine-tune-layers", "4", "--batch-size", "16", "--learning-rate", "0.05"]  # fmt: skip
     assert main(args) == 0
     registry, metadata = trained_version(tmp_path / "models", "image_classifier")
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
     assert metadata["labels"] == ["blue", "red"]
     assert metadata["architecture"]["pretrained"] is True and metadata["training"]["phase2"]["epochs"] == 1
-    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 64, 64, 3]}
+    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 32, 32, 3]}
     assert (registry.get("image_classifier", 1).path / "confusion_matrix.png").is_file()
     check = metadata["variants"]["int8"][
         "check"
