@@ -28,6 +28,7 @@ from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
 )
 
 __all__ = ["FIXTURES", "SHIPPED_MODELS"]
+pytest_plugins = ["pytester"]  # tests/test_tiers.py runs small suites through the tiers' hooks
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIENT_TIMEOUT_S = 120
 # The servers tests start run one worker unless a module asks for more (the multi-worker tests

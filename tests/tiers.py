@@ -5,14 +5,14 @@
     integration  a real `bentoml serve` over HTTP, or another process (the batch CLI, ruff, bentoml build)
     e2e          Spark, Chromium, Docker, replicas, TensorFlow training
 
-`pytest -m unit` is the quick loop; plain `pytest` runs every tier, unit first, then integration,
-then e2e (a fast failure shows first). A module carries its
-tier as a module-level `pytestmark = pytest.mark.<tier>` (a list may add other marks).
-Collection stops with a list of offenders when a test has no tier or more than one, or
-a unit module imports TensorFlow. While a unit test runs (its fixtures included), starting
-a process or listening on a socket raises, and the test fails even if the code under
-test swallowed the exception (the threads of tests/servers.py, which start the first
-integration server while the unit tests run, may).
+`pytest -m unit` is the quick loop; plain `pytest` runs every tier, unit first, then
+integration, then e2e (a fast failure shows first). A module carries its tier as a
+module-level `pytestmark = pytest.mark.<tier>` (a list may add other marks). Collection
+stops with a list of offenders when a test has no tier or more than one, or when
+importing a unit module loads TensorFlow, Keras, PySpark or Selenium. While a unit test
+runs (its fixtures included), starting a process or listening on a socket raises, and the
+test fails even if the code under test swallowed the exception; only the threads of
+tests/servers.py, which start the first integration server while the unit tests run, may.
 """
 
 from __future__ import annotations
