@@ -180,14 +180,14 @@ def run_raw(model: LoadedModel, items: Sequence[Any], batch: int, threads: int, 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model.model_file.path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    batches = [model.task.to_tensor(items[i : i + batch], model.assets) for i in range(0, len(items), batch)] * RAW_REPEAT
-    session.run(None, {name: batches[0]})  # warm-up
+    sizes = [len(items[i : i + batch]) for i in range(0, len(items), batch)] * RAW_REPEAT
+    batches = [model.feed(items[i : i + batch]) for i in range(0, len(items), batch)] * RAW_REPEAT
+    session.run(None, batches[0])  # warm-up
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrent) as pool:
-        list(pool.map(lambda array: session.run(None, {name: array}), batches))
+        list(pool.map(lambda feed: session.run(None, feed), batches))
     config = f"pre-decoded, {concurrent} run{'s' if concurrent > 1 else ''} x {threads or 'all'} thread{'s' if threads != 1 else ''}"
-    return Result(model.name, "raw onnxruntime session", config, batch, sum(len(a) for a in batches), time.perf_counter() - started)
+    return Result(model.name, "raw onnxruntime session", config, batch, sum(sizes), time.perf_counter() - started)
 
 
 def run_service(model: str, requests: Callable[[int], dict[str, Any]], url: str, path: str, seconds: float) -> Result:

@@ -27,17 +27,17 @@ SIZES = {
 KNEE = 0.95
 
 
-def measure(infer, batch: np.ndarray, seconds: float) -> tuple[float, float]:
-    """(items per second, median ms per call) for repeated calls on one batch."""
-    infer(batch)  # warm
+def measure(infer, feed: dict[str, np.ndarray], size: int, seconds: float) -> tuple[float, float]:
+    """(items per second, median ms per call) for repeated calls on one batch of `size` items."""
+    infer(feed)  # warm
     times = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 5:
         start = time.perf_counter()
-        infer(batch)
+        infer(feed)
         times.append(time.perf_counter() - start)
     median = float(np.median(times))
-    return len(batch) / median, median * 1000
+    return size / median, median * 1000
 
 
 def main() -> None:
@@ -50,10 +50,9 @@ def main() -> None:
     rows = ["| model | batch | items/s | ms per call |", "|---|---|---|---|"]
     curves: dict[str, list[tuple[int, float]]] = {}
     for name, model in runtime.served().items():
-        single = model.task.to_tensor(model.task.smoke_items(model.assets)[:1], model.assets)
+        single = model.task.smoke_items(model.assets)[:1]
         for size in SIZES[name]:
-            batch = np.repeat(single, size, axis=0)
-            per_second, ms = measure(model.infer, batch, args.seconds)
+            per_second, ms = measure(model.infer, model.feed(single * size), size, args.seconds)
             curves.setdefault(name, []).append((size, per_second))
             rows.append(f"| {name} v{model.version} | {size} | {per_second:,.0f} | {ms:.2f} |")
             print(rows[-1], flush=True)

@@ -3,8 +3,9 @@
     python -m benchmarks.compare [--rounds 2] [--seconds 15] [--clients 1,8,32]
 
 Peers (benchmarks/peers/): a stock BentoML 1.4 service (batchable APIs, default settings)
-and a plain FastAPI app calling onnxruntime per request; they run model.onnx with the
-project's preprocessing. Ours runs twice: as shipped (on this CPU the image model's checked
+and a plain FastAPI app calling onnxruntime per request, under uvicorn with one worker
+per core as ours runs; they run model.onnx with the project's preprocessing, and
+"FastAPI + onnxruntime INT8" runs the image model's INT8 variant, the file ours runs. Ours runs twice: as shipped (on this CPU the image model's checked
 INT8 variant) and as "modelserve fp32" (MODELSERVE_INT8=false, the very files the peers run). Each is started in turn and driven by hey at each client
 count with one real item per request (a photo from ../shared/data, else the test fixture;
 a real review). Rounds alternate the order of the servers. The raw onnxruntime session's
@@ -39,11 +40,13 @@ RAW_SECONDS = 5.0
 def start_peer(name: str, log: Path) -> Server:
     port = free_port()
     env = os.environ | {"MODELSERVE_MODEL_ROOT": str(MODELS), "BENTOML_HOME": str(log.parent / "bentoml_home")}
+    env["PEER_INT8"] = "1" if name.endswith("INT8") else ""
     if name == "stock BentoML":
         command = [str(BENTOML), "serve", "benchmarks.peers.stock_bentoml:Stock", "--host", "127.0.0.1", "--port", str(port)]
     else:
         uvicorn = Path(sys.executable).with_name("uvicorn")
         command = [str(uvicorn), "benchmarks.peers.fastapi_ort:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        command += ["--workers", str(len(os.sched_getaffinity(0)))]
     return start_process(command, f"http://127.0.0.1:{port}", log, env=env)
 
 
@@ -102,7 +105,9 @@ def measure(args: argparse.Namespace, work: Path, report: Callable[[str], None])
         for name in servers if round_ % 2 else list(reversed(servers)):
             server = start(name, work)
             try:
-                for endpoint in ENDPOINTS:
+                for endpoint in args.endpoints.split(","):
+                    if endpoint == "sentiment" and name.endswith("INT8"):
+                        continue  # the same text file as its fp32 twin
                     for clients in map(int, args.clients.split(",")):
                         run = asyncio.run(run_hey(server.url, endpoint, clients, args.seconds, makers[endpoint]))
                         results.append((name, round_, run))
@@ -135,7 +140,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--servers", default="modelserve,modelserve fp32,stock BentoML,FastAPI + onnxruntime")
+    parser.add_argument("--servers", default="modelserve,modelserve fp32,stock BentoML,FastAPI + onnxruntime,FastAPI + onnxruntime INT8")
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    parser.add_argument("--out", default="compare", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"compare-{os.getpid()}"
     work.mkdir(parents=True)
@@ -155,8 +162,8 @@ def main() -> None:
     results = measure(args, work, report)
     note = f"{args.seconds:.0f} s per row, one item per request, hey on the same machine ({len(os.sched_getaffinity(0))} cores); rounds alternate the order."
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compare.md").write_text("# Our service and its peers, one run\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
-    plot(results, {k: rate for k, (rate, _) in raw.items()}, RESULTS / "compare.png")
+    (RESULTS / f"{args.out}.md").write_text("# Our service and its peers, one run\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
+    plot(results, {k: rate for k, (rate, _) in raw.items()}, RESULTS / f"{args.out}.png")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ import onnxruntime as ort
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, SHARED, payloads, run_hey
 from benchmarks.report import figure, save_markdown
+from service.core.cpu import cpu_report
 from service.core.preprocessing import ImageSpec, decode_image
-from service.core.registry import Registry
+from service.core.registry import ModelVersion, Registry
+from service.core.runtime import load_model
 from service.core.sessions import SessionConfig, open_session
 
 MODEL = "image_classifier"
@@ -56,6 +57,21 @@ def session_rates(files: dict[str, Path], photos: np.ndarray, rounds: int, secon
             for label in list(sessions) if round_ % 2 == 0 else reversed(list(sessions)):
                 samples.setdefault((label, size), []).append(images_per_second(sessions[label], batch, seconds))
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def load_costs(version: ModelVersion, rounds: int) -> tuple[float, float, float, str]:
+    """Median seconds to load the version with INT8 (reference check included) and without, the check's own share, and the file chosen."""
+    with_int8, check, fp32, chosen = [], [], [], ""
+    for _ in range(rounds):
+        started = time.perf_counter()
+        model = load_model(version, ["CPUExecutionProvider"])
+        with_int8.append(time.perf_counter() - started)
+        check.append((model.model_file.check or {}).get("seconds", float("nan")))
+        chosen = model.model_file.summary()
+        started = time.perf_counter()
+        load_model(version, ["CPUExecutionProvider"], int8=False)
+        fp32.append(time.perf_counter() - started)
+    return statistics.median(with_int8), statistics.median(check), statistics.median(fp32), chosen
 
 
 def http_rates(clients: list[int], seconds: float, work: Path) -> dict[tuple[str, int], tuple[float, float]]:
@@ -91,12 +107,19 @@ def main() -> None:
     photos = np.stack([decode_image(p.read_bytes(), spec) for p in paths])
     files = {"fp32": version.model_path, "int8": version.path / int8["file"]}
     load_before = os.getloadavg()[0]
+    loading = load_costs(version, max(3, args.rounds))
     rates = session_rates(files, photos, args.rounds, args.seconds)
     clients = [int(c) for c in args.clients.split(",")]
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"int8-{os.getpid()}"
     work.mkdir(parents=True)
     served = http_rates(clients, args.http_seconds, work)
     lines = report(version.version, int8["check"], files, rates, served, clients, args, load_before)
+    lines += [
+        "",
+        f"Loading v{version.version} on this CPU (median of {max(3, args.rounds)}): {loading[0]:.2f} s with INT8, of which "
+        f"{loading[1]:.2f} s the reference check ({int8['reference']['samples']} inputs: read, checksum, run, compare); "
+        f"{loading[2]:.2f} s with MODELSERVE_INT8=false. It runs {loading[3]}.",
+    ]
     print("\n".join(lines))
     save_markdown(RESULTS / "int8.md", ["# fp32 vs INT8 image model on the CPU", "", "`python -m benchmarks.int8`", "", *lines])
     plot(rates, served, clients, RESULTS / "int8.png")
@@ -122,7 +145,7 @@ def report(
         lines.append(f"| {path.name} | {path.stat().st_size / 1e6:.1f} | {accuracy[label]:.4f} | " + " | ".join(cells) + " |")
     ratios = [f"session batch {b}: {rates[('int8', b)] / rates[('fp32', b)]:.2f}x" for b in BATCHES]
     ratios += [f"{n} clients: {served[('int8', n)][0] / served[('fp32', n)][0]:.2f}x" for n in clients]
-    cpu = platform.processor() or platform.machine()
+    cpu = f"{cpu_report()['model']} (int8 kernels: {cpu_report()['int8_kernels']})"
     return [
         f"{MODEL} v{version}, onnxruntime {ort.__version__} CPUExecutionProvider on {cpu} with {len(os.sched_getaffinity(0))} cores; "
         f"session: median of {args.rounds} alternating rounds of {args.seconds:g} s; end to end: {args.http_seconds:g} s per row, hey on "

@@ -128,11 +128,17 @@ class Cluster:
     poll_s: int = 2
     project: str = field(default_factory=lambda: f"msreplicas{uuid.uuid4().hex[:8]}")
     lb_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """The balancer's gRPC port: the Open Inference Protocol, spread over the replicas per call."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def compose(self, *args: str, timeout: float = 300) -> str:
         env = os.environ | {
@@ -141,6 +147,7 @@ class Cluster:
             "MODELSERVE_REGISTRY": str(self.registry),
             "MODELSERVE_RELOAD_POLL_S": str(self.poll_s),
             "MODELSERVE_LB_PORT": str(self.lb_port),
+            "MODELSERVE_LB_GRPC_PORT": str(self.grpc_port),
             "MODELSERVE_LB_STATS_PORT": str(self.stats_port),
         }
         command = ["docker-compose", "--project-name", self.project, "--file", str(COMPOSE_FILE), *args]
@@ -242,16 +249,20 @@ class Failover:
     ip: dict[str, str] = field(default_factory=dict, repr=False)  # its address now (a restart may change it)
 
 
-def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90) -> Failover:
-    """kill -9 one replica's server process (a crash: Docker's restart policy starts it again) while hey sends load
-    through the balancer; the load goes on until the balancer sends the replica requests again, plus 2 s."""
+def kill_under_load(cluster: Cluster, clients: int = 32, kill_after_s: float = 5, timeout: float = 90, how: str = "process") -> Failover:
+    """Kill one replica while hey sends load through the balancer; the load goes on until the balancer sends the replica
+    requests again, plus 2 s. `how`: "process", kill -9 of its server process (a crash: Docker's restart policy starts it
+    again); "docker", `docker kill -s KILL` of the container (a stop by hand to Docker: compose.yaml's keeper starts it)."""
     victim = cluster.replicas()[0]
     load = HeyLoad(cluster.url, PROMOTED_ENDPOINT, clients)
     time.sleep(kill_after_s)
     before = {s.name: s for s in cluster.servers()}
     result = Failover(victim.container, ip={"ip": victim.ip})
     killed, killed_wall = time.monotonic(), time.time()
-    os.kill(victim.pid, signal.SIGKILL)
+    if how == "docker":
+        docker("kill", "--signal", "KILL", victim.container)
+    else:
+        os.kill(victim.pid, signal.SIGKILL)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_container, args=(cluster, victim, result, killed, stop))
     watcher.start()
@@ -326,11 +337,28 @@ class Promotion:
     old: int
     new: int
     poll_s: int
-    seen_s: dict[str, float] = field(default_factory=dict)  # replica -> seconds from CURRENT rewritten to /models showing `new`
+    seen_s: dict[str, float] = field(
+        default_factory=dict
+    )  # replica -> seconds from CURRENT rewritten to /models showing `new` in every worker
     requests: int = 0
     failed: int = 0
     versions_after: dict[int, int] = field(default_factory=dict)  # version -> answers, through the balancer, once all switched
     answered_by: set[str] = field(default_factory=set)  # balancer slots that answered those
+    codes: dict[int, int] = field(default_factory=dict)  # hey's status codes during the promotion (what failed, if any)
+
+
+SWITCH_DEADLINE_S = 180  # how long a promotion may take to reach every replica on a loaded machine (it takes seconds)
+
+
+def serves_everywhere(client: httpx.Client, ip: str, version: int) -> bool:
+    """Whether a replica's /models shows `version` of the promoted model, in every worker it lists."""
+    try:
+        body = client.get(f"http://{ip}:3000/models").json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    served = [{m["name"]: m["version"] for m in body["models"]}.get(PROMOTED_MODEL)]
+    served += [(w.get("served") or {}).get(PROMOTED_MODEL) for w in body.get("workers") or []]
+    return all(v == version for v in served)
 
 
 def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, settle_s: float = 3) -> Promotion:
@@ -344,12 +372,10 @@ def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, 
         promoted = time.monotonic()
         Registry(cluster.registry).promote(PROMOTED_MODEL, new)
         with httpx.Client(timeout=10) as client:
-            while len(result.seen_s) < len(replicas) and time.monotonic() - promoted < cluster.poll_s + 60:
+            while len(result.seen_s) < len(replicas) and time.monotonic() - promoted < cluster.poll_s + SWITCH_DEADLINE_S:
                 for replica in replicas:
-                    if replica.container not in result.seen_s:
-                        body = client.get(f"http://{replica.ip}:3000/models").json()
-                        if {m["name"]: m["version"] for m in body["models"]}.get(PROMOTED_MODEL) == new:
-                            result.seen_s[replica.container] = time.monotonic() - promoted
+                    if replica.container not in result.seen_s and serves_everywhere(client, replica.ip, new):
+                        result.seen_s[replica.container] = time.monotonic() - promoted
                 time.sleep(POLL_S)
             make = payloads()[PROMOTED_ENDPOINT]
             for i in range(12 * len(replicas)):
@@ -360,7 +386,7 @@ def promote_under_load(cluster: Cluster, old: int, new: int, clients: int = 32, 
             time.sleep(settle_s)
     finally:
         run = load.stop()
-    result.requests, result.failed = sum(run.codes.values()) + run.transport_errors, failed(run)
+    result.requests, result.failed, result.codes = sum(run.codes.values()) + run.transport_errors, failed(run), dict(run.codes)
     return result
 
 

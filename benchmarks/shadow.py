@@ -22,7 +22,7 @@ import httpx
 from benchmarks.launch import ROOT, start_server
 from benchmarks.load import RESULTS, Run, payloads, run_hey
 from benchmarks.report import figure
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.registry import METADATA_FILE, Registry
 
 TOKEN = "shadow-bench"
@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     root, copies = registry_with_copies(work)
-    names = {e.endpoint: name for name, e in CATALOG.items()}
+    names = {e.endpoint: name for name, e in RECIPES.items()}
     makers = payloads()
     server = start_server(root, work / "server.log", MODELSERVE_ADMIN_TOKEN=TOKEN, MODELSERVE_RELOAD_POLL_S="0")
     header = ["| endpoint | mode | clients | req/s | p50 ms | p99 ms | non-200 |", "|---|---|---:|---:|---:|---:|---:|"]

@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/spark_bench.py --out benchmarks/results/spark.md   # 100,000 reviews, 2,000 images; writes .md + .png
     .venv/bin/python benchmarks/spark_bench.py --scale 0.1                          # a quick look, nothing written
+    .venv/bin/python benchmarks/spark_bench.py --models imdb_sentiment --project ../before --model-root ../before/models \
+        --out benchmarks/results/spark_before.md                                   # another checkout's code and models
+    .venv/bin/python benchmarks/spark_bench.py --out benchmarks/results/spark.md --docs docs/batch-and-spark.md
+                                                                                    # and rewrite the docs' cluster sizing
 
 Every run is the command a user types (`python -m service.batch ... [--engine spark
 --master local[2]]`), timed end to end in its own process, JVM start included. Each
@@ -9,7 +13,8 @@ engine scores each model at two sizes; the steady-state rate is the slope betwee
 (n_large - n_small) / (t_large - t_small), and start-up is what the small run took
 beyond n_small at that rate: interpreter, JVM and SparkContext start, model load and
 checksum, input planning, Python workers. The per-core rate (steady state / cores) is
-what the README's cluster sizing divides by.
+what the cluster sizing divides by: `sizing` writes that paragraph from the rates
+(into the results file, and with --docs between the markers in docs/batch-and-spark.md).
 
 Inputs come from the real data in /work/shared/data (benchmarks may use it, tests may
 not): reviews cycle the 1,500 real IMDB reviews of imdb_reviews_sample.csv into a
@@ -111,15 +116,15 @@ def write_images(folder: Path, n: int) -> Path:
 # ---------------------------------------------------------------- runs
 
 
-def score(engine: str, model: str, source: Path, inputs: int, work: Path, model_root: Path) -> Run:
-    """One end-to-end run as a user types it; the job must score every input."""
+def score(engine: str, model: str, source: Path, inputs: int, work: Path, model_root: Path, project: Path = ROOT) -> Run:
+    """One end-to-end run as a user types it, with `project`'s code; the job must score every input."""
     out = work / f"{model}-{inputs}-{'spark' if 'spark' in engine else 'local'}.parquet"
     command = [sys.executable, "-m", "service.batch", model, str(source), "-o", str(out), "--model-root", str(model_root), "--overwrite"]
     if "spark" in engine:
         command += ["--engine", "spark", "--master", MASTER, *SPARK_CONF]
-    env = os.environ | {"PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable}
+    env = os.environ | {"PYTHONPATH": str(project), "PYSPARK_PYTHON": sys.executable}
     started = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     summary = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
     if done.returncode != 0 or not re.search(rf"\b{inputs:,}\b", summary):
@@ -134,6 +139,7 @@ def measure(args: argparse.Namespace) -> list[Line]:
     work.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
     jobs = [("imdb_sentiment", [round(n * args.scale) for n in REVIEWS]), ("image_classifier", [round(n * args.scale) for n in IMAGES])]
+    jobs = [(model, sizes) for model, sizes in jobs if model in args.models]
     lines = []
     for model, sizes in jobs:
         sources = {
@@ -144,7 +150,7 @@ def measure(args: argparse.Namespace) -> list[Line]:
         for _ in range(args.repeat):  # engines interleaved, so a burst of load elsewhere hits both; the fastest run counts
             for n in sizes:
                 for engine in ENGINES:
-                    run = score(engine, model, sources[n], n, work, args.model_root)
+                    run = score(engine, model, sources[n], n, work, args.model_root, args.project)
                     if (engine, n) not in runs or run.seconds < runs[engine, n].seconds:
                         runs[engine, n] = run
         lines += [Line(engine, model, runs[engine, sizes[0]], runs[engine, sizes[1]], cores) for engine in ENGINES]
@@ -171,6 +177,39 @@ def table(lines: list[Line]) -> list[str]:
     return rows
 
 
+SIZING_START, SIZING_END = "<!-- sizing: benchmarks/spark_bench.py --docs writes this paragraph -->", "<!-- sizing end -->"
+REVIEWS_TARGET, IMAGES_TARGET, HOUR_S = 1_000_000_000, 100_000_000, 3_600
+
+
+def sizing(lines: list[Line]) -> list[str]:
+    """The cluster-sizing paragraph: one billion reviews and 100 million images in an hour, divided by the measured per-core rates."""
+    out = ["**Sizing a cluster** from the Spark per-core rates above (start-up is once per job, under 2% of an hour):", ""]
+    targets = {"imdb_sentiment": (REVIEWS_TARGET, "reviews"), "image_classifier": (IMAGES_TARGET, "images")}
+    for model, (total, noun) in targets.items():
+        spark = next((line for line in lines if line.model == model and "spark" in line.engine), None)
+        local = next((line for line in lines if line.model == model and "spark" not in line.engine), None)
+        if spark is None or math.isnan(spark.per_core):
+            continue
+        rate = total / HOUR_S
+        cores = math.ceil(rate / spark.per_core)
+        text = (
+            f"- {total:,} {noun} in one hour: {total:,} / {HOUR_S:,} s = {rate:,.0f} {noun}/s; / {spark.per_core:,.0f} per core "
+            f"(Spark `{MASTER}` steady state {spark.steady:,.0f}/s on {spark.cores} cores) = **{cores:,} executor cores** "
+            f"(e.g. {math.ceil(cores / 16)} executors of 16 cores)"
+        )
+        if local is not None and not math.isnan(local.per_core):
+            text += f"; at the single-machine scorer's {local.per_core:,.0f} per core it would be {math.ceil(rate / local.per_core):,}"
+        out.append(text + ". Plan on headroom for reading the input from object storage.")
+    return out
+
+
+def rewrite_docs(path: Path, paragraph: list[str]) -> None:
+    """Replace what lies between the sizing markers in `path` with `paragraph`."""
+    text = path.read_text()
+    start, end = text.index(SIZING_START) + len(SIZING_START), text.index(SIZING_END)
+    path.write_text(text[:start] + "\n" + "\n".join(paragraph) + "\n" + text[end:])
+
+
 def write_markdown(lines: list[Line], path: Path, command: str, load: tuple[float, float]) -> None:
     text = [
         "# Spark engine against the single-machine scorer",
@@ -184,6 +223,8 @@ def write_markdown(lines: list[Line], path: Path, command: str, load: tuple[floa
         *table(lines),
         "",
         "Reviews: a Parquet file of real IMDB reviews (row groups of 10,000); images: real cats-vs-dogs JPEGs (about 320 px) in a folder tree.",
+        "",
+        *sizing(lines),
         "",
     ]
     save_markdown(path, text)
@@ -209,13 +250,21 @@ def main() -> None:
         "--work", default=os.path.join(tempfile.gettempdir(), "modelserve-spark-bench"), help="generated inputs and outputs"
     )
     parser.add_argument("--out", type=Path, help="Markdown results file (benchmarks/results/spark.md); a PNG is written beside it")
+    parser.add_argument(
+        "--models", nargs="+", default=["imdb_sentiment", "image_classifier"], choices=["imdb_sentiment", "image_classifier"]
+    )
+    parser.add_argument("--project", type=Path, default=ROOT, help="the checkout whose code scores (default: this one)")
+    parser.add_argument("--docs", type=Path, help="rewrite the cluster-sizing paragraph of this page (docs/batch-and-spark.md)")
     args = parser.parse_args()
     before = os.getloadavg()[0]
     lines = measure(args)
     print("\n".join(table(lines)))
+    print("\n".join(sizing(lines)))
     if args.out:
         write_markdown(lines, args.out, "python " + " ".join(sys.argv), (before, os.getloadavg()[0]))
         write_png(lines, args.out.with_suffix(".png"))
+    if args.docs:
+        rewrite_docs(args.docs, sizing(lines))
 
 
 if __name__ == "__main__":

@@ -86,3 +86,75 @@ def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **save_args)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- a user's own data, unlike the shipped models'
+
+THREE_COLOURS = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 50, 40)}
+
+
+def write_class_folders(root: Path, per_class: int = 30, size: int = 32, seed: int = 0) -> Path:
+    """root/{blue,green,red}/*.png|jpg: three classes, one folder each, no split folders."""
+    rng = np.random.default_rng(seed)
+    for name, color in THREE_COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            class_image(rng, color, size).save(folder / f"{name}_{i}.{'png' if i % 3 == 0 else 'jpg'}")
+    return root
+
+
+TEAMS = {
+    "billing": ["invoice", "charged", "payment", "refund", "card", "bill"],
+    "login": ["password", "login", "locked", "account", "reset", "signin"],
+    "shipping": ["delivery", "parcel", "courier", "tracking", "shipped", "late"],
+    "hardware": ["screen", "battery", "broken", "cable", "charger", "cracked"],
+}
+TICKET_WORDS = ["my", "the", "please", "help", "today", "again", "since", "monday", "thanks", "hello", "issue", "with"]
+
+
+def ticket(rng: np.random.Generator, team: str, length: int = 12) -> str:
+    words = list(rng.choice(TICKET_WORDS, size=length)) + list(rng.choice(TEAMS[team], size=3))
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + "."
+
+
+def write_tickets_csv(path: Path, n: int = 240, seed: int = 0) -> Path:
+    """Support tickets for four teams: columns `message` (the text) and `team` (the label)."""
+    rng = np.random.default_rng(seed)
+    teams = list(TEAMS)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "message", "team"])
+        for i in range(n):
+            team = teams[i % len(teams)]
+            writer.writerow([i, ticket(rng, team), team])
+    return path
+
+
+SOILS = {"clay": -1.5, "loam": 1.0, "sand": -0.5}
+
+
+def crop_rows(n: int, seed: int = 0) -> tuple[list[dict[str, object]], np.ndarray]:
+    """Fields: soil (categorical), rain_mm, temp_c, fertilizer_kg; yield (t/ha) depends on each, soil included."""
+    rng = np.random.default_rng(seed)
+    soils = rng.choice(list(SOILS), size=n)
+    rain, temp, fertilizer = rng.uniform(300, 900, n), rng.uniform(10, 30, n), rng.uniform(0, 200, n)
+    y = 2.0 + 0.006 * rain - 0.08 * np.abs(temp - 20) + 0.01 * fertilizer + np.array([SOILS[s] for s in soils]) + rng.normal(0, 0.1, n)
+    rows = [
+        {"soil": str(s), "rain_mm": float(r), "temp_c": float(t), "fertilizer_kg": float(f)}
+        for s, r, t, f in zip(soils, rain, temp, fertilizer)
+    ]
+    return rows, y
+
+
+def write_crops_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    rows, y = crop_rows(n, seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["field", "soil", "rain_mm", "temp_c", "fertilizer_kg", "yield_t_ha"])
+        for i, (row, target) in enumerate(zip(rows, y)):
+            writer.writerow(
+                [f"f{i}", row["soil"], f"{row['rain_mm']:.1f}", f"{row['temp_c']:.2f}", f"{row['fertilizer_kg']:.1f}", f"{target:.3f}"]
+            )
+    return path

@@ -29,6 +29,7 @@ SHIPPED_MODELS = ROOT / "models"
 AHEAD = 1  # how many of the next modules' servers start in the background (the machine has 2 cores)
 START_THREADS = "server-start"  # the threads that start them (tests/tiers.py lets these start processes during unit tests)
 log = logging.getLogger("tests.servers")
+POOLED: list[Server] = []  # the servers started here (tests/conftest.py checks each module's share of their 5xx answers)
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,11 @@ class ServerSpec:
 
     env: Mapping[str, str] = field(default_factory=dict)
     registry: Callable[[Path], Path] | None = None
+    grpc: bool = False  # the Open Inference Protocol over gRPC too (Server.grpc_address)
 
-    def key(self, module: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    def key(self, module: str) -> tuple[str, bool, tuple[tuple[str, str], ...]]:
         """Modules with equal keys share a server: same settings on the shipped models; a built registry is the module's own."""
-        return (module if self.registry is not None else "shipped", tuple(sorted(self.env.items())))
+        return (module if self.registry is not None else "shipped", self.grpc, tuple(sorted(self.env.items())))
 
 
 @dataclass
@@ -56,7 +58,7 @@ class ServerPool:
     def __init__(self, plan: list[tuple[str, ServerSpec]], folder: Callable[[str], Path]) -> None:
         self.plan = plan  # (module, spec) in run order, for the modules that declare a SERVER
         self.folder = folder  # a fresh folder for a server's registry and log
-        self._started: dict[tuple[str, tuple[tuple[str, str], ...]], Started] = {}
+        self._started: dict[tuple[str, bool, tuple[tuple[str, str], ...]], Started] = {}
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=1 + AHEAD, thread_name_prefix=START_THREADS)
 
@@ -114,7 +116,9 @@ def _start(spec: ServerSpec, registry: Path, log_path: Path) -> Server:
     if spec.registry is not None:
         registry.mkdir(parents=True)
         spec.registry(registry)
-    return start_server(registry, log_path, **spec.env)
+    server = start_server(registry, log_path, grpc=spec.grpc, **spec.env)
+    POOLED.append(server)
+    return server
 
 
 def _stop(started: Started) -> None:

@@ -21,7 +21,7 @@ import pytest
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.config import Settings
 from service.core.registry import CURRENT_FILE, Registry
 from service.core.runtime import ModelRuntime
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.unit
 
 TOKEN = "unit-admin-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
-NAME = next(name for name, entry in CATALOG.items() if entry.task.predicts_value)  # the small tabular model
+NAME = next(name for name, recipe in RECIPES.items() if recipe.task.predicts_value)  # the small tabular model
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def candidate(client: AdminClient, **body: Any) -> httpx.Response:
 def test_models_lists_what_is_served(client: AdminClient) -> None:
     listed = client.get("/models").json()
     (model,) = listed["models"]
-    assert (model["name"], model["version"], model["endpoint"]) == (NAME, 1, f"/{CATALOG[NAME].endpoint}")
+    assert (model["name"], model["version"], model["endpoint"]) == (NAME, 1, f"/{RECIPES[NAME].endpoint}")
     assert model["candidate"] is None and listed["refused_reloads"] == {} and listed["workers"] == []
 
 

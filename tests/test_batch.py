@@ -95,7 +95,11 @@ def test_image_folder_matches_the_service(tmp_path: Path, client: httpx.Client) 
     status, log = score("image_classifier", str(tmp_path / "images"), "-o", str(out), "--batch-size", "3")
     assert status == codes.EXIT_ROWS_FAILED, log
     assert "skipping 1 file(s) without an input suffix: misc/notes.txt" in log and "3 failed" in log
-    assert "(model.int8.onnx)" in log, "batch scoring runs the file the service runs on this CPU"
+    ran = client.get("/models").json()["models"]
+    file = next(m["model_file"] for m in ran if m["name"] == "image_classifier")
+    assert f"({file['file']})" in log and f"model file: {file['file']} ({file['precision']}" in log, (
+        "batch scores with the file the service runs here"
+    )
 
     rows = read_table(out)
     walked = [r["path"] for r in rows]
@@ -205,7 +209,7 @@ def test_all_rows_scored_exits_0_with_progress_lines(tmp_path: Path, monkeypatch
     model = load_model(Registry(MODEL_ROOT).current("boston_housing"), ["CPUExecutionProvider"])
     expected = model.predict(list(x))
     assert [r["price"] for r in read_table(out)] == pytest.approx([e["price"] for e in expected], abs=TOLERANCE)
-    assert (tmp_path / "prices.errors.jsonl").read_text() == ""
+    assert not (tmp_path / "prices.errors.jsonl").exists(), "no errors file when no row failed (issue 23, 6: it was empty)"
     assert not (tmp_path / ".prices.jsonl.batch").exists(), "the work folder is removed after success"
 
 
@@ -223,7 +227,20 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert score("imdb_sentiment", str(source), "-o", out)[0] == codes.EXIT_OK
     status, log = score("imdb_sentiment", str(source), "-o", out)
     assert status == codes.EXIT_USAGE and "--overwrite" in log
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "a refused run leaves no work folder behind"
     assert score("imdb_sentiment", str(source), "-o", out, "--overwrite")[0] == codes.EXIT_OK
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    """Issue 23, 15: with --overwrite it scored every row, then failed at the end (IsADirectoryError), again on every rerun."""
+    source = tmp_path / "reviews.csv"
+    write_reviews(source, 5, empty_every=100)
+    (tmp_path / "out.csv").mkdir()
+    (tmp_path / "errors").mkdir()
+    for output, extra in (("out.csv", []), ("other.csv", ["--errors", str(tmp_path / "errors")])):  # OUTPUT, then the errors file
+        status, log = score("imdb_sentiment", str(source), "-o", str(tmp_path / output), "--overwrite", *extra)
+        assert status == codes.EXIT_USAGE and "is not a file" in log and "rows/s" not in log, log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors", "out.csv", "reviews.csv"], "nothing written, no work folder left"
 
 
 # ---------------------------------------------------------------- resume
@@ -305,13 +322,14 @@ def test_the_same_bad_row_gets_the_same_reason_over_http_and_in_batch(tmp_path: 
         good | {"RM": "seven"},
         good | {"NOX": math.nan},
         {k: v for k, v in good.items() if k != "LSTAT"},
+        good | {"TAX": int("9" * 400)},  # an integer too large for a float: HTTP 500, and it stopped the job (issue 23, 10)
     ]
     source = tmp_path / "houses.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in [good, *bad_rows]))  # json writes NaN as NaN, as pandas does
     status, log = score("boston_housing", str(source), "-o", str(tmp_path / "prices.jsonl"))
     assert status == codes.EXIT_ROWS_FAILED, log
     reasons = {e["row"]: e["reason"] for e in read_table(tmp_path / "prices.errors.jsonl")}
-    assert sorted(reasons) == [1, 2, 3, 4]
+    assert sorted(reasons) == [1, 2, 3, 4, 5]
     for number, row in enumerate(bad_rows, 1):
         response = client.post("/predict_price", content=json.dumps({"rows": [row]}), headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text

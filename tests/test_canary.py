@@ -33,6 +33,7 @@ from training.redeploy import main as redeploy_main
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="pip install -e '.[train]'")]
 
 TOKEN = "canary-token"
+EXPECTED_5XX = {500: "the tabular candidate's graph raises on some rows on purpose: its errors are what the canary watch must see"}
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 TEXT, TABULAR = "imdb_sentiment", "boston_housing"
 TRAIN_ARGS = ["--epochs", "8", "--batch-size", "32", "--max-tokens", "300"]

@@ -19,12 +19,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.containers import daemon_problem, docker
 from benchmarks.launch import free_port
 from service.core.registry import Registry
+from service.grpc import inference_pb2 as pb
+from service.grpc import inference_pb2_grpc as pb_grpc
 from training.datasets import BOSTON_FEATURES
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +62,7 @@ class Container:
     url: str
     port: int
     served: dict[str, int]  # what the image should serve: the checkout's models/ and their CURRENT versions
+    grpc_address: str  # the published MODELSERVE_GRPC_PORT (8081 in the image)
 
     def logs(self) -> str:
         result = docker("logs", self.name, check=False)
@@ -91,9 +96,10 @@ def container(image: str) -> Iterator[Container]:
     if not served:
         pytest.skip("models/ has no model with a CURRENT version: the image has nothing to serve")
     name = f"modelserve-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    docker("run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:3000", "--env", "MODELSERVE_MAX_ITEMS=16", image)
-    box = Container(name, f"http://127.0.0.1:{port}", port, served)
+    port, grpc_port = free_port(), free_port()
+    publish = ["--publish", f"127.0.0.1:{port}:3000", "--publish", f"127.0.0.1:{grpc_port}:8081"]
+    docker("run", "--detach", "--name", name, *publish, "--env", "MODELSERVE_MAX_ITEMS=16", image)
+    box = Container(name, f"http://127.0.0.1:{port}", port, served, f"127.0.0.1:{grpc_port}")
     try:
         started = time.monotonic()
         while True:
@@ -199,6 +205,20 @@ def test_classify_real_photo_and_corrupt_image(client: httpx.Client, container: 
     assert answer["label"] == "cats" and answer["version"] == container.served["image_classifier"]
     assert corrupt.status_code == 400
     assert "images[0]: is truncated or corrupt" in corrupt.json()["error"]
+
+
+def test_grpc_is_served_on_8081(container: Container) -> None:
+    """The image serves the Open Inference Protocol over gRPC too: health, the index, an answer."""
+    with grpc.insecure_channel(container.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+        assert {m.name: int(m.version) for m in index.models} == container.served
+        if "imdb_sentiment" in container.served:
+            request = pb.ModelInferRequest(model_name="imdb_sentiment")
+            request.inputs.add(name="texts", datatype="BYTES", shape=[1]).contents.bytes_contents.append(POSITIVE.encode())
+            assert stub.ModelInfer(request, timeout=30).outputs[0].contents.bytes_contents[0] == b"positive"
 
 
 def test_startup_log_has_no_errors(container: Container) -> None:

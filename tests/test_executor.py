@@ -104,15 +104,45 @@ def test_sessions_answer_alike_alone_concurrently_and_with_io_binding() -> None:
     version = Registry(SHIPPED_MODELS).current("image_classifier")
     model = load_model(version, ["CPUExecutionProvider"])
     batch = np.stack([decode_image((FIXTURES / name).read_bytes(), model.assets) for name in ("cat.jpg", "dog.jpg")])
-    reference = model.infer(batch)
+    reference = model.infer({"image": batch})
     bound = Sessions(model.model_file.path, model.model_file.sha256, SessionConfig(("CPUExecutionProvider",), 0), io_binding=True)
     assert np.allclose(bound.run({"image": batch})[0], reference, atol=1e-6), "the io-binding path answers like the plain one"
     barrier = threading.Barrier(4)
 
     def concurrent(_: int) -> np.ndarray:
         barrier.wait()
-        return model.infer(batch)
+        return model.infer({"image": batch})
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(concurrent, range(4)))
     assert all(np.allclose(r, reference, atol=1e-6) for r in results), "single-threaded sessions under concurrency answer alike"
+
+
+def test_a_lone_image_runs_on_the_event_loop_and_concurrent_ones_in_the_pool(
+    runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing else in progress the thread hop is skipped; with company, work leaves the loop as before."""
+    executor = Executor(runtime.settings, runtime)
+    model = runtime.get("image_classifier")
+    threads: list[str] = []
+    predict = model.predict
+
+    def noting_thread(items: Any, **options: Any) -> list[dict[str, Any]]:
+        threads.append(threading.current_thread().name)
+        return predict(items, **options)
+
+    monkeypatch.setattr(model, "predict", noting_thread)
+    cat = (FIXTURES / "cat.jpg").read_bytes()
+
+    async def lone_then_together() -> list[Any]:
+        lone = await executor.predict(model, [model.task.check(cat, model.assets, runtime.settings)])
+        together = await asyncio.gather(
+            *(executor.predict(model, [model.task.check(cat, model.assets, runtime.settings)]) for _ in range(3))
+        )
+        return [lone, *together]
+
+    answers = asyncio.run(lone_then_together())
+    assert threads[0] == "MainThread", "alone: decoded and scored on the event loop"
+    assert all(name.startswith("work-image_classifier") for name in threads[2:]), f"with company, in the pool: {threads}"
+    assert len({a[0]["label"] for a in answers}) == 1 and answers[0][0]["score"] == pytest.approx(answers[-1][0]["score"], abs=1e-6)
+    executor.close()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.core.config import Settings
 from service.core.tasks import TextClassification
+from service.core.tasks.friendly import friendly_api
 from service.http.guard import MAX_DETAIL_ITEMS, MAX_ERROR_CHARS, MAX_RAW_ERROR_BYTES, RequestGuard
 from tests.faults.test_fault_http import FILE_PART, MULTIPART_CASES, multipart
 
@@ -229,7 +230,7 @@ def test_a_good_multipart_upload_reaches_the_app() -> None:
 
 def bentoml_validation_body(texts: list[Any]) -> bytes:
     """The 400 body BentoML 1.4 sends for a request that fails pydantic validation (_bentoml_impl/server/app.py)."""
-    item = TextClassification().request_item(Settings(), lambda: None)
+    item = friendly_api(TextClassification()).request_item(Settings(), lambda: None)
     model = type("Input", (BaseModel,), {"__annotations__": {"texts": Annotated[list[item], Field(min_length=1)]}})  # type: ignore[valid-type]
     with pytest.raises(ValidationError) as raised:
         model(texts=texts)

@@ -5,9 +5,10 @@ Every object validates, strictly (an unknown field is an error, as with `kubectl
 one still in service (kubernetes-validate's JSON schemas, generated from the API's OpenAPI);
 the Kustomize variants are rendered with `kubectl kustomize` and validated the same way; the
 KServe InferenceService validates against KServe v0.20.0's CRD schema (vendored in
-tests/schemas/). Then what a schema cannot know: the probes answer 200 on a real server, the
-ports, user and environment match the image (deploy/Dockerfile) and Settings, every path the
-service writes is on a mounted emptyDir, and the grace period covers the drain.
+tests/schemas/). Then what a schema cannot know: the probes answer on a real server (HTTP
+probes 200, the gRPC probe SERVING from the standard health service), the ports, user and
+environment match the image (deploy/Dockerfile) and Settings, every path the service writes
+is on a mounted emptyDir, and the grace period covers the drain.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.launch import ROOT
+from benchmarks.launch import ROOT, Server
 from service.core.config import PREFIX, ClientSettings, Settings
+from tests.servers import ServerSpec
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +43,9 @@ KSERVE_SCHEMA = ROOT / "tests" / "schemas" / "kserve-inferenceservice-v1beta1.js
 KUBERNETES_VERSIONS = ("1.37.0", "1.30.0")  # the newest kubernetes-validate knows, and an older one still in service
 OTHER_ENV = {"XDG_CACHE_HOME", "PROTOCOL"}  # onnxruntime's cache folder; KServe's protocol of a custom predictor
 SETTING_NAMES = {PREFIX + name.upper() for cls in (Settings, ClientSettings) for name in cls.__dataclass_fields__}
+
+
+SERVER = ServerSpec(grpc=True)  # the real server the probes are tried on, with its gRPC port on as in the manifests
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -170,42 +177,64 @@ def test_inference_service_is_a_v2_custom_predictor() -> None:
 # ---------------------------------------------------------------- what the manifests say about the service
 
 
-def probe_paths() -> set[str]:
-    paths = set()
-    for _, spec in pod_specs():
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            paths.add(spec["containers"][0][probe]["httpGet"]["path"])
-    return paths
+def probes() -> list[tuple[str, dict[str, Any]]]:
+    """(where, probe) of every pod spec's startup, readiness and liveness probes."""
+    return [
+        (f"{where} {kind}", spec["containers"][0][kind])
+        for where, spec in pod_specs()
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+    ]
 
 
-def test_probes_answer_on_a_real_server(client: httpx.Client) -> None:
-    """Every probe path is one the service really has: GET it on a running `bentoml serve`."""
-    paths = probe_paths()
+def test_probes_answer_on_a_real_server(client: httpx.Client, server: Server) -> None:
+    """Every probe is one the service really answers: HTTP paths GET 200, gRPC services SERVING, on a running `bentoml serve`."""
+    paths = {probe["httpGet"]["path"] for _, probe in probes() if "httpGet" in probe}
     assert {"/readyz", "/livez"} <= paths
     for path in sorted(paths):
         assert client.get(path).status_code == 200, path
     assert client.get("/no-such-probe").status_code == 404, "a path the service lacks must not look healthy"
+    services = {probe["grpc"].get("service", "") for _, probe in probes() if "grpc" in probe}
+    assert services, "the gRPC port has a probe"
+    assert server.grpc_address is not None
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in sorted(services):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError):  # a service the server lacks must not look healthy
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
 
 
 def test_ports_user_and_environment_match_the_image_and_settings() -> None:
     image = image_config()
-    port = int(image["env"]["BENTOML_PORT"])
-    assert image["expose"] == [port]
+    port, grpc_port = int(image["env"]["BENTOML_PORT"]), int(image["env"][f"{PREFIX}GRPC_PORT"])
+    assert image["expose"] == [port, grpc_port]
     objects = render("base")
     config = the(objects, "ConfigMap")["data"]
     assert set(config) <= SETTING_NAMES, f"not settings: {set(config) - SETTING_NAMES}"
     Settings.from_env(config)  # the values parse and pass the service's own checks
-    service = the(objects, "Service")["spec"]["ports"][0]
     for where, spec in pod_specs():
         container = spec["containers"][0]
-        names = {e["name"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        names = set(env)
         assert names <= SETTING_NAMES | OTHER_ENV | set(image["env"]), f"{where}: unknown variables {names - SETTING_NAMES - OTHER_ENV}"
         ports = {p.get("name", ""): p["containerPort"] for p in container["ports"]}
-        expected = int({e["name"]: e.get("value") for e in container["env"]}.get("BENTOML_PORT", port))
-        assert list(ports.values()) == [expected], f"{where}: containerPort {ports} but the server listens on {expected}"
+        http = int(env.get("BENTOML_PORT", port))
+        listening = int(env.get(f"{PREFIX}GRPC_PORT") or config.get(f"{PREFIX}GRPC_PORT") or grpc_port)
+        if where.startswith("kserve/"):  # KServe routes one port of a predictor: REST v2 here
+            assert list(ports.values()) == [http], f"{where}: containerPort {ports} but the server listens on {http}"
+        else:
+            assert ports == {"http": http, "grpc": listening}, (
+                f"{where}: containerPorts {ports}, the server listens on {http} and {listening}"
+            )
+            grpc_probes = [
+                container[k]["grpc"]["port"] for k in ("startupProbe", "readinessProbe", "livenessProbe") if "grpc" in container[k]
+            ]
+            assert grpc_probes and set(grpc_probes) == {listening}, f"{where}: gRPC probes on {grpc_probes}"
         assert spec["securityContext"]["runAsUser"] == image["uid"], where
     named = {p["name"] for p in the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert service["targetPort"] in named, "the Service targets the container's named port"
+    service_ports = the(objects, "Service")["spec"]["ports"]
+    assert {p["targetPort"] for p in service_ports} == named, "the Service targets the container's named ports"
+    assert {p["name"]: p.get("appProtocol") for p in service_ports}["grpc"] == "kubernetes.io/h2c"
 
 
 def test_read_only_root_and_every_written_path_on_an_empty_dir() -> None:

@@ -19,11 +19,28 @@ from typing import Any
 import pytest
 
 import service.patches
-from service.patches import PatchMismatch, bentoml_cpu_count, bentoml_error_log, bentoml_request_timer, uvicorn_header_timeout
+from service.patches import (
+    PatchMismatch,
+    bentoml_cpu_count,
+    bentoml_error_log,
+    bentoml_metrics_dir,
+    bentoml_request_timer,
+    circus_drain,
+    uvicorn_drain,
+    uvicorn_header_timeout,
+)
 
 pytestmark = pytest.mark.unit
 
-PATCHES = [uvicorn_header_timeout, bentoml_request_timer, bentoml_cpu_count, bentoml_error_log]
+PATCHES = [
+    uvicorn_header_timeout,
+    uvicorn_drain,
+    circus_drain,
+    bentoml_request_timer,
+    bentoml_cpu_count,
+    bentoml_error_log,
+    bentoml_metrics_dir,
+]
 
 
 def test_every_patch_module_is_checked_here() -> None:
@@ -78,11 +95,13 @@ def test_a_renamed_error_logger_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
 def test_applied_patches_are_listed_for_the_start_up_log() -> None:
     bentoml_request_timer.cancel_finished_request_timers()
     uvicorn_header_timeout.limit_header_time(10)
+    uvicorn_drain.drain_on_sigterm()
     listed = "; ".join(service.patches.active())
     assert "bentoml_request_timer (bentoml 1.4.39)" in listed
-    assert "uvicorn_header_timeout (uvicorn 0.54.0: headers within 10 s)" in listed
-    uvicorn_header_timeout.check()  # still true once patched: the checks read through the wrappers
-    bentoml_request_timer.check()
+    assert "uvicorn_header_timeout (uvicorn 0.54.0: headers within 10 s and 65,536 bytes)" in listed
+    assert "uvicorn_drain (uvicorn 0.54.0)" in listed
+    for patch in (uvicorn_header_timeout, bentoml_request_timer, uvicorn_drain):
+        patch.check()  # still true once patched: the checks read through the wrappers
 
 
 # ---------------------------------------------------------------- the request timer patch at work
@@ -159,6 +178,8 @@ def test_a_slow_request_still_times_out_with_504() -> None:
     messages = asyncio.run(_call(middleware))
     assert messages[0]["status"] == 504
     assert b"0.05 seconds" in messages[1]["body"]
+    headers = dict(messages[0]["headers"])
+    assert headers[b"x-content-type-options"] == b"nosniff" and b"default-src 'self'" in headers[b"content-security-policy"]
 
 
 # ---------------------------------------------------------------- the header timeout patch at work
@@ -195,17 +216,17 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _connection(protocol_name: str, data: bytes, wait_s: float) -> Transport:
+def _connection(protocol_name: str, data: bytes, wait_s: float, transport: Transport | None = None, keep_alive_s: int = 5) -> Transport:
     """A connection to uvicorn's `protocol_name` ("h11" or "httptools") that receives `data`, then waits `wait_s`."""
     import uvicorn
     from uvicorn.server import ServerState
 
-    config = uvicorn.Config(_ok, http=protocol_name, lifespan="off", log_config=None)
+    config = uvicorn.Config(_ok, http=protocol_name, lifespan="off", log_config=None, timeout_keep_alive=keep_alive_s)
     config.load()
+    transport = transport or Transport()
 
     async def main() -> Transport:
         protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
-        transport = Transport()
         protocol.connection_made(transport)
         if data:
             protocol.data_received(data)
@@ -245,3 +266,17 @@ def test_complete_headers_disarm_the_timer(protocol: str) -> None:
         uvicorn_header_timeout.limit_header_time(10)
     assert transport.written.startswith(b"HTTP/1.1 200") and b"408" not in transport.written
     assert not transport.closed, "a kept-alive connection stays open after its answer"
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_headers_over_the_size_limit_get_431_and_close(protocol: str) -> None:
+    uvicorn_header_timeout.limit_header_time(10, max_header_bytes=1024)
+    try:
+        transport = _connection(protocol, b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000, wait_s=0.05)
+    finally:
+        uvicorn_header_timeout.limit_header_time(10)
+    assert (
+        transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+        and b"MODELSERVE_MAX_HEADER_BYTES" in transport.written
+    )
+    assert b"x-content-type-options: nosniff" in transport.written.lower() and transport.closed

@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from benchmarks.launch import ROOT, Server, start_server
-from service.core.catalog import CATALOG
+from service.core.catalog import RECIPES
 from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.browser import chromium, chromium_paths, open_playground, wait_for
@@ -160,6 +160,8 @@ def test_plots_are_served_only_when_the_version_lists_them(client: httpx.Client,
 def test_one_panel_and_card_per_served_model_with_a_clean_console(page: Any, models: dict[str, dict[str, Any]]) -> None:
     panels = {p.get_attribute("data-model"): p.get_attribute("data-kind") for p in page.find_elements(By.CSS_SELECTOR, ".panel")}
     assert panels == {m["name"]: kind for kind, m in models.items()}
+    headings = [h.text for h in page.find_elements(By.CSS_SELECTOR, ".panel h2")]
+    assert all(name in heading for name, heading in zip(panels, headings, strict=True)), "each panel names its model (issue 23, 6)"
     cards = [c.get_attribute("data-model") for c in page.find_elements(By.CSS_SELECTOR, "details.card")]
     assert sorted(cards) == sorted(panels)
     origins = page.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
@@ -262,8 +264,11 @@ def test_the_house_form_shows_every_feature_with_its_range_and_predicts_with_the
     request = model["request"]
     fields = panel(page, "tabular_regression").find_elements(By.CSS_SELECTOR, ".field")
     assert [f.get_attribute("data-feature") for f in fields] == [f["name"] for f in request["features"]]
+    assert all(f.get("description") for f in request["features"]), "the served version records what each feature means"
     for field, feature in zip(fields, request["features"]):
         assert field.find_element(By.CSS_SELECTOR, "label").text == feature["name"]
+        # Issue 23, 6: the form showed bare codes (CRIM, B, LSTAT); the meaning comes from the version's metadata.
+        assert text_of(page, field.find_element(By.CSS_SELECTOR, ".meaning")) == feature["description"]
         hint = text_of(page, field.find_element(By.CSS_SELECTOR, ".range"))
         low, high = shown_range(hint)
         assert low == pytest.approx(feature["min"], rel=1e-3, abs=1e-9) and high == pytest.approx(feature["max"], rel=1e-3)
@@ -376,7 +381,7 @@ def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
     from tests.generate import write_housing_csv
     from training.__main__ import main
 
-    name = next(e.name for e in CATALOG.values() if e.task.name == "tabular_regression")
+    name = next(e.name for e in RECIPES.values() if e.task.name == "tabular_regression")
     root = tmp_path_factory.mktemp("registry")
     data = write_housing_csv(root.parent / "housing.csv", n=300)
     assert main([name, "--data", str(data), "--registry", str(root), "--epochs", "5", "--folds", "2", "--ensemble", "1"]) == 0

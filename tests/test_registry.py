@@ -7,19 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, sha256_file, validate_metadata
+from service.core.registry import (
+    CURRENT_FILE,
+    HISTORY_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    Candidate,
+    Registry,
+    RegistryError,
+    sha256_file,
+    validate_metadata,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes") -> int:
+def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes", labels: list[str] | None = None) -> int:
     with registry.new_version(name) as staged:
         (staged.path / MODEL_FILE).write_bytes(payload)
         metadata = {
             "schema_version": 1, "name": name, "version": staged.version, "task": "regression", "created_at": "now",
             "model_file": MODEL_FILE, "sha256": sha256_file(staged.path / MODEL_FILE), "onnx_opset": 17,
             "inputs": [{"name": "x", "dtype": "float32", "shape": [None, 1]}], "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 1]}],
-            "labels": [], "preprocessing": {}, "metrics": {}, "parity": {}, "data": {}, "library_versions": {},
+            "labels": labels or [], "preprocessing": {}, "metrics": {}, "parity": {}, "data": {}, "library_versions": {},
             "architecture": {}, "training": {}, "assets": {},
         }  # fmt: skip
         (staged.path / METADATA_FILE).write_text(json.dumps(metadata))
@@ -141,3 +151,35 @@ def test_promote_repairs_a_damaged_current(tmp_path: Path) -> None:
     (tmp_path / "m" / CURRENT_FILE).write_text("\u00b2\n")
     assert registry.promote("m", 1) is None
     assert registry.current_version("m") == 1
+
+
+def test_a_candidate_is_recorded_once_when_set_twice(tmp_path: Path) -> None:
+    """Issue 23, 6: redeploy writes CANDIDATE, then the service it asks writes the same again: HISTORY had every candidate twice."""
+    registry = Registry(tmp_path)
+    for _ in range(2):
+        write_version(registry, "m")
+    registry.promote("m", 1)
+    registry.set_candidate("m", Candidate(2, "canary", 10.0))
+    registry.set_candidate("m", Candidate(2, "canary", 10.0))
+    registry.set_candidate("m", Candidate(2, "canary", 20.0))  # a change is recorded
+    events = [line.split(maxsplit=1)[1] for line in (tmp_path / "m" / HISTORY_FILE).read_text().splitlines()]
+    assert events == ["promote - 1", "candidate canary 10% 2", "candidate canary 20% 2"]
+
+
+def test_a_promotion_that_changes_the_labels_asks_for_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, 3: a promote run as printed by training into another registry moved the served model to other labels, silently."""
+    from training.__main__ import main
+
+    registry = Registry(tmp_path)
+    write_version(registry, "m", labels=["cats", "dogs"])
+    write_version(registry, "m", b"other", labels=["cats", "dogs", "birds"])
+    write_version(registry, "m", b"third", labels=["cats", "dogs"])
+    registry.promote("m", 1)
+    assert main(["promote", "m", "2", "--registry", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a drop-in for the served v1" in err and "labels ['cats', 'dogs'] -> ['cats', 'dogs', 'birds']" in err and "--yes" in err
+    assert registry.current_version("m") == 1, "nothing moved"
+    assert main(["promote", "m", "3", "--registry", str(tmp_path)]) == 0, "the same labels and inputs need no --yes"
+    assert str(tmp_path) in capsys.readouterr().out, "the output names the registry it changed"
+    assert main(["promote", "m", "2", "--registry", str(tmp_path), "--yes"]) == 0
+    assert registry.current_version("m") == 2

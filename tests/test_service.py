@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.launch import ROOT, Server
+from service.core.cpu import cpu_report
 from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.generate import image_bytes
@@ -64,6 +65,16 @@ def error_of(response: httpx.Response) -> str:
 # ---------------------------------------------------------------- health, docs, models
 
 
+def test_the_server_counts_what_it_answered_by_route_and_status(server: Server, client: httpx.Client) -> None:
+    """What tests/conftest.py reads when a server stops, to fail a module whose servers answered an unexpected 5xx."""
+    before = server.answered()
+    assert client.get("/no/such/route").status_code == 404
+    assert client.post("/predict_price", json={"rows": [HOUSE]}).status_code == 200
+    after = server.answered()
+    assert after[("/no/such/route", 404)] - before[("/no/such/route", 404)] == 1
+    assert after[("/predict_price", 200)] - before[("/predict_price", 200)] == 1
+
+
 def test_health_metrics_and_docs(client: httpx.Client) -> None:
     assert client.get("/readyz").status_code == 200
     assert client.get("/livez").status_code == 200
@@ -84,9 +95,9 @@ def test_models_reports_versions_metrics_and_real_providers(client: httpx.Client
         assert model["providers"] == ["CPUExecutionProvider"], "no GPU here: CPU, and nothing asked for CUDA"
         assert model["inputs"] and model["metrics"]["test"]
     assert served["image_classifier"]["labels"] == ["cats", "dogs"]
-    assert served["image_classifier"]["model_file"] == {"file": "model.int8.onnx", "precision": "int8"}, (
-        "the CPU runs the checked INT8 file"
-    )
+    image = served["image_classifier"]["model_file"]
+    assert image["file"] == "model.int8.onnx" and image["precision"] == "int8", f"the CPU runs the INT8 file checked here: {image}"
+    assert image["int8_check"]["passed"] and image["cpu_int8_kernels"] == cpu_report()["int8_kernels"] == body["cpu"]["int8_kernels"]
     assert served["imdb_sentiment"]["model_file"] == {"file": "model.onnx", "precision": "fp32"}
     assert body["gpus"] == 0
 

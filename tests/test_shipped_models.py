@@ -73,3 +73,13 @@ def test_real_photos(file: str, label: str) -> None:
     assert [a["label"] for a in answers] == [label, label]
     assert answers[0]["score"] > 0.8
     assert model.assets == ImageSpec(224, 224)
+
+
+def test_the_served_text_model_takes_sparse_input_and_answers_as_the_dense_one_before_it() -> None:
+    """v3 is v2's weights on sparse input: both load, each fed what its metadata says, and they agree."""
+    sparse, dense = served("imdb_sentiment"), load_model(REGISTRY.get("imdb_sentiment", 2), ["CPUExecutionProvider"])
+    assert sparse.input_names == ["ids", "weights"] and dense.input_names == ["features"]
+    texts = ["A moving, beautifully acted film.", "Dull and far too long.", "I didn't like it at all. Not good.", "zzz"]
+    got, expected = sparse.predict(texts), dense.predict(texts)
+    assert [a["label"] for a in got] == [a["label"] for a in expected]
+    assert np.allclose([a["probability_positive"] for a in got], [a["probability_positive"] for a in expected], atol=1e-5)

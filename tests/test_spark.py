@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,9 @@ from benchmarks.launch import ROOT
 from service.batch import cli
 from service.core import errors as codes
 from service.core.registry import Registry
+from service.core.runtime import load_model
 from tests.generate import class_image, housing_rows, image_bytes, review
+from tests.test_int8 import disagreeing, photos, tiny_registry, with_variant
 from training.datasets import BOSTON_FEATURES
 
 pyspark = pytest.importorskip("pyspark", reason="pip install -e '.[spark]'")  # in the dev extra, so CI runs these
@@ -224,6 +227,34 @@ def test_image_folder_with_corrupt_empty_and_non_image_files(tmp_path: Path, ses
     assert "is truncated or corrupt" in errors["cats/truncated.jpg"]["reason"]
     assert "is empty" in errors["dogs/empty.png"]["reason"]
     assert "is not a supported image" in errors["misc/not_an_image.jpg"]["reason"]
+    ran = [line for line in log.splitlines() if line.startswith("model file on ")]
+    assert ran[0].startswith("model file on the driver: ") and len(ran) >= 2, log
+    files = {re.search(r": (model[\w.]*\.onnx) \(", line).group(1) for line in ran}  # type: ignore[union-attr]
+    assert len(files) == 1, f"executors run the driver's file: {ran}"
+
+
+def test_each_executor_checks_the_int8_variant_on_its_cpu_and_the_summary_says_what_ran(tmp_path: Path, session: Any) -> None:
+    """A variant that disagrees with fp32 on its reference set is not used on any executor: model.onnx scores, and the summary says why."""
+    registry = tiny_registry(tmp_path / "registry")
+    version = with_variant(registry)
+    disagreeing(version)
+    registry.promote("image_classifier", version.version)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    inputs, _ = photos(12, seed=6)
+    for i, image in enumerate(inputs):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    stream = io.StringIO()
+    args = ["image_classifier", str(folder), "-o", str(tmp_path / "scores.jsonl"), "--model-root", str(registry.root)]
+    status = cli.main([*args, "--engine", "spark"], stream=stream)
+    log = stream.getvalue()
+    assert status == codes.EXIT_OK and "12 images in = 12 scored + 0 failed" in log, log
+    ran = [line for line in log.splitlines() if line.startswith("model file on ")]
+    assert len(ran) >= 2 and all("model.onnx (fp32: INT8 variant not used: on this CPU (" in line for line in ran), log
+    assert all("same label as fp32 on 0 of 16 reference inputs" in line for line in ran), log
+    fp32 = load_model(version, ["CPUExecutionProvider"], int8=False).predict(list(inputs))
+    rows = by_key(read(tmp_path / "scores.jsonl"), "path")
+    assert [rows[f"{i:02d}.png"]["label"] for i in range(12)] == [a["label"] for a in fp32], "model.onnx's answers"
 
 
 # ---------------------------------------------------------------- house rows

@@ -1,9 +1,10 @@
-"""The model kinds' tasks (service/core/tasks) in this process: validation, decoding, tensors and answers, by plain calls.
+"""The model kinds' tasks (service/core/tasks) and their adapters per way in, in this process, by plain calls.
 
-Each task is the catalog's, with the assets of the shipped CURRENT version of its model:
-what a request item may be and the message when it may not, the tensor the items
-become, and the answers an output batch becomes. No session runs here: the outputs
-are chosen, so that each answer is known.
+Each task is the one a shipped model's CURRENT version names in its metadata, with that
+version's assets: what a request item may be and the message when it may not, the
+tensor the items become, the answers an output batch becomes, and how the Open
+Inference Protocol's tensors, batch tables and the friendly API's descriptions map onto
+them. No session runs here: the outputs are chosen, so that each answer is known.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.core.catalog import CATALOG
 from service.core.config import Settings
 from service.core.errors import InputError, UsageError
-from service.core.registry import Registry
+from service.core.registry import Registry, VersionFiles
 from service.core.tasks import ImageClassification, TabularRegression, Task, TextClassification
+from service.core.tasks.batch_inputs import batch_input
+from service.core.tasks.friendly import friendly_api
+from service.core.tasks.kinds import task_for
+from service.core.tasks.tensors import v2_tensors
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 
 pytestmark = pytest.mark.unit
@@ -31,14 +35,18 @@ CAT = (FIXTURES / "cat.jpg").read_bytes()
 
 
 class Kind:
-    """A catalog task with its shipped CURRENT version's metadata and assets."""
+    """The task of the first shipped model of a kind, with its CURRENT version's metadata and assets, and its adapters."""
 
     def __init__(self, kind: type[Task]) -> None:
-        name, entry = next((n, e) for n, e in CATALOG.items() if isinstance(e.task, kind))
-        version = Registry(SHIPPED_MODELS).current(name)
-        self.task: Any = entry.task
+        registry = Registry(SHIPPED_MODELS)
+        versions = [registry.current(name) for name in registry.model_names()]
+        version = next(v for v in versions if type(task_for(v.read_metadata())) is kind)
         self.metadata = version.read_metadata()
-        self.assets = self.task.load_assets(version.path, self.metadata)
+        self.task: Any = task_for(self.metadata)
+        self.assets = self.task.load_assets(VersionFiles(version.path), self.metadata)
+        self.tensors: Any = v2_tensors(self.task)
+        self.table: Any = batch_input(self.task)
+        self.friendly: Any = friendly_api(self.task)
 
     def check(self, value: Any, settings: Settings = SETTINGS) -> Any:
         return self.task.check(value, self.assets, settings)
@@ -72,8 +80,8 @@ def test_smoke_items_make_a_batch_and_sensible_answers_pass(kind: type[Task]) ->
     outputs = np.full((len(items), width), 1.0 / width, np.float32)
     answers = model.answers(outputs)
     assert len(answers) == len(items) and all(model.task.check_answer(a) is None for a in answers)
-    arrays = model.task.output_arrays(answers, model.metadata)
-    assert [t.name for t in model.task.tensor_outputs(model.metadata)] == list(arrays)
+    arrays = model.tensors.arrays(answers, model.metadata)
+    assert [t.name for t in model.tensors.outputs(model.metadata)] == list(arrays)
     assert all(len(a) == len(items) for a in arrays.values())
 
 
@@ -107,19 +115,19 @@ def test_nonsense_text_answers_are_caught(text: Kind) -> None:
 
 
 def test_text_tensors_take_utf8_bytes_or_strings(text: Kind) -> None:
-    (tensor,) = text.task.tensor_inputs(text.assets)
+    (tensor,) = text.tensors.inputs(text.assets)
     assert (tensor.datatype, tensor.shape) == ("BYTES", (-1,))
-    assert text.task.tensor_value(tensor, "ünï".encode(), SETTINGS) == "ünï"
-    assert text.task.tensor_value(tensor, "as JSON", SETTINGS) == "as JSON"
+    assert text.tensors.value(tensor, "ünï".encode(), SETTINGS) == "ünï"
+    assert text.tensors.value(tensor, "as JSON", SETTINGS) == "as JSON"
     with pytest.raises(InputError, match="is not valid UTF-8"):
-        text.task.tensor_value(tensor, b"\xff\xfe", SETTINGS)
+        text.tensors.value(tensor, b"\xff\xfe", SETTINGS)
 
 
 def test_the_text_column_of_a_table_is_found_or_asked_for(text: Kind) -> None:
-    assert text.task.table_columns(["id", "Review"], text.assets, None) == ["Review"]
-    assert text.task.table_columns(["id", "notes"], text.assets, "NOTES") == ["notes"]
+    assert text.table.columns(["id", "Review"], text.assets, None) == ["Review"]
+    assert text.table.columns(["id", "notes"], text.assets, "NOTES") == ["notes"]
     with pytest.raises(UsageError, match="name the text column with --text-column"):
-        text.task.table_columns(["id", "notes"], text.assets, None)
+        text.table.columns(["id", "notes"], text.assets, None)
 
 
 # ---------------------------------------------------------------- images
@@ -177,12 +185,12 @@ def test_image_answers_name_the_most_probable_class(image: Kind) -> None:
 
 
 def test_image_tensors_take_files_or_pixels(image: Kind) -> None:
-    files, pixels = image.task.tensor_inputs(image.assets)
+    files, pixels = image.tensors.inputs(image.assets)
     assert (files.datatype, pixels.datatype, pixels.shape) == ("BYTES", "UINT8", (-1, image.assets.height, image.assets.width, 3))
-    assert image.task.tensor_value(files, base64.b64encode(CAT).decode(), SETTINGS) == CAT, "JSON carries base64"
-    assert image.task.tensor_value(files, CAT, SETTINGS) == CAT, "binary data carries the file"
+    assert image.tensors.value(files, base64.b64encode(CAT).decode(), SETTINGS) == CAT, "JSON carries base64"
+    assert image.tensors.value(files, CAT, SETTINGS) == CAT, "binary data carries the file"
     with pytest.raises(InputError, match="is not valid base64"):
-        image.task.tensor_value(files, "http://example.com/cat.jpg", SETTINGS)
+        image.tensors.value(files, "http://example.com/cat.jpg", SETTINGS)
 
 
 def test_images_decoded_for_another_size_are_conformed(image: Kind) -> None:
@@ -234,26 +242,26 @@ def test_regression_answers_carry_the_value_and_unit(table: Kind) -> None:
 
 def test_a_table_gives_rows_from_its_feature_columns(table: Kind) -> None:
     columns = [n.lower() for n in table.assets.feature_names] + ["id"]
-    picked = table.task.table_columns(columns, table.assets, None)
+    picked = table.table.columns(columns, table.assets, None)
     assert picked == columns[:-1]
     row = dict(zip(picked, ["0.5"] * len(picked))) | {picked[0]: ""}
-    value = table.task.table_value(row, picked, from_text=True)
+    value = table.table.value(row, picked, from_text=True)
     assert picked[0] not in value and value[picked[1]] == 0.5, "an empty cell is missing, text cells are numbers"
     with pytest.raises(InputError, match="missing features"):
         table.check(value)
     with pytest.raises(UsageError, match="no column for features"):
-        table.task.table_columns(["id"], table.assets, None)
+        table.table.columns(["id"], table.assets, None)
 
 
 def test_row_tensors_are_fp32_features_in_the_models_order(table: Kind) -> None:
-    (tensor,) = table.task.tensor_inputs(table.assets)
+    (tensor,) = table.tensors.inputs(table.assets)
     assert (tensor.datatype, tensor.shape) == ("FP32", (-1, len(table.assets.feature_names)))
     values = np.asarray(table.assets.inverse_example(), np.float32)
-    np.testing.assert_allclose(table.check(table.task.tensor_value(tensor, values, SETTINGS)), values, rtol=1e-6)
+    np.testing.assert_allclose(table.check(table.tensors.value(tensor, values, SETTINGS)), values, rtol=1e-6)
 
 
 def test_versions_are_described_for_clients(table: Kind, text: Kind) -> None:
-    described = table.task.describe(table.assets, table.metadata)
+    described = table.friendly.describe(table.assets, table.metadata)
     assert [f["name"] for f in described["features"]] == list(table.assets.feature_names)
     assert described["field"] == "rows" and set(described["example"]["values"]) == set(table.assets.feature_names)
-    assert text.task.describe(text.assets, text.metadata)["positive"] == text.metadata["labels"][1]
+    assert text.friendly.describe(text.assets, text.metadata)["positive"] == text.metadata["labels"][1]

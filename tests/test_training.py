@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
+from service.core.drift import read_profile
 from service.core.registry import Registry, validate_metadata
 from service.core.runtime import load_model
 from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv
@@ -49,6 +52,11 @@ def trained_version(registry_root: Path, name: str) -> tuple[Registry, dict]:
     assert metadata["onnx_opset"] <= 18
     assert metadata["data"]["fingerprint"] and metadata["data"]["samples"]["train"] > 0
     assert registry.current_version(name) is None, "training must not change what is served"
+    profile = read_profile(
+        version.path, load_model(version, ["CPUExecutionProvider"]).task.assets_kind
+    )  # the drift reference, made at export
+    assert metadata["profile"]["features"] == [f.name for f in profile.features] and metadata["profile"]["sha256"]
+    assert {f.role for f in profile.features} == {"input", "output"} and all(f.count > 0 for f in profile.features)
     return registry, metadata
 
 
@@ -89,6 +97,8 @@ def test_imdb_learns_separable_reviews(tmp_path: Path, capsys: pytest.CaptureFix
     assert (registry.get("imdb_sentiment", 1).path / "vocab.json").is_file()
     session = onnx_session(registry, "imdb_sentiment")
     assert not isinstance(session.get_inputs()[0].shape[0], int), "the batch dimension is dynamic"
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("ids", "tensor(int64)"), ("weights", "tensor(float)")], "sparse input"
+    assert [i["name"] for i in metadata["inputs"]] == ["ids", "weights"] and metadata["parity"]["max_abs_diff"] <= 1e-5
 
     model = load_model(registry.get("imdb_sentiment", 1), ["CPUExecutionProvider"])
     rng = np.random.default_rng(42)
@@ -119,7 +129,8 @@ def test_nb_ratio_is_folded_into_the_exported_model(keras: ModuleType) -> None:
     """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
     import scipy.sparse as sp
 
-    from training.imdb_sentiment import VARIANTS, build_model, fit, nb_ratio
+    from training.imdb_sentiment import VARIANTS, build_model, fit
+    from training.kinds.text import nb_ratio
 
     x = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32))
     y = np.array([1, 1, 0, 0], np.float32)
@@ -161,11 +172,20 @@ def test_boston_beats_the_mean_predictor(tmp_path: Path) -> None:
     assert scaler["min"] == split.x_train.min(axis=0).tolist() and scaler["max"] == split.x_train.max(axis=0).tolist()
     assert metadata["data"]["example"]["values"] == dict(zip(split.feature_names, split.x_test[0].tolist()))
     assert metadata["data"]["example"]["target"] == float(split.y_test[0])
+    assert metadata["preprocessing"]["feature_descriptions"]["RM"] == "average number of rooms per dwelling", "what each code means"
 
     model = load_model(registry.get("boston_housing", 1), ["CPUExecutionProvider"])
     x, y = housing_rows(50, seed=7)
     predicted = np.array([a["price"] for a in model.predict(list(x))])
     assert np.abs(predicted - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+    # A profile for an existing version, without training: a new version with the same model.onnx, from the same data.
+    assert main(["profile", "boston_housing", "1", "--data", str(data), "--registry", str(tmp_path)]) == 0
+    profiled = registry.get("boston_housing", 2).verify()
+    assert profiled["sha256"] == metadata["sha256"] and profiled["derived_from"]["version"] == 1
+    assert profiled["profile"]["same_data_as_training"] is True
+    rm = read_profile(registry.get("boston_housing", 2).path, "tabular").feature("RM")
+    assert rm.count == len(split.x_train) and rm.summary["max"] == split.x_train[:, 5].max()
 
 
 def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
@@ -207,19 +227,127 @@ def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> 
     assert check["samples"] == 120 and metadata["variants"]["int8"]["written"] == check["passed"]
 
 
-def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path) -> None:
+def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folders = write_image_folders(tmp_path / "images", {"train": 8, "validation": 4, "test": 50}, size=32)
-    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path), "--base", "mobilenet", "--alpha", "0.25",
+    registry_root = tmp_path / "my registry"
+    args = ["image_classifier", "--data", str(folders), "--registry", str(registry_root), "--base", "mobilenet", "--alpha", "0.25",
             "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]  # fmt: skip
     assert main(args) == 0
-    _, metadata = trained_version(tmp_path, "image_classifier")
+    registry, metadata = trained_version(registry_root, "image_classifier")
     assert metadata["architecture"]["pretrained"] is False
     assert metadata["architecture"]["weights"].startswith("none")
     assert metadata["training"]["phase2"]["epochs"] == 0
+    # Issue 23, 3: the hint named no registry, and run as printed it moved the project's own CURRENT.
+    hint = capsys.readouterr().out.rpartition("to serve this one: ")[2].strip()
+    assert hint == f"python -m training promote image_classifier 1 --registry '{registry_root}'"
+    assert main(shlex.split(hint)[3:]) == 0 and registry.current_version("image_classifier") == 1
+
+
+def test_image_classifier_without_internet_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23, 4: the default --weights imagenet without internet printed Keras's download traceback."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached weights
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens there: every download fails, as offline
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    folders = write_image_folders(tmp_path / "images", {"train": 8, "validation": 4, "test": 8}, size=32)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--image-size", "32", "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: the ImageNet weights of mobilenet_v2 could not be downloaded" in err
+    assert "--weights FILE" in err and "--weights none" in err
+    assert not (tmp_path / "models" / "image_classifier").exists(), "nothing written"
+
+
+def test_efficientnet_lite_from_scratch_trains_exports_and_serves(tmp_path: Path) -> None:
+    """The new base end to end: a clean ONNX graph (BatchNorm folded, ReLU6 as Clip, one input) that the service loads."""
+    folders = write_image_folders(tmp_path / "images", {"train": 16, "validation": 4, "test": 50}, size=32)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path), "--base", "efficientnet_lite0", "--weights", "none",
+            "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--no-int8"]  # fmt: skip
+    assert main(args) == 0
+    registry, metadata = trained_version(tmp_path, "image_classifier")
+    assert metadata["architecture"]["base"] == "efficientnet_lite0" and metadata["architecture"]["pretrained"] is False
+    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 32, 32, 3]}
+    graph = onnx.load(str(registry.get("image_classifier", 1).model_path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in ops and not ops & {"Sigmoid", "HardSwish"}, "BatchNorm folded, ReLU6 (Clip) throughout, no swish"
+    # tf2onnx folds BatchNorm into the 33 regular convs and leaves a Mul + Add after the 16 depthwise
+    # ones; onnxruntime's basic graph optimizations fold those: what runs is convs, Clips, the 9
+    # residual Adds and the one Mul of (x - 127) / 128.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(registry.get("image_classifier", 1).model_path), options, providers=["CPUExecutionProvider"])
+    optimized = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert (optimized.count("Conv"), optimized.count("Clip"), optimized.count("Add"), optimized.count("Mul")) == (49, 33, 9, 1)
+    assert [i.name for i in graph.input] == ["image"]
+
+    model = load_model(registry.get("image_classifier", 1), ["CPUExecutionProvider"])
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    answers = model.predict(list(pixels))
+    direct = onnx_session(registry, "image_classifier").run(None, {"image": pixels})[0]
+    assert [a["label"] for a in answers] == [["blue", "red"][i] for i in direct.argmax(axis=1)]
+
+
+def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path, keras: ModuleType) -> None:
+    """--weights FILE for the new base: the top trained on features computed once (with photo copies), then the top layers fine-tuned."""
+    from training.efficientnet_lite import efficientnet_lite
+
+    folders = write_image_folders(tmp_path / "images", {"train": 16, "validation": 4, "test": 50}, size=32)
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "lite0_random.weights.h5"
+    efficientnet_lite("lite0", input_shape=(32, 32, 3)).save_weights(weights)
+    args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "efficientnet_lite0",
+            "--weights", str(weights), "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "12",
+            "--batch-size", "8", "--photo-copies", "1", "--phase1", "features", "--no-int8"]  # fmt: skip
+    assert main(args) == 0
+    _, metadata = trained_version(tmp_path / "models", "image_classifier")
+    arch, phase2 = metadata["architecture"], metadata["training"]["phase2"]
+    assert arch["pretrained"] is True and arch["weights_file"]["bytes"] == weights.stat().st_size
+    assert arch["photo_copies"] == 1 and metadata["data"]["samples"]["train"] == 32
+    assert metadata["training"]["phase1"]["mode"] == "features" and len(metadata["training"]["history"]["val_accuracy"]) == 2
+    assert arch["augmentation"][-1].startswith("photo copies: 1 per training photo"), "phase 2 ran the in-graph layers, the copies too"
+    assert metadata["training"]["chosen_by"] is None, "not v3's recipe"
+    assert phase2["epochs"] == 1 and phase2["unfrozen_layers_with_weights"] == 4, (
+        "head conv and the last block's three convs (BatchNorm stays frozen)"
+    )
+
+
+def test_efficientnet_lite_matches_the_published_architecture() -> None:
+    """The parameter counts of the reference (README-efficientnet-lite.md): a drifted layer would no longer load the ImageNet weights."""
+    from training.efficientnet_lite import efficientnet_lite
+    from training.kinds.image import default_image_size
+
+    assert efficientnet_lite("lite0").count_params() == 3_413_024
+    assert efficientnet_lite("lite2").count_params() == 4_869_168
+    assert (default_image_size("efficientnet_lite0"), default_image_size("efficientnet_lite2"), default_image_size("mobilenet")) == (
+        224,
+        260,
+        224,
+    )
+
+
+def test_efficientnet_lite_has_no_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folders = write_image_folders(tmp_path / "images", {"train": 4, "validation": 2, "test": 2}, size=32)
+    args = [
+        "image_classifier",
+        "--data",
+        str(folders),
+        "--registry",
+        str(tmp_path / "models"),
+        "--base",
+        "efficientnet_lite2",
+        "--image-size",
+        "32",
+    ]
+    assert main(args) == 2
+    assert "efficientnet_lite2 has no download: pass --weights FILE" in capsys.readouterr().err
 
 
 def test_in_graph_scaling_matches_keras_applications(keras: ModuleType) -> None:
-    from training.image_classifier import scale_caffe, scale_tf
+    from training.kinds.image import scale_caffe, scale_tf
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     assert np.allclose(keras.ops.convert_to_numpy(scale_tf(x)), keras.applications.mobilenet.preprocess_input(x.copy()), atol=1e-5)
@@ -232,9 +360,9 @@ def test_parity_failure_stops_the_run_and_writes_nothing(
     import training.publish as publish_module
     from training.export import export_onnx
 
-    def export_a_different_model(model, input_spec, output_name, path):  # type: ignore[no-untyped-def]
+    def export_a_different_model(model, input_spec, output_name, path, sparse=False):  # type: ignore[no-untyped-def]
         other = keras.models.clone_model(model)  # same architecture, fresh random weights
-        return export_onnx(other, input_spec, output_name, path)
+        return export_onnx(other, input_spec, output_name, path, sparse=sparse)
 
     monkeypatch.setattr(publish_module, "export_onnx", export_a_different_model)
     data = write_housing_csv(tmp_path / "housing.csv", n=200)

@@ -53,6 +53,7 @@ SERVER = ServerSpec(
         "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
         "MODELSERVE_MAX_REQUEST_PIXELS": str(160_000),  # the cat and the dog together (153,280 pixels), not three photos
         "MODELSERVE_RELOAD_POLL_S": "1",
+        "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the cat's and the dog's pixels as JSON numbers: 301,056 values, over the default
     },
     # A copy of the shipped registry: the last test publishes a version into it.
     registry=lambda root: shutil.copytree(ROOT / "models", root, dirs_exist_ok=True),

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as triton
 
 from service.core.errors import InputError
-from service.core.tasks import Tensor
+from service.core.tasks.tensors import Tensor
 from service.http.v2_codec import HEADER_LENGTH, RequestInput, encode_response, parse_request, to_array
 
 pytestmark = pytest.mark.unit

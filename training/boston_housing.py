@@ -14,7 +14,8 @@ and the average of 5 networks trained from different seeds, exported as one ONNX
 graph. The default `robust_long` (v2) is the same recipe trained for 300 epochs: the
 lowest K-fold MAE of the variants compared (experiments/boston_kfold.py; the test rows
 are never read there). The scaler (with its log features) lives in scaler.json and is
-applied by service/core/preprocessing.py, the same code the service runs.
+applied by service/core/preprocessing.py, the same code the service runs. The network,
+its ensemble fit and the K-fold loop are the tabular kind's (training/kinds/tabular.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import numpy as np
 
 from service.core.errors import DataError
 from service.core.preprocessing import SCALER_FILE, StandardScaler
-from training.datasets import TabularData, load_housing
+from training.datasets import BOSTON_FEATURE_DESCRIPTIONS, TabularData, load_housing
 from training.export import TensorSpec, parity_inputs
+from training.kinds import tabular
+from training.kinds.tabular import evaluate, k_fold, k_fold_metrics, layer
 from training.plots import plot_kfold
 from training.progress import fit_verbosity, log
 from training.publish import TrainingResult
@@ -63,24 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="K for K-fold validation (default: %(default)s)")
 
 
-def build_network(n_features: int, config: dict[str, Any], name: str = NAME) -> keras.Model:
-    """Dense(width, relu) x depth -> Dense(1); the seed's network is width 64, depth 2, no regularisation."""
-    regularizer = keras.regularizers.L2(config["l2"]) if config["l2"] else None
-    layers: list[keras.layers.Layer] = [keras.Input((n_features,), name="features")]
-    for _ in range(config["depth"]):
-        layers.append(keras.layers.Dense(config["width"], activation="relu", kernel_regularizer=regularizer))
-        if config["dropout"]:
-            layers.append(keras.layers.Dropout(config["dropout"]))
-    layers.append(keras.layers.Dense(1))
-    model = keras.Sequential(layers, name=name)
-    model.compile(optimizer="rmsprop", loss=_loss(config), metrics=["mae"])
-    return model
-
-
-def _loss(config: dict[str, Any]) -> Any:
-    return keras.losses.Huber(config["huber_delta"]) if config["loss"] == "huber" else config["loss"]
-
-
 def fit_ensemble(
     x: np.ndarray,
     y: np.ndarray,
@@ -89,72 +74,8 @@ def fit_ensemble(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     verbose: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train `ensemble` networks; return one model averaging them, and their mean history.
-
-    The members train side by side in one Keras model, each on its own loss (the loss is
-    averaged over the members' outputs, and RMSprop's step does not depend on that
-    scale): one fit instead of one per member, 4-5x faster here on 2 cores.
-    """
-    if config["ensemble"] == 1:
-        network = build_network(x.shape[1], config)
-        history = network.fit(x, y, validation_data=validation, epochs=config["epochs"], batch_size=batch_size, verbose=verbose).history
-        return network, {k: [float(v) for v in values] for k, values in history.items()}
-    inputs = keras.Input((x.shape[1],), name="features")
-    members = [build_network(x.shape[1], config, f"member_{i}") for i in range(config["ensemble"])]
-    side_by_side = keras.Model(inputs, keras.layers.Concatenate(name="members")([m(inputs) for m in members]), name=f"{NAME}_train")
-    side_by_side.compile(
-        optimizer="rmsprop", loss=_loss(config), metrics=["mae"]
-    )  # MAE averaged over members, as each member's history was
-    targets = np.repeat(y[:, None], config["ensemble"], axis=1)
-    validation_data = None if validation is None else (validation[0], np.repeat(validation[1][:, None], config["ensemble"], axis=1))
-    history = side_by_side.fit(
-        x, targets, validation_data=validation_data, epochs=config["epochs"], batch_size=batch_size, verbose=verbose
-    ).history
-    averaged = keras.layers.Average(name="price")([m(inputs) for m in members])
-    return keras.Model(inputs, averaged, name=NAME), {k: [float(v) for v in values] for k, values in history.items()}
-
-
-def k_fold(
-    x: np.ndarray, y: np.ndarray, folds: int, config: dict[str, Any], batch_size: int
-) -> tuple[list[dict[str, list[float]]], list[float]]:
-    """The seed's K-fold loop: each fold validates on one slice and trains on the rest."""
-    fold_size = len(x) // folds
-    histories, fold_mae = [], []
-    for fold in range(folds):
-        val = slice(fold * fold_size, (fold + 1) * fold_size)
-        train_x = np.concatenate([x[: val.start], x[val.stop :]])
-        train_y = np.concatenate([y[: val.start], y[val.stop :]])
-        model, history = fit_ensemble(train_x, train_y, config, batch_size, validation=(x[val], y[val]))
-        histories.append(history)
-        fold_mae.append(float(np.abs(model.predict(x[val], verbose=0).ravel() - y[val]).mean()))
-        log(
-            "k-fold",
-            f"fold {fold + 1}/{folds}: validation MAE {fold_mae[-1]:.3f} ({config['ensemble']} network(s), {config['epochs']} epochs)",
-        )
-    return histories, fold_mae
-
-
-def evaluate(model: keras.Model, x_test: np.ndarray, y_test: np.ndarray, y_train: np.ndarray) -> dict[str, Any]:
-    """Test MAE and RMSE, and the MAE of always predicting the training mean (the baseline)."""
-    errors = model.predict(x_test, verbose=0).ravel() - y_test
-    baseline = float(np.abs(y_test - y_train.mean()).mean())
-    return {
-        "mae": float(np.abs(errors).mean()),
-        "rmse": float(np.sqrt((errors**2).mean())),
-        "samples": len(errors),
-        "baseline_mae_train_mean": baseline,
-    }
-
-
-def _k_fold_metrics(folds: int, fold_mae: list[float], histories: list[dict[str, list[float]]]) -> dict[str, Any]:
-    mean_curve = np.mean([h["val_mae"] for h in histories], axis=0)
-    return {
-        "k": folds,
-        "val_mae_per_fold": fold_mae,
-        "val_mae_mean": float(np.mean(fold_mae)),
-        "best_epoch_mean_curve": int(np.argmin(mean_curve)) + 1,
-        "best_val_mae_mean_curve": float(mean_curve.min()),
-    }
+    """The tabular kind's ensemble fit, the averaged output named "price"."""
+    return tabular.fit_ensemble(x, y, config, batch_size, validation, verbose, name=NAME, output="price")
 
 
 def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[str, ...]) -> dict[str, Any]:
@@ -162,7 +83,7 @@ def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[s
     return {
         "architecture": {
             "variant": args.variant,
-            "layers": [_layer(config)] * config["depth"] + ["Dense(1)"],
+            "layers": [layer(config)] * config["depth"] + ["Dense(1)"],
             "width": config["width"],
             "depth": config["depth"],
             "l2": config["l2"],
@@ -185,11 +106,6 @@ def _records(args: argparse.Namespace, config: dict[str, Any], features: tuple[s
             "history": "mean over K folds",
         },
     }
-
-
-def _layer(config: dict[str, Any]) -> str:
-    extras = (f", L2({config['l2']})" if config["l2"] else "") + (f", Dropout({config['dropout']})" if config["dropout"] else "")
-    return f"Dense({config['width']}, relu){extras}"
 
 
 def _example(data: TabularData) -> dict[str, Any]:
@@ -237,12 +153,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
             "kind": "tabular",
             "scaler_file": SCALER_FILE,
             "features": list(data.feature_names),
+            "feature_descriptions": {f: BOSTON_FEATURE_DESCRIPTIONS[f] for f in data.feature_names if f in BOSTON_FEATURE_DESCRIPTIONS},
             "log1p_features": list(config["log1p"]),
             "target": "MEDV",
             "unit": "$1000s",
         },
         assets={SCALER_FILE: scaler.to_json()},
-        metrics={"test": test_metrics, "k_fold": _k_fold_metrics(args.folds, fold_mae, histories)},
+        metrics={"test": test_metrics, "k_fold": k_fold_metrics(args.folds, fold_mae, histories)},
         history=history,
         history_metric="mae",
         parity_inputs=parity_inputs(x_test, x_train, most=len(x_test)).astype(np.float32),
@@ -250,5 +167,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args, config, data.feature_names),
         test_items=list(data.x_test),
         test_targets=[float(y) for y in data.y_test],
+        profile_inputs=[row.tolist() for row in data.x_train],
         extra_plots={"kfold_val_mae.png": lambda path: plot_kfold(histories, "mae", path, f"{NAME}: {args.folds}-fold validation MAE")},
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training rows, test rows and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_housing(args.data)
+    log("data", f"{len(data.x_train)} training rows to profile, {len(data.x_test)} test rows to answer")
+    return [row.tolist() for row in data.x_train], list(data.x_test), data.source

@@ -20,7 +20,7 @@ import numpy as np
 from service.core.errors import DataError, InputError, UsageError
 from service.core.preprocessing import ImageSpec, decode_image, match_names
 from service.core.registry import sha256_file
-from service.core.tasks.text_classification import TEXT_COLUMNS, pick_column
+from service.core.tasks.batch_inputs import TEXT_COLUMNS, pick_column
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -31,6 +31,23 @@ LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "polarity")
 BOSTON_FEATURES = (
     "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
 )  # fmt: skip
+# What each feature means (Harrison & Rubinfeld, as the dataset's documentation gives it): recorded in a version's
+# metadata (preprocessing.feature_descriptions), so that a client such as the playground can say what a code is.
+BOSTON_FEATURE_DESCRIPTIONS = {
+    "CRIM": "per-capita crime rate by town",
+    "ZN": "share of residential land zoned for lots over 25,000 sq. ft. (%)",
+    "INDUS": "share of non-retail business acres per town (%)",
+    "CHAS": "bounds the Charles River: 1 yes, 0 no",
+    "NOX": "nitric oxides concentration (parts per 10 million)",
+    "RM": "average number of rooms per dwelling",
+    "AGE": "share of owner-occupied units built before 1940 (%)",
+    "DIS": "weighted distance to five Boston employment centres",
+    "RAD": "index of accessibility to radial highways",
+    "TAX": "full-value property-tax rate per $10,000",
+    "PTRATIO": "pupil-teacher ratio by town",
+    "B": "1000 (Bk - 0.63)^2, Bk the share of Black residents by town",
+    "LSTAT": "share of the population of lower status (%)",
+}
 KERAS_BOSTON_SEED = 113
 KERAS_BOSTON_TEST_SPLIT = 0.2
 
@@ -47,7 +64,8 @@ def fingerprint(items: Sequence[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): a seeded random split of n rows."""
     order = np.random.RandomState(seed).permutation(n)
     n_test = round(n * test_fraction)
     return order[n_test:], order[:n_test]
@@ -110,8 +128,15 @@ def _read_csv(path: Path) -> Any:
 
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
+    return read_frame(path).to_dict("records")
+
+
+def read_frame(path: Path) -> Any:
+    """A CSV, JSONL or Parquet file as a pandas DataFrame; DataError (one line) when it is none of them."""
     import pandas as pd
 
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file")
     try:
         if path.suffix == ".csv":
             frame = _read_csv(path)
@@ -125,7 +150,15 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
         raise
     except (ValueError, OSError) as exc:  # invalid JSON lines, not a Parquet file
         raise DataError(f"{path}: not readable as {path.suffix[1:]} ({str(exc).strip()[:300]})") from None
-    return frame.to_dict("records")
+    return frame
+
+
+def find_column(columns: Sequence[str], wanted: str, option: str, path: Path) -> str:
+    """The column named `wanted` (any case); DataError naming the columns there are."""
+    found, missing = match_names(columns, [wanted])
+    if missing:
+        raise DataError(f"{path}: no column {wanted!r} ({option}); columns are {list(columns)}")
+    return found[wanted]
 
 
 def _pick_column(columns: Sequence[str], candidates: Sequence[str], what: str, path: Path) -> str:
@@ -198,7 +231,7 @@ def _review_table(path: Path, test_data: str | None, test_fraction: float, seed:
         test_idx = [i for i, s in enumerate(splits) if s == "test"]
         rule = "the table's split column"
     else:
-        train_idx, test_idx = _split_indices(len(texts), test_fraction, seed)
+        train_idx, test_idx = split_indices(len(texts), test_fraction, seed)
         rule = f"seeded random split, test fraction {test_fraction}, seed {seed}"
     return TextData([texts[i] for i in train_idx], labels[train_idx], [texts[i] for i in test_idx], labels[test_idx]), records, rule
 
@@ -323,10 +356,17 @@ def _index_folder(folder: Path) -> tuple[list[str], list[str], list[int]]:
     """Class names and files the way `keras.utils.image_dataset_from_directory` sees a folder."""
     import keras
 
-    dataset = keras.utils.image_dataset_from_directory(folder, labels="inferred", shuffle=False, batch_size=None, verbose=False)
+    try:
+        dataset = keras.utils.image_dataset_from_directory(folder, labels="inferred", shuffle=False, batch_size=None, verbose=False)
+    except ValueError as exc:  # no images at all
+        raise DataError(f"{folder}: {exc}") from None
     paths = list(dataset.file_paths)
     class_names = list(dataset.class_names)
     labels = [class_names.index(Path(p).parent.name) for p in paths]
+    present = set(labels)
+    empty = [name for i, name in enumerate(class_names) if i not in present]
+    if empty:
+        raise DataError(f"{folder}: class folder(s) {empty} have no images (.jpg, .jpeg, .png, .bmp, .gif); every class needs some")
     return class_names, paths, labels
 
 
@@ -378,7 +418,7 @@ def _assign_splits(root: Path, found: dict[str, Pair], validation_fraction: floa
 
     def carve(pair: Pair, fraction: float) -> tuple[Pair, Pair]:
         paths, labels = pair
-        keep, held = _split_indices(len(paths), fraction, seed)
+        keep, held = split_indices(len(paths), fraction, seed)
         return ([paths[i] for i in sorted(keep)], [labels[i] for i in sorted(keep)]), (
             [paths[i] for i in sorted(held)],
             [labels[i] for i in sorted(held)],

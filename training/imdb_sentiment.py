@@ -15,8 +15,13 @@ regression (Dense(1, sigmoid)) trained with Adam. The ratios are multiplied into
 features while training and folded into the Dense kernel for export, so the exported
 graph and the service's preprocessing are the plain TF-IDF ones.
 
-Tokenising and the vocabulary live in service/core/preprocessing.py, outside the ONNX
-graph, because tf2onnx cannot convert string ops; the service imports the same code.
+The text kind's recipe (training/kinds/text.py) on IMDB: its vectoriser, network and fit,
+with this model's variants, data and short-review check. Tokenising and the vocabulary
+live in service/core/preprocessing.py, outside the ONNX graph, because tf2onnx cannot
+convert string ops; the service imports the same code. The graph is exported with
+sparse input (training/sparse_input.py): the review's n-gram ids and TF-IDF weights
+instead of a 200,000-wide row with a few hundred non-zeros, the first Dense layer a
+gather-sum; the parity check compares it with the Keras model.
 
 As in the seed, a first run holds out 20% of the training reviews to draw the
 validation curves, then the final model is fitted on all training reviews for the
@@ -39,7 +44,9 @@ from service.core.preprocessing import VOCABULARY_FILE, TextVectorizer
 from training.datasets import SENTIMENT_LABELS, TextData, load_reviews
 from training.evaluate import classification_test
 from training.export import PARITY_MIN_SAMPLES, TensorSpec, parity_inputs
-from training.progress import fit_verbosity, log
+from training.kinds import text
+from training.kinds.text import NB_RECORD, predict, preprocessing, vectorize
+from training.progress import log
 from training.publish import TrainingResult
 
 NAME = "imdb_sentiment"
@@ -72,15 +79,16 @@ CHOSEN_BY = {
 }
 VALIDATION_FRACTION = 0.2
 PARITY_TEST_ROWS = 200
-NB_ALPHA = 1.0  # Laplace smoothing of the log-count ratio
-PREDICT_CHUNK = 256
 # The short-review check: the first sentence of each held-out review (>= 4 words, at most 40).
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 _MARKUP_RE = re.compile(r"<[^>]{0,200}>")
 SENTENCE_MIN_WORDS = 4
 SENTENCE_MAX_WORDS = 40
 SHORT_CHECK = f"first sentence of each review ({SENTENCE_MIN_WORDS}-{SENTENCE_MAX_WORDS} words, training.imdb_sentiment.first_sentence)"
-NB_RECORD = "naive-Bayes log-count ratio (alpha 1, binarised training features) times TF-IDF while training; folded into the first Dense kernel for export"
+SPARSE_EXPORT = (
+    "sparse input: each text's n-gram ids (int64 [N, K]) and TF-IDF weights (float32 [N, K], padded with id 0 weight 0); "
+    "the first Dense layer is Gather + Mul + ReduceSum over its kernel (training/sparse_input.py)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,65 +121,16 @@ def first_sentence(text: str) -> str:
     return sentences(text)[0]
 
 
-def vectorize(vectorizer: TextVectorizer, texts: list[str]) -> sp.csr_matrix:
-    values, columns, starts = vectorizer.transform_rows(texts)
-    return sp.csr_matrix((values, columns, starts), shape=(len(texts), vectorizer.size))
-
-
-def nb_ratio(x: sp.csr_matrix, y: np.ndarray) -> np.ndarray:
-    """Naive-Bayes log-count ratio per feature over binarised rows: log((p/|p|1) / (q/|q|1)), p and q smoothed by NB_ALPHA."""
-    present = (x > 0).astype(np.float64)
-    p = NB_ALPHA + np.asarray(present[y == 1].sum(axis=0)).ravel()
-    q = NB_ALPHA + np.asarray(present[y == 0].sum(axis=0)).ravel()
-    return np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
-
-
 def build_model(input_size: int, config: dict[str, Any], sparse: bool = False) -> keras.Model:
-    """The Dense stack; `sparse` takes SciPy/TF sparse rows (training), otherwise dense `features` (export)."""
-    layers: list[keras.layers.Layer] = [keras.Input((input_size,), name="features", sparse=sparse)]
-    for units in config["hidden"]:
-        layers.append(keras.layers.Dense(units, activation="relu"))
-        if config["dropout"]:
-            layers.append(keras.layers.Dropout(config["dropout"]))
-    layers.append(keras.layers.Dense(1, activation="sigmoid"))
-    model = keras.Sequential(layers, name=NAME)
-    rate = config["learning_rate"]
-    optimizer = keras.optimizers.RMSprop(rate) if config["optimizer"] == "rmsprop" else keras.optimizers.Adam(rate)
-    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    """The text kind's Dense stack ending in a sigmoid; `sparse` takes sparse rows (training), otherwise dense `features` (export)."""
+    return text.build_model(input_size, config, sparse, name=NAME)
 
 
 def fit(
     x: sp.csr_matrix, y: np.ndarray, config: dict[str, Any], validation: tuple[sp.csr_matrix, np.ndarray] | None = None
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train on sparse rows (NB-scaled when the variant says so); return the dense export model, ratios folded in, and the history.
-
-    Sparse rows, not densified batches: 200,000 features x 25,000 reviews do not fit densely.
-    """
-    ratio = nb_ratio(x, y) if config["nb"] else np.ones(x.shape[1], np.float32)
-    scale = sp.diags(ratio)
-    trained = build_model(x.shape[1], config, sparse=True)
-    validation_data = None if validation is None else (sp.csr_matrix(validation[0] @ scale), validation[1])
-    history = trained.fit(
-        sp.csr_matrix(x @ scale),
-        y,
-        batch_size=config["batch_size"],
-        epochs=config["epochs"],
-        shuffle=True,
-        validation_data=validation_data,
-        verbose=fit_verbosity(),
-    ).history
-    exported = build_model(x.shape[1], config)
-    weights = trained.get_weights()
-    weights[0] = weights[0] * ratio[:, None]  # (x * r) @ W == x @ (r[:, None] * W)
-    exported.set_weights(weights)
-    return exported, {k: [float(v) for v in values] for k, values in history.items()}
-
-
-def predict(model: keras.Model, x: sp.csr_matrix, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """Probabilities for sparse rows, densified a chunk at a time (25,000 x 200,000 floats would be 20 GB)."""
-    parts = [model.predict(x[i : i + chunk].toarray(), batch_size=chunk, verbose=0).ravel() for i in range(0, x.shape[0], chunk)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    """The text kind's fit (NB-scaled when the variant says so), ratios folded into the exported model."""
+    return text.fit(x, y, config, validation, name=NAME)
 
 
 def short_accuracy(model: keras.Model, vectorizer: TextVectorizer, texts: list[str], labels: np.ndarray) -> float:
@@ -205,6 +164,7 @@ def _records(variant: str, config: dict[str, Any], vectorizer: TextVectorizer, s
             "dropout": config["dropout"],
             "nb_weighting": NB_RECORD if config["nb"] else None,
             "input": f"{config['mode']} n-grams 1..{config['ngram_max']}, {vectorizer.size} features",
+            "export": SPARSE_EXPORT,
         },
         "training": {
             "optimizer": config["optimizer"],
@@ -217,18 +177,6 @@ def _records(variant: str, config: dict[str, Any], vectorizer: TextVectorizer, s
             "final_fit": "all training reviews, same epochs (the seed's procedure)",
             "chosen_by": CHOSEN_BY.get(variant),
         },
-    }
-
-
-def _preprocessing(vectorizer: TextVectorizer) -> dict[str, Any]:
-    return {
-        "kind": "text",
-        "vocabulary_file": VOCABULARY_FILE,
-        "mode": vectorizer.mode,
-        "ngram_max": vectorizer.ngram_max,
-        "vocabulary_size": vectorizer.size,
-        "tokenizer": "service.core.preprocessing.tokenize",
-        "threshold": 0.5,
     }
 
 
@@ -271,7 +219,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         input_spec=TensorSpec("features", "float32", (None, vectorizer.size)),
         output_name="probability",
         labels=list(SENTIMENT_LABELS),
-        preprocessing=_preprocessing(vectorizer),
+        preprocessing=preprocessing(vectorizer),
         assets={VOCABULARY_FILE: vectorizer.to_json()},
         metrics={"test": test_metrics, "validation_run": validation, "short_reviews": short},
         history=history,
@@ -281,5 +229,14 @@ def train(args: argparse.Namespace) -> TrainingResult:
         **_records(args.variant, config, vectorizer, args.seed),
         test_items=list(data.test_texts),
         test_targets=[SENTIMENT_LABELS[int(y)] for y in truth],
+        profile_inputs=list(data.train_texts),
         confusion_matrix=matrix,
+        sparse_input=True,
     )
+
+
+def profile_data(args: argparse.Namespace, preprocessing: dict[str, Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Training reviews, test reviews and the data's record, for a reference profile (`python -m training profile`)."""
+    data = load_reviews(args.data, getattr(args, "test_data", None), seed=args.seed)
+    log("data", f"{len(data.train_texts):,} training reviews to profile, {len(data.test_texts):,} test reviews to answer")
+    return list(data.train_texts), list(data.test_texts), data.source

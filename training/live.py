@@ -17,6 +17,11 @@ the served version without answering. For --watch the live per-version series on
 A criterion that fails once enough traffic is in ends the watch at once with a roll back;
 otherwise at the end of the period the candidate is promoted. Either way CANDIDATE is
 cleared; Ctrl-C, SIGTERM or any failure clears it too and CURRENT keeps serving.
+
+The counters on /metrics only grow while a server runs. When one goes backwards (the
+server's metrics directory was emptied: a restarted server, or BentoML's shared default
+emptied by another server on the host), the watch says that metrics were reset, keeps
+what it had counted and counts on from the new values, instead of seeing no traffic.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 POLL_S = 5.0  # how often the watch reads /metrics
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+ANSWERED_METRIC = "bentoml_service_request_total"  # BentoML's count of every answered request, /metrics itself included
 
 
 def duration(text: str) -> float:
@@ -86,15 +92,29 @@ class VersionStats:
     difference_sum: float = 0.0
 
     def minus(self, before: VersionStats) -> VersionStats:
-        buckets = {le: n - (before.buckets or {}).get(le, 0.0) for le, n in (self.buckets or {}).items()}
+        return self._combine(before, -1.0)
+
+    def plus(self, other: VersionStats) -> VersionStats:
+        return self._combine(other, 1.0)
+
+    def _combine(self, other: VersionStats, sign: float) -> VersionStats:
+        mine, theirs = self.buckets or {}, other.buckets or {}
+        buckets = {le: mine.get(le, 0.0) + sign * theirs.get(le, 0.0) for le in mine.keys() | theirs.keys()}
         return VersionStats(
-            self.ok - before.ok,
-            self.errors - before.errors,
+            self.ok + sign * other.ok,
+            self.errors + sign * other.errors,
             buckets,
-            self.shadow_items - before.shadow_items,
-            self.disagreements - before.disagreements,
-            self.difference_sum - before.difference_sum,
+            self.shadow_items + sign * other.shadow_items,
+            self.disagreements + sign * other.disagreements,
+            self.difference_sum + sign * other.difference_sum,
         )
+
+    def went_back_from(self, before: VersionStats) -> bool:
+        """Whether a counter is lower than it was `before` (counters only grow while the server's metrics are kept)."""
+        pairs = [(self.ok, before.ok), (self.errors, before.errors), (self.shadow_items, before.shadow_items)]
+        pairs += [(self.disagreements, before.disagreements)]
+        pairs += [((self.buckets or {}).get(le, 0.0), n) for le, n in (before.buckets or {}).items()]
+        return any(now < then for now, then in pairs)
 
     @property
     def requests(self) -> float:
@@ -111,16 +131,31 @@ class VersionStats:
         return next((le for le, n in ordered if n >= 0.99 * total), math.nan) if total else math.nan
 
 
-def read_stats(metrics_text: str, name: str, versions: Iterable[int]) -> dict[int, VersionStats]:
+@dataclass
+class Reading:
+    """One read of /metrics: each version's stats, and every request the server answered (BentoML's counter, all routes)."""
+
+    versions: dict[int, VersionStats]
+    answered: float = 0.0
+
+    def went_back_from(self, before: Reading) -> bool:
+        return self.answered < before.answered or any(
+            self.versions[v].went_back_from(stats) for v, stats in before.versions.items() if v in self.versions
+        )
+
+
+def read(metrics_text: str, name: str, versions: Iterable[int]) -> Reading:
     """Each version's stats from a Prometheus text exposition (all workers summed by BentoML's collector)."""
-    stats = {v: VersionStats(buckets={}) for v in versions}
+    reading = Reading({v: VersionStats(buckets={}) for v in versions})
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             labels = sample.labels
-            if labels.get("model") != name or not labels.get("version", "").isdecimal() or int(labels["version"]) not in stats:
+            if sample.name == ANSWERED_METRIC:
+                reading.answered += sample.value
+            if labels.get("model") != name or not labels.get("version", "").isdecimal() or int(labels["version"]) not in reading.versions:
                 continue
-            _add(stats[int(labels["version"])], sample.name, labels, sample.value)
-    return stats
+            _add(reading.versions[int(labels["version"])], sample.name, labels, sample.value)
+    return reading
 
 
 def _add(stats: VersionStats, metric: str, labels: dict[str, str], value: float) -> None:
@@ -148,6 +183,7 @@ class Verdict:
     decided: bool  # enough traffic seen, or a criterion failed
     promote: bool
     reasons: list[str]
+    resets: int = 0  # how often the service's metrics were reset during the watch
 
 
 def judge(args: argparse.Namespace, current: VersionStats, candidate: VersionStats, predicts_value: bool) -> Verdict:
@@ -196,14 +232,43 @@ def watch(
     say: Callable[[str], None],
 ) -> Verdict:
     """Read /metrics every POLL_S for args.watch seconds; stop early when a criterion fails with enough traffic."""
-    start = read_stats(read_metrics(), name, (current, candidate))
+    versions = (current, candidate)
+    counter = WatchCounter(read(read_metrics(), name, versions))
     started = time.monotonic()
     verdict = Verdict(False, False, ["no traffic read yet"])
     while True:
         time.sleep(min(POLL_S, max(0.0, args.watch - (time.monotonic() - started))))
-        now = read_stats(read_metrics(), name, (current, candidate))
-        verdict = judge(args, now[current].minus(start[current]), now[candidate].minus(start[candidate]), predicts_value)
+        if counter.add(read(read_metrics(), name, versions)):
+            say(
+                f"metrics were reset on the service (its counters went backwards: restarted, or its metrics directory emptied); "
+                f"keeping what was counted ({counter.seen(candidate).requests:,.0f} candidate requests) and counting on"
+            )
+        verdict = judge(args, counter.seen(current), counter.seen(candidate), predicts_value)
+        verdict.resets = counter.resets
         elapsed = time.monotonic() - started
         say(f"watch {elapsed:,.0f}/{args.watch:,.0f} s: {'; '.join(verdict.reasons)}")
         if (verdict.decided and not verdict.promote) or elapsed >= args.watch:
             return verdict
+
+
+class WatchCounter:
+    """What each version did since the watch began, across resets of the service's counters."""
+
+    def __init__(self, first: Reading) -> None:
+        self.base, self.last = first, first
+        self.carried = {v: VersionStats(buckets={}) for v in first.versions}
+        self.resets = 0
+
+    def add(self, reading: Reading) -> bool:
+        """Take a new reading; True when the counters went backwards since the last one (a reset)."""
+        reset = reading.went_back_from(self.last)
+        if reset:
+            self.resets += 1
+            for v in self.carried:  # what was counted up to the last reading is kept; after a reset counting starts at zero
+                self.carried[v] = self.seen(v)
+            self.base = Reading({v: VersionStats(buckets={}) for v in reading.versions})
+        self.last = reading
+        return reset
+
+    def seen(self, version: int) -> VersionStats:
+        return self.carried[version].plus(self.last.versions[version].minus(self.base.versions[version]))

@@ -71,3 +71,28 @@ def plot_kfold(fold_histories: Sequence[Mapping[str, Sequence[float]]], metric: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_drift(features: Sequence[Mapping], path: Path, title: str, columns: int = 3) -> Path:
+    """Reference and live histograms of each feature (drift reports: `features` as service/core/drift.compare gives them)."""
+    rows = max(1, -(-len(features) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, feature in zip(axes.flat, features):
+        live = np.asarray(feature["live"], dtype=float)
+        positions = np.arange(len(feature["reference"]))
+        ax.bar(positions - 0.2, feature["reference"], width=0.4, color="tab:blue", label="reference")
+        ax.bar(
+            positions + 0.2, live / max(live.sum(), 1.0), width=0.4, color="tab:red" if feature["drifted"] else "tab:orange", label="live"
+        )
+        ax.set_xticks(positions, feature["bins"], rotation=45, ha="right", fontsize=7)
+        score = "no score yet" if feature["score"] is None else f"JS {feature['score']:.3f}, PSI {feature['psi']:.2f}"
+        ax.set_title(f"{feature['name']} ({feature['role']}): {score}" + (" DRIFTED" if feature["drifted"] else ""), fontsize=9)
+        ax.set_ylabel("share of items")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(features) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -21,8 +21,18 @@ import keras
 import numpy as np
 
 from service.core.registry import METADATA_FILE, METADATA_SCHEMA_VERSION, MODEL_FILE, ModelVersion, Registry, sha256_file
-from training.export import OPSET, TensorSpec, check_parity, export_onnx
+from training.export import (
+    OPSET,
+    PARITY_TOLERANCE,
+    SPARSE_PARITY_TOLERANCE,
+    TensorSpec,
+    check_parity,
+    export_onnx,
+    sparse_feed,
+    sparse_specs,
+)
 from training.plots import plot_confusion_matrix, plot_history
+from training.profile import write_profile
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 LIBRARIES = (
@@ -67,6 +77,13 @@ class TrainingResult:
     extra_plots: dict[str, Callable[[Path], Path]] = field(default_factory=dict)  # file name -> writer
     # Training inputs to calibrate an INT8 variant on (training/quantize.py); None: no INT8 variant.
     calibration_inputs: np.ndarray | None = None
+    # The test inputs under the synthetic shifts (training/shifts.py), which the INT8 check covers too.
+    int8_shifted: dict[str, np.ndarray] | None = None
+    # Export a bag-of-n-grams model with sparse input (n-gram ids and weights; training/sparse_input.py).
+    sparse_input: bool = False
+    # The training split's inputs as the task's `check` takes them (texts, feature rows as lists, image paths):
+    # with the test items, the reference profile that drift is measured against (training/profile.py).
+    profile_inputs: list[Any] = field(default_factory=list)
 
 
 def library_versions() -> dict[str, str]:
@@ -104,7 +121,7 @@ def write_variants(result: TrainingResult, model_path: Path) -> dict[str, Any]:
     from training.quantize import int8_variant
 
     labels = np.array([result.labels.index(t) for t in result.test_targets])
-    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels)}
+    return {"int8": int8_variant(model_path, result.calibration_inputs, np.stack(result.test_items), labels, result.int8_shifted)}
 
 
 def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
@@ -113,11 +130,19 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
         version, staging = staged.version, staged.path
         print(f"[export] {result.name}: Keras -> ONNX (opset {OPSET})", flush=True)
         model_path = staging / MODEL_FILE
-        outputs = export_onnx(result.model, result.input_spec, result.output_name, model_path)
+        sparse = result.sparse_input
+        outputs = export_onnx(result.model, result.input_spec, result.output_name, model_path, sparse=sparse)
+        inputs = sparse_specs() if sparse else [result.input_spec]
         size = model_path.stat().st_size
         if size > MAX_MODEL_BYTES:
             print(f"[export] warning: model.onnx is {size / 1e6:.1f} MB, over the {MAX_MODEL_BYTES / 1e6:.0f} MB budget", flush=True)
-        parity = check_parity(result.model, model_path, result.parity_inputs)
+        if sparse:
+            print(
+                f"[export] sparse input: {', '.join(f'{i.name} {i.dtype} [N, K]' for i in inputs)}; the first Dense is a gather-sum",
+                flush=True,
+            )
+        tolerance = SPARSE_PARITY_TOLERANCE if sparse else PARITY_TOLERANCE
+        parity = check_parity(result.model, model_path, result.parity_inputs, tolerance, feed=sparse_feed if sparse else None)
         print(
             f"[parity] max |keras - onnx| = {parity['max_abs_diff']:.2e} on {parity['samples']} test inputs (<= {parity['tolerance']:g})",
             flush=True,
@@ -135,7 +160,7 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             "sha256": sha256_file(model_path),
             "model_bytes": size,
             "onnx_opset": OPSET,
-            "inputs": [result.input_spec.to_json()],
+            "inputs": [spec.to_json() for spec in inputs],
             "outputs": [o.to_json() for o in outputs],
             "labels": result.labels,
             "preprocessing": result.preprocessing,
@@ -149,6 +174,9 @@ def publish(result: TrainingResult, registry: Registry) -> ModelVersion:
             "plots": plots,
         } | ({"variants": variants} if variants else {})
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if result.profile_inputs:
+            metadata["profile"] = write_profile(ModelVersion(result.name, version, staging), result.profile_inputs, result.test_items)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     assert staged.published is not None
     staged.published.verify()
     return staged.published

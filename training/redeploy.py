@@ -4,6 +4,12 @@
     python -m training.redeploy MODEL --data new_data.csv --force     # skip the gate, say so
     python -m training.redeploy rollback MODEL
 
+Any model in the registry: the new version is trained with the recipe the served
+version records (metadata training.recipe: its kind or shipped recipe, and every
+option it was trained with); options given here override the recorded ones. A model
+whose version records no recipe (trained before versions recorded it) is retrained
+with its recipe's defaults, which only the shipped names have.
+
 Every step is printed. Production is what CURRENT points at and what the service
 serves; a failure at any step leaves both as they were:
 
@@ -26,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import signal
 import subprocess
 import sys
@@ -37,13 +42,16 @@ from typing import Any
 
 import httpx
 
-from service.core.catalog import CATALOG, entry
+from service.core.catalog import RECIPES
 from service.core.config import ClientSettings, Settings
 from service.core.errors import DeployError, Interrupted, UsageError, run_cli
-from service.core.registry import Candidate, Registry
+from service.core.registry import Candidate, Registry, VersionFiles
 from service.core.runtime import LoadedModel, load_model
+from service.core.tasks.friendly import friendly_api
+from service.core.tasks.gate import redeploy_gate
+from service.core.tasks.kinds import task_for
 from training import live
-from training.__main__ import add_trainer_commands
+from training.__main__ import add_trainer_commands, recorded_recipe, train_recipe, trainer_modules
 
 RELOAD_WAIT_S = 120
 RESTORE_TIMEOUT_S = 15  # how long putting CURRENT back waits for the service to confirm (it follows CURRENT anyway)
@@ -69,7 +77,7 @@ def gate(
     new: LoadedModel, current: LoadedModel | None, items: Sequence[Any], targets: Sequence[Any], tolerance: float | None
 ) -> tuple[bool, str]:
     """(promote?, explanation) comparing new and current on the same test set."""
-    rule = new.task.gate
+    rule = redeploy_gate(new.task)
     new_score = evaluate(new, items, targets)
     if current is None:
         return True, f"nothing served yet; new v{new.version} {rule.metric} = {new_score:.4f}"
@@ -153,10 +161,11 @@ class ServiceClient:
             time.sleep(0.5)
         raise DeployError(f"{name} v{version} is not served by every worker on {self.url}/models after {RELOAD_WAIT_S}s")
 
-    def smoke(self, name: str, version: int, items: Sequence[Any]) -> None:
-        endpoint = entry(name).endpoint
+    def smoke(self, name: str, version: int, request: dict[str, Any]) -> None:
+        """Send `request` (smoke_request's) to the model's friendly route; every answer must come from `version`."""
+        endpoint = f"models/{name}/predict"
         try:
-            response = self.http.post(f"/{endpoint}", **entry(name).task.smoke_request(items))
+            response = self.http.post(f"/{endpoint}", **request)
         except httpx.HTTPError as exc:
             raise DeployError(f"smoke test: /{endpoint}: no answer ({exc})") from exc
         if response.status_code != 200:
@@ -169,16 +178,27 @@ class ServiceClient:
             raise DeployError(f"smoke test: /{endpoint} answered with versions {versions}, expected {version}")
 
 
-def reload_and_check(client: ServiceClient, name: str, version: int, smoke_items: Sequence[Any]) -> None:
+def smoke_request(registry: Registry, name: str, version: int, items: Sequence[Any]) -> dict[str, Any]:
+    """httpx arguments that send `items` (test inputs of `version`) to the model's friendly route, as its kind takes them."""
+    target = registry.get(name, version)
+    metadata = target.read_metadata()
+    task = task_for(metadata)
+    return friendly_api(task).smoke_request(items, task.load_assets(VersionFiles(target.path), metadata))
+
+
+def reload_and_check(
+    client: ServiceClient, registry: Registry, name: str, version: int, smoke_items: Sequence[Any], number: int = 5
+) -> None:
+    """Step `number` (5; 7 after a live phase): reload, wait for every worker, smoke-test over HTTP."""
     result = client.reload(name)["results"][0]
     waited = client.wait_for(name, version)
     if result["status"] == "unchanged":  # its CURRENT watcher got there before the admin call
         done = f"already serving {name} v{version} (it follows CURRENT by itself)"
     else:
         done = f"{result['status']} {name} v{result.get('previous_version')} -> v{version}"
-    step(5, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
-    client.smoke(name, version, smoke_items)
-    step(5, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
+    step(number, f"service at {client.url}: {done}, on /models after {waited:.1f}s")
+    client.smoke(name, version, smoke_request(registry, name, version, smoke_items))
+    step(number, f"smoke test over HTTP: {len(smoke_items)} test inputs answered by v{version}")
 
 
 # ---------------------------------------------------------------- the two commands
@@ -188,10 +208,9 @@ def redeploy(args: argparse.Namespace) -> int:
     from training.publish import publish
 
     registry = Registry(args.registry)
-    name = args.model
-    step(1, f"training {name} on {args.data}")
-    trainer = importlib.import_module(entry(name).trainer)
-    result = trainer.train(args)
+    name = args.model or args.name
+    step(1, f"training {name} on {args.data} ({args.command} recipe)")
+    result = train_recipe(args)
     step(2, "exporting to ONNX with the parity check")
     new_ref = publish(result, registry)
     step(2, f"wrote {new_ref.path} (parity max abs diff {new_ref.read_metadata()['parity']['max_abs_diff']:.2e})")
@@ -210,7 +229,7 @@ def redeploy(args: argparse.Namespace) -> int:
     if args.canary is not None or args.shadow:
         if args.no_reload:
             raise UsageError("--canary and --shadow watch a running service; they cannot go with --no-reload")
-        return live_phase(args, registry, ServiceClient(args.url, args.token), new_ref.version, result.test_items[:SMOKE_ITEMS])
+        return live_phase(args, registry, ServiceClient(args.url, args.token), new.version, result.test_items[:SMOKE_ITEMS])
 
     registry.promote(name, new_ref.version)
     step(4, f"CURRENT: v{previous} -> v{new_ref.version}")
@@ -227,8 +246,11 @@ def redeploy(args: argparse.Namespace) -> int:
 
 
 def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClient, version: int, smoke_items: Sequence[Any]) -> int:
-    """Steps 4-6 with a live phase: CANDIDATE, watch /metrics, then promote or roll back; CANDIDATE is cleared whatever happens."""
+    """Steps 4-7 with a live phase: (4) CANDIDATE, (5) watch /metrics, (6) promote or roll back, (7) reload and smoke-test.
+
+    CANDIDATE is cleared whatever happens."""
     name = args.model
+    predicts_value = task_for(registry.get(name, version).read_metadata()).predicts_value
     current = registry.current_version(name)
     candidate = Candidate(version, "shadow" if args.shadow else "canary", 0.0 if args.shadow else float(args.canary))
     described = "in the shadow of" if args.shadow else f"as a {candidate.percent:g}% canary beside"
@@ -237,7 +259,7 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
             registry.set_candidate(name, candidate)
             client.candidate(name, candidate)
             step(4, f"CANDIDATE: v{version} {described} v{current}, watching for {args.watch:g} s")
-            verdict = live.watch(args, client.metrics, name, current, version, entry(name).task.predicts_value, lambda line: step(5, line))
+            verdict = live.watch(args, client.metrics, name, current, version, predicts_value, lambda line: step(5, line))
     except BaseException as exc:
         registry.clear_candidate(name, "interrupted")
         with contextlib.suppress(Exception):
@@ -249,20 +271,24 @@ def live_phase(args: argparse.Namespace, registry: Registry, client: ServiceClie
         registry.clear_candidate(name, "rolled-back")
         client.candidate(name, None)
         why = "; ".join(verdict.reasons) if verdict.decided else f"not enough traffic to decide ({'; '.join(verdict.reasons)})"
+        if verdict.resets and not verdict.decided:
+            why = f"the service's metrics were reset {verdict.resets} time(s) during the watch, too little was counted to decide ({'; '.join(verdict.reasons)})"
         raise DeployError(f"rolled back: {why}; v{version} is kept in the registry, v{current} keeps serving")
     step(6, f"promote: {'; '.join(verdict.reasons)}")
     registry.promote(name, version)
     registry.clear_candidate(name, "promoted")
-    deploy(registry, client, name, version, current, smoke_items)
+    deploy(registry, client, name, version, current, smoke_items, number=7)
     print(f"done: {name} v{version} is in production")
     return 0
 
 
-def deploy(registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any]) -> None:
-    """Step 5, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
+def deploy(
+    registry: Registry, client: ServiceClient, name: str, version: int, previous: int | None, smoke_items: Sequence[Any], number: int = 5
+) -> None:
+    """Step `number`, with CURRENT put back on `previous` if it fails in any way: refusal, a 502 from a proxy, Ctrl-C, SIGTERM."""
     try:
         with _signals_interrupt():
-            reload_and_check(client, name, version, smoke_items)
+            reload_and_check(client, registry, name, version, smoke_items, number)
     except BaseException as exc:
         back = _restore(registry, client, name, previous)
         if isinstance(exc, KeyboardInterrupt | Interrupted):
@@ -277,15 +303,21 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM raises like Ctrl-C does, so that a stopped redeploy restores CURRENT before it exits."""
+    """SIGINT and SIGTERM raise Interrupted, so that a stopped redeploy restores CURRENT before it exits.
+
+    SIGINT gets its handler here too, as the batch scorer's does: a command started in the
+    background of a script (`cmd &`, a CI step) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt, so a `kill -INT` went unheard while the service reloaded.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _restore(registry: Registry, client: ServiceClient, name: str, previous: int | None) -> str:
@@ -328,12 +360,14 @@ def _common(parser: argparse.ArgumentParser, client: ClientSettings) -> None:
     parser.add_argument("--no-reload", action="store_true", help="only change the registry; do not contact a service")
 
 
-def _parser(argv: list[str], settings: Settings, client: ClientSettings) -> argparse.ArgumentParser:
+def _parser(argv: list[str], settings: Settings, client: ClientSettings, recorded: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.redeploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for sub in add_trainer_commands(commands, argv, "retrain and redeploy", str(settings.model_root)).values():
+    for command, sub in add_trainer_commands(commands, argv, "retrain and redeploy", str(settings.model_root)).items():
+        if recorded and argv and argv[0] == command:
+            sub.set_defaults(**recorded)  # how the served version was trained; the command line overrides
         _common(sub, client)
         sub.add_argument(
             "--tolerance", type=float, help="how much worse the new version may be (default: the task's, 0.01 accuracy or 0.1 MAE)"
@@ -343,18 +377,47 @@ def _parser(argv: list[str], settings: Settings, client: ClientSettings) -> argp
         live.add_arguments(sub)
         sub.set_defaults(handler=redeploy)
     back = commands.add_parser("rollback", help="point CURRENT back at the previously served version and reload")
-    back.add_argument("model", choices=sorted(CATALOG))
+    back.add_argument("model")
     back.add_argument("--registry", default=str(settings.model_root))
     _common(back, client)
     back.set_defaults(handler=rollback)
     return parser
 
 
+def with_recipe(argv: list[str], settings: Settings) -> tuple[list[str], dict[str, Any]]:
+    """`MODEL ...` as its recipe's command line, and the options the served version was trained with (the parser's defaults).
+
+    A shipped name is its own command; any other name runs the kind its version records,
+    under that name. The recorded options are defaults: what the command line gives wins.
+    """
+    if not argv or argv[0].startswith("-") or argv[0] == "rollback" or (argv[0] in trainer_modules() and argv[0] not in RECIPES):
+        return argv, {}
+    name, rest = argv[0], argv[1:]
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--registry", default=str(settings.model_root))
+    registry = Registry(where.parse_known_args(rest)[0].registry)
+    version = registry.current_version(name) if name in registry.model_names() else None
+    if version is None:
+        if name in RECIPES:
+            return argv, {}
+        raise UsageError(f"{name}: no served version under {registry.root} to retrain; train a first one with python -m training")
+    try:
+        recipe = recorded_recipe(registry.get(name, version))
+    except UsageError:
+        if name in RECIPES:  # a shipped version from before recipes were recorded: its recipe's defaults
+            return argv, {}
+        raise
+    command = recipe["command"]
+    return ([command] if command in RECIPES else [command, "--name", name]) + rest, recipe["options"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
-        args = _parser(argv, Settings.from_env(), ClientSettings.from_env()).parse_args(argv)
+        settings = Settings.from_env()
+        command_line, recorded = with_recipe(argv, settings)
+        args = _parser(command_line, settings, ClientSettings.from_env(), recorded).parse_args(command_line)
         if not args.no_reload and not args.token:
             raise UsageError(
                 "the service's admin token is needed to reload it: set MODELSERVE_ADMIN_TOKEN or pass --token (or --no-reload)"

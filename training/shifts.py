@@ -91,3 +91,13 @@ def shifted_inputs(paths: Sequence[Path | str], spec: ImageSpec, shift: str) -> 
             apply(shift, image).save(buffer, "PNG")  # lossless: only the shift changes the pixels
         out[i] = decode_image(buffer.getvalue(), spec)
     return out
+
+
+def shifted_sets(paths: Sequence[Path | str], spec: ImageSpec, report: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    """Every photo under each shift: {shift: uint8 (n, height, width, 3)}; `report` hears of each shift done (it takes a while)."""
+    sets = {}
+    for i, shift in enumerate(SHIFTS, 1):
+        sets[shift] = shifted_inputs(paths, spec, shift)
+        if report is not None:
+            report(f"shifted photos {i}/{len(SHIFTS)}: {shift} ({len(paths)})")
+    return sets

@@ -2,6 +2,9 @@
 
 A peer is written the way a user would write it without this project's service: open
 the ONNX file with onnxruntime, call the preprocessing functions, shape a JSON answer.
+It feeds the text model what its graph takes (a dense row, or sparse ids and weights),
+and with PEER_INT8=1 runs the image model's checked INT8 variant, the file
+our service runs on this CPU (benchmarks/compare.py's "... INT8" peers).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.preprocessing import ImageSpec, TextVectorizer, decode_image
+from service.core.preprocessing import SPARSE_INPUTS, ImageSpec, TextVectorizer, decode_image
 from service.core.registry import Registry
 
 ROOT = Path(os.environ.get("MODELSERVE_MODEL_ROOT", "models"))
 IMAGE_MODEL, TEXT_MODEL = "image_classifier", "imdb_sentiment"
+INT8 = os.environ.get("PEER_INT8", "") == "1"
 
 
 @dataclass
@@ -35,7 +39,11 @@ class Peer:
         return [{"label": self.image_labels[int(p.argmax())], "score": float(p.max())} for p in probabilities]
 
     def sentiment(self, texts: list[str]) -> list[dict[str, object]]:
-        scores = self.text_session.run(None, {"features": self.vectorizer.transform(texts)})[0].reshape(-1)
+        if [i.name for i in self.text_session.get_inputs()] == list(SPARSE_INPUTS):
+            feed = dict(zip(SPARSE_INPUTS, self.vectorizer.transform_sparse(texts), strict=True))
+        else:
+            feed = {"features": self.vectorizer.transform(texts)}
+        scores = self.text_session.run(None, feed)[0].reshape(-1)
         return [{"label": "positive" if s >= 0.5 else "negative", "probability_positive": float(s)} for s in scores]
 
 
@@ -44,10 +52,11 @@ def load() -> Peer:
     image, text = registry.current(IMAGE_MODEL), registry.current(TEXT_MODEL)
     image_meta, text_meta = image.read_metadata(), text.read_metadata()
     vocabulary = json.loads((text.path / text_meta["preprocessing"]["vocabulary_file"]).read_text())
+    image_file = image.variant_path(image.verify(), "int8") if INT8 else image.model_path
     return Peer(
-        ort.InferenceSession(str(image.model_path), providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(str(image_file), providers=["CPUExecutionProvider"]),
         ImageSpec.from_json(image_meta["preprocessing"]),
         list(image_meta["labels"]),
         ort.InferenceSession(str(text.model_path), providers=["CPUExecutionProvider"]),
-        TextVectorizer.from_json(vocabulary),
+        TextVectorizer.from_json(vocabulary).build_index(),
     )

@@ -17,7 +17,7 @@ RUN set -eu; \
 COPY haproxy.cfg /etc/haproxy/haproxy.cfg
 RUN haproxy -c -f /etc/haproxy/haproxy.cfg
 USER haproxy
-EXPOSE 8080 8404
+EXPOSE 8080 8081 8404
 # SIGUSR1 is HAProxy's soft stop: it stops listening and lets the requests in flight finish
 # (SIGTERM would cut them).
 STOPSIGNAL SIGUSR1

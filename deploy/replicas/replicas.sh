@@ -45,7 +45,7 @@ up() {
         ((SECONDS - started < READY_TIMEOUT_S)) || { compose logs --tail 30 >&2; say "not all UP after ${READY_TIMEOUT_S}s"; exit 1; }
         sleep 1
     done
-    say "$n replicas UP after $((SECONDS - started))s: http://${MODELSERVE_LB_BIND:-127.0.0.1}:${MODELSERVE_LB_PORT:-8080} (stats: ${STATS%;csv})"
+    say "$n replicas UP after $((SECONDS - started))s: http://${MODELSERVE_LB_BIND:-127.0.0.1}:${MODELSERVE_LB_PORT:-8080}, gRPC ${MODELSERVE_LB_BIND:-127.0.0.1}:${MODELSERVE_LB_GRPC_PORT:-8081} (stats: ${STATS%;csv})"
 }
 
 case "${1:-}" in

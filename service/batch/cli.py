@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import threading
@@ -25,12 +24,13 @@ from service.batch.formats import OUTPUT_FORMATS, FileFolder
 from service.batch.job import Job, build_job
 from service.batch.run import choose_executor, finish, run, session_threads
 from service.batch.state import State, WorkDir, open_state
-from service.core.catalog import CATALOG, entry
-from service.core.config import Settings
+from service.core.config import Settings, available_cpus
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, Interrupted, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model, max_batch_size
 from service.core.sessions import resolve_providers
+from service.core.tasks.batch_inputs import batch_input
+from service.core.tasks.kinds import KINDS, task_for
 
 DEFAULT_CHUNK_SIZE = 1024  # inputs per committed part: what a crash can cost, and the cost of one commit
 
@@ -65,11 +65,12 @@ exit status:
 
 
 def models_help() -> str:
-    """What each catalog model reads, from its task."""
-    lines = ["models and inputs:"]
-    for name, item in CATALOG.items():
-        lines.append(f"  {name} ({item.task.name})")
-        lines += [f"      {line}" for line in item.task.batch_input_help.splitlines()]
+    """What a model of each kind reads, from its task's batch input."""
+    lines = ["inputs, by the model's kind (GET /models and `python -m training list` name each model's):"]
+    for kind in KINDS:
+        task = task_for({"preprocessing": {"kind": kind}, "labels": [], "outputs": []})
+        lines.append(f"  {kind} ({task.name})")
+        lines += [f"      {line}" for line in batch_input(task).help.splitlines()]
     return "\n".join(lines) + "\n\n"
 
 
@@ -87,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog=models_help() + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help=f"registry model name: {', '.join(CATALOG)}")
+    parser.add_argument("model", help="the registry's name of the model (any model with a version; see `python -m training list`)")
     parser.add_argument("input", help="CSV/JSONL/Parquet file (text and tabular models) or folder of files (image models)")
     parser.add_argument("-o", "--output", required=True, help="result file; .csv, .jsonl or .parquet (or --format)")
     parser.add_argument("--version", type=positive, help="model version (default: the registry's CURRENT, as served)")
@@ -105,7 +106,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_CHUNK_SIZE,
         help=f"inputs per committed part; a crash loses at most this much work (default {DEFAULT_CHUNK_SIZE})",
     )
-    parser.add_argument("--workers", type=positive, default=len(os.sched_getaffinity(0)), help="parallel workers (default: one per core)")
+    parser.add_argument(
+        "--workers", type=positive, default=available_cpus(), help="parallel workers (default: one per CPU this process may use)"
+    )
     parser.add_argument(
         "--executor", choices=("auto", "thread", "process"), default="auto",
         help="workers are threads sharing one session, or processes with one each; auto (default): processes for text models, threads for the others",
@@ -154,14 +157,20 @@ def _stop_on_signals() -> Iterator[None]:
 def load(args: argparse.Namespace, settings: Settings) -> tuple[LoadedModel, list[str]]:
     """The version to score with (CURRENT, or --version), loaded and smoke-checked before any work."""
     registry = Registry(args.model_root or settings.model_root)
-    task = entry(args.model).task
     if args.model not in registry.model_names():
         raise UsageError(f"no model {args.model!r} in {registry.root}; it has {registry.model_names()}")
     ref = registry.get(args.model, args.version) if args.version else registry.current(args.model)
+    task = task_for(ref.verify())
     providers = resolve_providers(settings.providers)
-    args.executor = choose_executor(args, args.model)
+    args.executor = choose_executor(args, task)
     # Thread workers share this session; worker processes load their own.
-    model = load_model(ref, providers, session_threads(args, settings) if args.executor == "thread" else 1, int8=settings.int8)
+    model = load_model(
+        ref,
+        providers,
+        session_threads(args, settings) if args.executor == "thread" else 1,
+        int8=settings.int8,
+        int8_bounds=settings.int8_bounds(),
+    )
     if args.batch_size is None:
         args.batch_size = max_batch_size(settings, args.model, task, providers)
     return model, providers
@@ -200,6 +209,8 @@ def score(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setti
         f"{f' (see {job.errors})' if state.failed else ''}; wrote {job.output} in {elapsed:.1f} s ({rate:,.0f} {job.unit}s/s)",
         file=err,
     )
+    if model.model_file.cpu:  # a version with an INT8 variant: which file ran here, and why
+        print(f"model file: {model.model_file.summary()}", file=err)
     return EXIT_ROWS_FAILED if state.failed else EXIT_OK
 
 

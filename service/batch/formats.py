@@ -171,7 +171,7 @@ class TableInput:
                         continue
                     total += 1
                     if columns is None:
-                        with contextlib.suppress(ValueError):
+                        with contextlib.suppress(ValueError, RecursionError):
                             first = json.loads(line)
                             if isinstance(first, dict):
                                 columns = [str(k) for k in first]
@@ -221,6 +221,8 @@ def jsonl_row(line: str) -> Row:
         value = json.loads(line)
     except ValueError as exc:
         return Unreadable(f"line is not valid JSON ({exc})")
+    except RecursionError:
+        return Unreadable("line is not valid JSON (nested too deeply)")
     return value if isinstance(value, dict) else Unreadable(f"line is a JSON {type(value).__name__}, not an object")
 
 

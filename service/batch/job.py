@@ -1,8 +1,9 @@
 """A batch job resolved from the command line before any work starts: inputs, outputs, schemas, fingerprint.
 
 What a model reads (a table's text or feature columns, a folder of images) and how a
-row becomes the raw value to validate is its task's business; this module only
-wires the task to the input and output files.
+row becomes the raw value to validate is its task's batch input's business
+(service/core/tasks/batch_inputs.py); this module only wires it to the input and
+output files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from service.batch.state import STATE_VERSION
 from service.core.config import Settings
 from service.core.errors import UsageError
 from service.core.runtime import LoadedModel
-from service.core.tasks import FOLDER
+from service.core.tasks.batch_inputs import FOLDER, batch_input
 
 Key = int | str
 Item = tuple[Key, Any, dict[str, Any]]  # (key, raw value for the scorer, kept input columns)
@@ -81,11 +82,11 @@ def folder_items(folder: FileFolder) -> Callable[[int], Iterator[Item]]:
 
 
 def table_items(table: TableInput, model: LoadedModel, columns: list[str], keep: bool) -> Callable[[int], Iterator[Item]]:
-    from_text = table.format == "csv"
+    from_text, reader = table.format == "csv", batch_input(model.task)
 
     def items(start: int) -> Iterator[Item]:
         for number, row in table.rows(start, None if keep else columns):
-            value = row if isinstance(row, Unreadable) else model.task.table_value(row, columns, from_text)
+            value = row if isinstance(row, Unreadable) else reader.value(row, columns, from_text)
             yield number, value, table.kept_values(row) if keep else {}
 
     return items
@@ -97,7 +98,9 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, str, Path, str]:
     errors = Path(args.errors) if args.errors else output.with_name(f"{output.stem}.errors.{'csv' if fmt == 'csv' else 'jsonl'}")
     if errors.resolve() == output.resolve():
         raise UsageError("--errors must differ from OUTPUT")
-    for path in (output, errors):
+    for path, what in ((output, "OUTPUT"), (errors, "the errors file")):
+        if path.exists() and not path.is_file():  # a folder: every row was scored, then the job failed at the end, every time
+            raise UsageError(f"{what} {path} exists and is not a file (a folder?); name a file to write")
         _check_writable(path.parent)
     return output, fmt, errors, output_format(errors)
 
@@ -115,18 +118,18 @@ def _source(
     args: argparse.Namespace, model: LoadedModel
 ) -> tuple[TableInput | FileFolder, Callable[[int], Iterator[Item]], list[pa.Field], dict[str, Any]]:
     """The input, its items, the kept columns' fields and what about the input the fingerprint records."""
-    task, input_path = model.task, Path(args.input)
+    reader, input_path = batch_input(model.task), Path(args.input)
     if not input_path.exists():
         raise UsageError(f"{input_path}: no such file or folder")
-    if task.input_source == FOLDER:
+    if reader.source == FOLDER:
         if args.keep_columns or args.text_column:
             raise UsageError(f"--keep-columns and --text-column are for table inputs; {model.name} reads a folder")
-        folder = FileFolder(input_path, task.file_suffixes)
+        folder = FileFolder(input_path, reader.file_suffixes)
         return folder, folder_items(folder), [], {}
     if input_path.is_dir():
         raise UsageError(f"{input_path} is a folder; {model.name} reads a CSV, JSONL or Parquet file")
     table = TableInput(input_path, table_format(input_path, args.input_format))
-    columns = task.table_columns(table.columns, model.assets, args.text_column)
+    columns = reader.columns(table.columns, model.assets, args.text_column)
     kept = table.kept_fields() if args.keep_columns else []
     return table, table_items(table, model, columns, args.keep_columns), kept, {"columns": columns}
 

@@ -28,11 +28,11 @@ from tqdm import tqdm
 from service.batch.formats import Unreadable, assemble, write_part
 from service.batch.job import Item, Job, Key
 from service.batch.state import State, WorkDir
-from service.core.catalog import entry
-from service.core.config import Settings
+from service.core.config import Settings, available_cpus
 from service.core.errors import InputError
 from service.core.registry import ModelVersion
 from service.core.runtime import LoadedModel, load_model
+from service.core.tasks import Task
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: enough to keep it busy, few enough to keep memory flat
 PROGRESS_EVERY_S = 10.0  # a progress line this often when stderr is not a terminal
@@ -85,7 +85,7 @@ def _start_worker(ref: ModelVersion, providers: list[str], threads: int, setting
     global _worker_scorer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8), settings, folder)
+    _worker_scorer = Scorer(load_model(ref, providers, threads, int8=settings.int8, int8_bounds=settings.int8_bounds()), settings, folder)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -211,11 +211,11 @@ def commit(job: Job, work: WorkDir, state: State, chunk: Chunk) -> tuple[int, in
 
 
 def session_threads(args: argparse.Namespace, settings: Settings) -> int:
-    """onnxruntime threads per session: MODELSERVE_INTRA_OP_THREADS, else the cores shared among the workers."""
-    return settings.intra_op_threads or max(1, len(os.sched_getaffinity(0)) // args.workers)
+    """onnxruntime threads per session: MODELSERVE_INTRA_OP_THREADS, else the CPUs (cgroup quota respected) shared among the workers."""
+    return settings.intra_op_threads or max(1, available_cpus() // args.workers)
 
 
-def choose_executor(args: argparse.Namespace, model_name: str) -> str:
+def choose_executor(args: argparse.Namespace, task: Task) -> str:
     """--executor auto: processes when the task's preprocessing holds the GIL (text), threads otherwise.
 
     Measured on 2 cores (benchmarks/results/batch.md): text preprocessing (tokenising,
@@ -226,7 +226,7 @@ def choose_executor(args: argparse.Namespace, model_name: str) -> str:
     """
     if args.executor != "auto":
         return str(args.executor)
-    return "process" if entry(model_name).task.gil_bound and args.workers > 1 else "thread"
+    return "process" if task.gil_bound and args.workers > 1 else "thread"
 
 
 def make_pool(
@@ -281,11 +281,15 @@ def run(args: argparse.Namespace, job: Job, work: WorkDir, state: State, setting
 
 
 def finish(job: Job, work: WorkDir, state: State) -> None:
-    """Assemble the committed parts into the errors file and OUTPUT, then drop the work folder."""
+    """Assemble the committed parts into the errors file (only when an input failed) and OUTPUT, then drop the work folder."""
     state.complete = True
     work.save(state)
     errors = [p for p in map(work.errors_part, range(state.parts)) if p.exists()]
-    failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    if errors:
+        failed = assemble(errors, job.errors_schema, job.errors_format, job.errors)
+    else:  # no errors file: an empty one said nothing, and one left from an earlier run of this job would be wrong
+        failed = 0
+        job.errors.unlink(missing_ok=True)
     scored = assemble([work.part(i) for i in range(state.parts)], job.schema, job.output_format, job.output)
     if (scored, failed) != (state.scored, state.failed):
         raise RuntimeError(f"assembled {scored} rows and {failed} errors, the state says {state.scored} and {state.failed}")

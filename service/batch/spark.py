@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import hashlib
 import io
 import os
@@ -36,7 +37,7 @@ from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-from pyspark import SparkConf, StorageLevel
+from pyspark import AccumulatorParam, SparkConf, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -46,12 +47,11 @@ import service
 from service.batch.formats import KEPT_PREFIX, Unreadable, jsonl_row, output_format, table_format
 from service.batch.job import answer_fields
 from service.batch.spark_worker import CONTENT, CORRUPT_RECORD, EXECUTOR_ERROR, LINE, REASON, WorkerPlan, score_batches
-from service.core.catalog import entry
 from service.core.config import Settings
 from service.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, ModelServeError, UsageError
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model
-from service.core.tasks import FOLDER
+from service.core.tasks.batch_inputs import FOLDER, batch_input
 
 # pyspark 4.3 warns about pandas 3 when a session starts and on mapInArrow; this engine hands workers Arrow batches, never pandas.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
@@ -250,12 +250,13 @@ class Prepared:
 
 def driver_model(args: argparse.Namespace, settings: Settings) -> LoadedModel:
     """The version to score with (CURRENT, or --version), verified and smoke-checked here before any executor starts."""
-    entry(args.model)  # an unknown name is a usage error naming the catalog
     registry = Registry(args.model_root or settings.model_root)
     if args.model not in registry.model_names():
         raise UsageError(f"no model {args.model!r} in {registry.root}; it has {registry.model_names()}")
     ref = registry.get(args.model, args.version) if args.version else registry.current(args.model)
-    return load_model(ref, ["CPUExecutionProvider"], 1)  # the driver only checks it and reads its answer fields
+    return load_model(
+        ref, ["CPUExecutionProvider"], 1, int8=settings.int8, int8_bounds=settings.int8_bounds()
+    )  # checked here; read for its answer fields
 
 
 def suffix_glob(suffixes: Sequence[str]) -> str:
@@ -293,17 +294,17 @@ def prepare_folder(spark: SparkSession, fs: HadoopFS, args: argparse.Namespace, 
     for it; the file index does list it. Such files join the inputs with their (empty)
     content, and the task refuses them ("is empty") as it does on one machine.
     """
-    task = model.task
+    suffixes = batch_input(model.task).file_suffixes
     if not fs.is_dir(args.input):
-        raise UsageError(f"{args.input}: no such folder (this model reads a folder tree of {', '.join(task.file_suffixes)} files)")
+        raise UsageError(f"{args.input}: no such folder (this model reads a folder tree of {', '.join(suffixes)} files)")
     root = fs.qualify(args.input)
-    images = spark.read.format("binaryFile").options(recursiveFileLookup="true", pathGlobFilter=suffix_glob(task.file_suffixes)).load(root)
+    images = spark.read.format("binaryFile").options(recursiveFileLookup="true", pathGlobFilter=suffix_glob(suffixes)).load(root)
     everything = spark.read.format("binaryFile").options(recursiveFileLookup="true").load(root)
     total = len(images._jdf.inputFiles())  # the file index's count (a Java array's length: one py4j call)
     skipped = len(everything._jdf.inputFiles()) - total
     notes = []
     if skipped:
-        others = everything.select("path").filter(~suffix_match(task.file_suffixes)).orderBy("path").limit(3)
+        others = everything.select("path").filter(~suffix_match(suffixes)).orderBy("path").limit(3)
         shown = [r.path[len(root) + 1 :] for r in others.collect()]
         notes.append(f"note: skipping {skipped:,} file(s) without an input suffix: {', '.join(shown)}{', ...' if skipped > 3 else ''}")
     frame = images.select("path", CONTENT)
@@ -312,7 +313,7 @@ def prepare_folder(spark: SparkSession, fs: HadoopFS, args: argparse.Namespace, 
         frame = frame.unionByName(spark.createDataFrame([(path, b"") for path in empty], f"path string, {CONTENT} binary"))
     frame = frame.select(F.col("path").substr(len(root) + 2, 1 << 30).alias("path"), CONTENT)
     plan = replace(base, source="folder", keys=("path",))
-    return Prepared(frame, plan, total, images.rdd.getNumPartitions(), task.item_noun, notes)
+    return Prepared(frame, plan, total, images.rdd.getNumPartitions(), model.task.item_noun, notes)
 
 
 def read_table(spark: SparkSession, path: str, fmt: str) -> tuple[DataFrame, list[str]]:
@@ -369,7 +370,7 @@ def prepare_table(spark: SparkSession, args: argparse.Namespace, model: LoadedMo
     """Rows of CSV, JSONL or Parquet files (one file, a folder of them or a glob), numbered; the task picks its columns."""
     fmt = table_format(PurePosixPath(args.input), args.input_format)  # type: ignore[arg-type]
     frame, columns = read_table(spark, args.input, fmt)
-    wanted = tuple(model.task.table_columns(columns, model.assets, args.text_column))
+    wanted = tuple(batch_input(model.task).columns(columns, model.assets, args.text_column))
     numbered, total, files, partitions = number_rows(spark, frame)
     keys = ("file", "row") if files > 1 else ("row",)
     kept = tuple(columns) if args.keep_columns else ()
@@ -444,6 +445,19 @@ class Counts:
     total: int
     scored: int
     failed: int
+    files: dict[str, int] = dataclasses.field(default_factory=dict)  # "host: the file its executor ran, and why" -> tasks
+
+
+class TaskCounts(AccumulatorParam):
+    """A Spark accumulator of counts by key: what each executor ran, summed over tasks."""
+
+    def zero(self, value: dict[str, int]) -> dict[str, int]:
+        return {}
+
+    def addInPlace(self, first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+        for key, count in second.items():
+            first[key] = first.get(key, 0) + count
+        return first
 
 
 def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations, overwrite: bool, progress: Progress) -> Counts:
@@ -451,7 +465,8 @@ def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations,
     plan = prepared.plan
     counter = spark.sparkContext.accumulator(0)
     progress.counter = counter
-    results = prepared.frame.mapInArrow(partial(score_batches, plan, counter), output_struct(prepared.frame, plan))
+    files = spark.sparkContext.accumulator({}, TaskCounts())
+    results = prepared.frame.mapInArrow(partial(score_batches, plan, counter, files), output_struct(prepared.frame, plan))
     results = results.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         progress.set_phase("scoring")
@@ -474,7 +489,7 @@ def score_and_write(spark: SparkSession, prepared: Prepared, dest: Destinations,
             raise
     finally:
         results.unpersist()
-    return Counts(prepared.total, scored, failed)
+    return Counts(prepared.total, scored, failed, dict(files.value))
 
 
 # ---------------------------------------------------------------- the job
@@ -511,7 +526,7 @@ def prepare(spark: SparkSession, args: argparse.Namespace, model: LoadedModel, p
     from pyspark.errors import AnalysisException
 
     try:
-        if model.task.input_source == FOLDER:
+        if batch_input(model.task).source == FOLDER:
             if args.keep_columns or args.text_column:
                 raise UsageError(f"--keep-columns and --text-column are for table inputs; {model.name} reads a folder")
             sizes = model.task.batch_sizes
@@ -564,6 +579,10 @@ def run_spark(args: argparse.Namespace, stream: TextIO) -> int:
         if owned:
             spark.stop()
     summarize(label, counts, prepared.unit, dest, time.monotonic() - started, stream)
+    if model.model_file.cpu:  # a version with an INT8 variant: which file each executor ran, and why
+        print(f"model file on the driver: {model.model_file.summary()}", file=stream)
+        for ran, tasks in sorted(counts.files.items()):
+            print(f"model file on executor {ran} ({tasks} task{'s' if tasks != 1 else ''})", file=stream)
     return EXIT_ROWS_FAILED if counts.failed else EXIT_OK
 
 

@@ -32,6 +32,7 @@ from service.core.config import Settings
 from service.core.errors import ModelLoadError, ModelServeError
 from service.core.registry import ModelVersion
 from service.core.runtime import LoadedModel, load_model, max_batch_size, resolve_providers
+from service.core.tasks.batch_inputs import batch_input
 
 REASON = "reason"  # the combined result's column: None for a scored row, why not for a refused one
 CORRUPT_RECORD = "_corrupt_record"  # Spark's CSV reader puts a record it cannot fit to the header here
@@ -92,7 +93,13 @@ def load_version(plan: WorkerPlan) -> LoadedModel:
     try:
         path = _shipped_dir(plan.model_dir) if plan.shipped else Path(plan.model_dir)
         providers = resolve_providers(plan.settings.providers)
-        model = load_model(ModelVersion(plan.name, plan.version, path), providers, plan.intra_op_threads, int8=plan.settings.int8)
+        model = load_model(
+            ModelVersion(plan.name, plan.version, path),
+            providers,
+            plan.intra_op_threads,
+            int8=plan.settings.int8,
+            int8_bounds=plan.settings.int8_bounds(),
+        )
         if model.metadata["sha256"] != plan.sha256:
             raise ModelLoadError(
                 f"{path} holds a different model.onnx (sha256 {model.metadata['sha256'][:12]}...) "
@@ -117,22 +124,22 @@ def _named(batch: pa.RecordBatch, names: Sequence[str]) -> list[dict[str, Any]]:
 
 def raw_values(plan: WorkerPlan, scorer: Scorer, batch: pa.RecordBatch) -> tuple[list[Any], list[dict[str, Any]]]:
     """The raw value the task validates for each row (as the single-machine readers make it), and JSONL's kept columns."""
-    task = scorer.model.task
+    reader = batch_input(scorer.model.task)
     if plan.source == "folder":
         return batch.column(CONTENT).to_pylist(), []
     if plan.source == "jsonl":
         rows = [jsonl_row(line.lstrip("\ufeff")) for line in batch.column(LINE).to_pylist()]
         kept = [{KEPT_PREFIX + c: None if isinstance(r, Unreadable) else as_text(r.get(c)) for c in plan.jsonl_columns} for r in rows]
-        values = [r if isinstance(r, Unreadable) else task.table_value(r, plan.columns, False) for r in rows]
+        values = [r if isinstance(r, Unreadable) else reader.value(r, plan.columns, False) for r in rows]
         return values, kept
     if plan.source == "csv":
         corrupt = batch.column(CORRUPT_RECORD).to_pylist()
         rows = _named(batch, plan.header)
         values = [
-            task.table_value(row, plan.columns, True) if bad is None else _csv_reason(plan.header, bad) for row, bad in zip(rows, corrupt)
+            reader.value(row, plan.columns, True) if bad is None else _csv_reason(plan.header, bad) for row, bad in zip(rows, corrupt)
         ]
         return values, []
-    return [task.table_value(row, plan.columns, False) for row in _named(batch, plan.columns)], []
+    return [reader.value(row, plan.columns, False) for row in _named(batch, plan.columns)], []
 
 
 def _csv_reason(header: Sequence[str], record: str) -> Unreadable:
@@ -149,12 +156,16 @@ def outcome_arrays(plan: WorkerPlan, outcomes: Sequence[Outcome]) -> list[pa.Arr
     return [*arrays, pa.array([o if isinstance(o, str) else None for o in outcomes], pa.string())]
 
 
-def score_batches(plan: WorkerPlan, counter: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def score_batches(plan: WorkerPlan, counter: Any, files: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow's function: one output row per input row, in order: keys, answers, kept columns, reason.
 
-    `counter` is a Spark accumulator (rows done, for the driver's progress line), or None.
+    `counter` is a Spark accumulator (rows done, for the driver's progress line), or None;
+    `files` one of what each executor ran (its host, the file and why: the INT8 variant is
+    checked on each executor's CPU), counted per task, or None.
     """
     scorer, size = scorer_for(plan)
+    if files is not None:
+        files.add({f"{socket.gethostname()}: {scorer.model.model_file.summary()}": 1})
     for batch in batches:
         values, jsonl_kept = raw_values(plan, scorer, batch)
         outcomes: list[Outcome] = []

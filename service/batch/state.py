@@ -46,6 +46,7 @@ class WorkDir:
     def __init__(self, output: Path) -> None:
         self.path = output.parent / f".{output.name}.batch"
         self._lock: TextIO | None = None
+        self._owned = False  # this job created or locked the folder (another job's folder is never removed)
 
     @property
     def state_path(self) -> Path:
@@ -67,6 +68,7 @@ class WorkDir:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"another batch job is writing {self.path.parent} (lock held on {self.path / LOCK_FILE})") from None
+        self._owned = True
 
     def load(self) -> State | None:
         try:
@@ -99,9 +101,12 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def release(self) -> None:
+        """Let go of the lock; a folder with nothing to resume (a refused run's) is removed, not left behind."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._owned and not self.state_path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,32 +1,37 @@
-"""The models this project knows: each served name with its task, its trainer and its friendly endpoint.
+"""The three models this project ships, as named recipes: each name's trainer and the endpoint it had first.
 
-The only place that names a model. Adding a model is a line here, its task (if it is
-a new kind) and its trainer module under training/.
+What is served is not decided here: the registry is the catalog. Every model directory
+with a CURRENT version is served by the task its metadata names (tasks/kinds.py) at
+POST /models/{name}/predict, whatever its name. This file keeps the shipped names'
+history: `python -m training imdb_sentiment` still runs its own recipe, and
+/classify_image, /sentiment and /predict_price still answer (BentoML APIs, fixed when
+the service class is made, so they need a task and a name here). Besides the trainers,
+the only place that names a model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.core.errors import NotFoundError
-from service.core.tasks import ImageClassification, TabularRegression, Task, TextClassification
+from service.core.tasks import Task
+from service.core.tasks.kinds import tabular, task_for
 
 
 @dataclass(frozen=True)
-class CatalogEntry:
+class Recipe:
     name: str  # the registry's model name
-    task: Task
+    task: Task  # the kind its endpoint takes (the endpoint's request and answer schema)
     trainer: str  # module with add_arguments(parser) and train(args) -> TrainingResult; imported only to train
-    endpoint: str  # the friendly HTTP API's route, POST /<endpoint>
+    endpoint: str  # its own route, POST /<endpoint>, beside /models/<name>/predict
     doc: str  # the endpoint's description (OpenAPI)
 
 
-CATALOG: dict[str, CatalogEntry] = {
-    entry.name: entry
-    for entry in (
-        CatalogEntry(
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
             "image_classifier",
-            ImageClassification(),
+            task_for({"preprocessing": {"kind": "image"}}),
             "training.image_classifier",
             "classify_image",
             """Classify images: label, its score and the probability of every class, per image.
@@ -37,16 +42,16 @@ CATALOG: dict[str, CatalogEntry] = {
             CMYK and EXIF-rotated photos are converted to upright RGB.
             """,
         ),
-        CatalogEntry(
+        Recipe(
             "imdb_sentiment",
-            TextClassification(),
+            task_for({"preprocessing": {"kind": "text"}, "labels": ["negative", "positive"]}),
             "training.imdb_sentiment",
             "sentiment",
             """Sentiment of English movie reviews: {"texts": ["...", ...]} -> label and probability of positive, per text.""",
         ),
-        CatalogEntry(
+        Recipe(
             "boston_housing",
-            TabularRegression(answer_field="price", description="predicted median house price"),
+            tabular("price", "predicted median house price"),
             "training.boston_housing",
             "predict_price",
             """Median house price (in $1000s) per row of the 13 Boston housing features.
@@ -60,8 +65,6 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 
-def entry(name: str) -> CatalogEntry:
-    try:
-        return CATALOG[name]
-    except KeyError:
-        raise NotFoundError(f"unknown model {name!r}; the catalog has {sorted(CATALOG)}") from None
+def own_endpoint(name: str) -> str | None:
+    """The route a shipped model had before every model got /models/{name}/predict (None for any other model)."""
+    return f"/{RECIPES[name].endpoint}" if name in RECIPES else None

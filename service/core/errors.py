@@ -74,6 +74,10 @@ class Overloaded(ModelServeError, http_status=503):
     retry_after_s: ClassVar[int] = 1
 
 
+class NotReady(Overloaded):
+    """This worker is not serving yet (its models are still loading): 503 + Retry-After, gRPC's UNAVAILABLE."""
+
+
 class DataError(ModelServeError, ValueError, exit_code=EXIT_USAGE):
     """Training data cannot be used; the message says why."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import html
 import io
+import itertools
 import math
 import re
 import warnings
@@ -31,6 +32,8 @@ from service.core.errors import InputError
 VOCABULARY_FILE = "vocab.json"
 SCALER_FILE = "scaler.json"
 MAX_NAMES_QUOTED = 20  # unknown feature names an error message lists
+MAX_NGRAM = 5  # the longest n-grams a saved vectoriser may use
+MAX_IMAGE_SIDE = 8192  # the largest model input side a saved image block may name
 
 
 # ---------------------------------------------------------------- text
@@ -56,6 +59,58 @@ def tokenize(text: str, ngram_max: int = 1) -> list[str]:
     return tokens
 
 
+SPARSE_INPUTS = ("ids", "weights")  # a sparse-input text graph's inputs: n-gram ids int64 [N, K], their weights float32 [N, K]
+
+
+@dataclass(frozen=True)
+class _NgramIndex:
+    """The vocabulary as one sorted array of integer keys, to find a text's n-grams without building their strings.
+
+    Every word of any vocabulary entry gets a number below 2**bits - 1 (that last number
+    stands for every other word); an n-gram is the integer that packs a leading 1 and its
+    words' numbers, `bits` each, so n-grams of different lengths never share a key. A
+    text's keys are looked up by binary search, all lengths at once. A word that no entry
+    contains can be part of no entry, so the ids found are exactly those of the `tokenize`
+    tokens in the vocabulary.
+    """
+
+    words: dict[str, int]
+    keys: np.ndarray  # sorted packed keys of every entry
+    ids: np.ndarray  # their vocabulary ids, in the order of `keys`
+    bits: int
+
+    @classmethod
+    def build(cls, vocabulary: Mapping[str, int], ngram_max: int) -> _NgramIndex | None:
+        """None when the packed keys would not fit in 63 bits (the string lookup is used then)."""
+        split = [token.split(" ") for token in vocabulary]
+        kept = [len(parts) <= ngram_max for parts in split]
+        split = list(itertools.compress(split, kept))
+        ids = np.fromiter(itertools.compress(vocabulary.values(), kept), np.int64, len(split))
+        words = {word: i for i, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
+        bits = (len(words) + 1).bit_length()  # numbers 0 .. len(words) - 1, and 2**bits - 1 for unknown words
+        if bits * ngram_max + 1 > 63:
+            return None
+        lengths = np.fromiter(map(len, split), np.int64, len(split))
+        numbers = np.fromiter(map(words.__getitem__, itertools.chain.from_iterable(split)), np.int64, int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        position = np.arange(len(numbers)) - np.repeat(starts, lengths)  # of each word within its n-gram
+        shifts = bits * (np.repeat(lengths, lengths) - 1 - position)
+        keys = (np.int64(1) << (bits * lengths)) + np.add.reduceat(numbers << shifts, starts) if len(split) else np.zeros(0, np.int64)
+        order = np.argsort(keys, kind="stable")
+        return cls(words, keys[order], ids[order], bits)
+
+    def find(self, words: Sequence[str], ngram_max: int) -> np.ndarray:
+        """Ids of the text's n-grams (1..ngram_max) found in the vocabulary, with repeats, in no particular order."""
+        unknown = (1 << self.bits) - 1
+        numbers = np.array(list(map(self.words.get, words, itertools.repeat(unknown, len(words)))), np.int64)
+        grams = [numbers | (1 << self.bits)]
+        for n in range(2, min(ngram_max, len(words)) + 1):
+            grams.append((grams[-1][:-1] << self.bits) | numbers[n - 1 :])
+        keys = np.concatenate(grams)
+        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.ids[where[self.keys[where] == keys]]
+
+
 @dataclass
 class TextVectorizer:
     """Bag-of-n-grams vectoriser: multi-hot (the seed) or TF-IDF (the stronger variant).
@@ -68,6 +123,8 @@ class TextVectorizer:
     ngram_max: int = 1
     mode: TextMode = "multi_hot"
     idf: np.ndarray | None = None
+    _index: _NgramIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _indexed: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -100,12 +157,29 @@ class TextVectorizer:
             idf = (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
         return cls(vocabulary=vocabulary, ngram_max=ngram_max, mode=mode, idf=idf)
 
+    def build_index(self) -> TextVectorizer:
+        """Build the n-gram index now (a second or so for 200,000 entries) rather than on the first text."""
+        if not self._indexed:
+            self._index, self._indexed = _NgramIndex.build(self.vocabulary, self.ngram_max), True
+        return self
+
+    def token_ids(self, text: str) -> np.ndarray:
+        """Vocabulary ids of the text's `tokenize` tokens that are in the vocabulary, with repeats (int64).
+
+        By the n-gram index (`build_index`, on first use if not before): several times faster than
+        building every n-gram's string and looking it up.
+        """
+        self.build_index()
+        if self._index is None:
+            return np.array([i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None], np.int64)
+        return self._index.find(_TOKEN_RE.findall(normalize_text(text)), self.ngram_max)
+
     def _row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Column ids (ascending) and values of one text's features; empty when no token is known."""
-        ids = [i for i in map(self.vocabulary.get, tokenize(text, self.ngram_max)) if i is not None]
-        if not ids:
+        ids = self.token_ids(text)
+        if not len(ids):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        unique, counts = np.unique(ids, return_counts=True)
         if self.mode == "multi_hot":
             return unique, np.ones(len(unique), np.float32)
         assert self.idf is not None
@@ -128,6 +202,14 @@ class TextVectorizer:
             return np.zeros(0, np.float32), np.zeros(0, np.int64), starts
         return np.concatenate([v for _, v in rows]), np.concatenate([i for i, _ in rows]), starts
 
+    def transform_sparse(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`transform` as a sparse-input graph takes it: (ids int64 [N, K], weights float32 [N, K]), K the most non-zeros of a row.
+
+        Shorter rows are padded with id 0 and weight 0, which adds nothing to the sum; K is
+        at least 1, so a text with no known token is a row of padding (the model's bias alone).
+        """
+        return padded_rows([self._row(text) for text in texts])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
@@ -138,9 +220,34 @@ class TextVectorizer:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TextVectorizer:
-        tokens = data["tokens"]
+        """A saved vectoriser; ValueError naming what is wrong with a damaged one (checked here, not at the first request)."""
+        tokens, ngram_max, mode = data["tokens"], data["ngram_max"], data["mode"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("tokens must be a list of strings")
+        if not isinstance(ngram_max, int) or isinstance(ngram_max, bool) or not 1 <= ngram_max <= MAX_NGRAM:
+            raise ValueError(f"ngram_max must be an integer from 1 to {MAX_NGRAM}, got {ngram_max!r}")
+        if mode not in ("multi_hot", "tfidf"):
+            raise ValueError(f"mode must be multi_hot or tfidf, got {mode!r}")
         idf = None if data.get("idf") is None else np.asarray(data["idf"], dtype=np.float32)
-        return cls({t: i for i, t in enumerate(tokens)}, int(data["ngram_max"]), data["mode"], idf)
+        if mode == "tfidf" and (idf is None or idf.shape != (len(tokens),) or not np.isfinite(idf).all()):
+            raise ValueError(f"tfidf needs one finite idf weight per token ({len(tokens)})")
+        return cls({t: i for i, t in enumerate(tokens)}, ngram_max, mode, idf)
+
+
+def padded_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of (column ids, values) -> (ids int64 [N, K], weights float32 [N, K]), padded with id 0 and weight 0; K >= 1."""
+    width = max([1, *(len(ids) for ids, _ in rows)])
+    ids = np.zeros((len(rows), width), np.int64)
+    weights = np.zeros((len(rows), width), np.float32)
+    for row, (columns, values) in enumerate(rows):
+        ids[row, : len(columns)] = columns
+        weights[row, : len(values)] = values
+    return ids, weights
+
+
+def dense_to_padded(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense feature rows [N, V] -> the same rows as `padded_rows` gives them (the export's parity check feeds both graphs)."""
+    return padded_rows([(np.flatnonzero(row), row[np.flatnonzero(row)].astype(np.float32)) for row in dense])
 
 
 def check_text(text: Any, max_chars: int) -> str:
@@ -187,7 +294,16 @@ class ImageSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageSpec:
-        return cls(int(data["width"]), int(data["height"]), data["resample"], tuple(data["alpha_background"]))
+        """A version's image block; ValueError naming what is wrong (a bad `resample` blamed every client's image)."""
+        width, height, resample, background = data["width"], data["height"], data["resample"], data["alpha_background"]
+        for name, side in (("width", width), ("height", height)):
+            if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_IMAGE_SIDE}, got {side!r}")
+        if not isinstance(resample, str) or resample.upper() not in Image.Resampling.__members__:
+            raise ValueError(f"resample must be one of {', '.join(m.lower() for m in Image.Resampling.__members__)}; got {resample!r}")
+        if not isinstance(background, list) or len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+            raise ValueError(f"alpha_background must be 3 integers from 0 to 255, got {background!r}")
+        return cls(width, height, resample, (background[0], background[1], background[2]))
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -360,12 +476,38 @@ class StandardScaler:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StandardScaler:
-        low, high = (np.asarray(data[k], dtype=np.float64) if k in data else None for k in ("min", "max"))
-        return cls(tuple(data["features"]), np.asarray(data["mean"]), np.asarray(data["std"]), tuple(data.get("log1p", ())), low, high)
+        """A saved scaler; ValueError naming what is wrong with a damaged one (checked here, not at the first request)."""
+        features, log1p = data["features"], data.get("log1p", [])
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise ValueError("features must be a non-empty list of names")
+        if not isinstance(log1p, list) or not set(log1p) <= set(features):
+            raise ValueError(f"log1p must name features of the scaler; {sorted(set(map(str, log1p)) - set(features))} are not")
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("mean", "std", "min", "max") if k in data or k in ("mean", "std")}
+        for key, array in arrays.items():
+            if array.shape != (len(features),) or not np.isfinite(array).all():
+                raise ValueError(f"{key} must hold one finite number per feature ({len(features)})")
+        if (arrays["std"] <= 0).any():
+            raise ValueError("std must be positive")
+        return cls(tuple(features), arrays["mean"], arrays["std"], tuple(log1p), arrays.get("min"), arrays.get("max"))
 
 
-def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
-    """One row as an object {name: value} (names case-insensitive) or a list in feature order."""
+def category_text(value: Any) -> str | None:
+    """A categorical cell as training recorded it: text as it is, a whole number without ".0" (a CSV's 3 is 3.0 once parsed)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    return None
+
+
+def feature_row(row: Any, feature_names: Sequence[str], categories: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+    """One row as an object {name: value} (names case-insensitive) or a list in feature order.
+
+    A categorical feature (named in `categories`) holds one of the categories seen in
+    training; the row carries its index there, as a number like every other feature.
+    """
     if isinstance(row, Mapping):
         found, missing = match_names(row, feature_names)
         extra = set(row) - set(found.values())
@@ -385,12 +527,96 @@ def feature_row(row: Any, feature_names: Sequence[str]) -> np.ndarray:
             raise InputError(f"has {len(row)} values, expected {len(feature_names)} ({', '.join(feature_names)})")
         values = list(row)
     else:
-        raise InputError(f"must be an object of named features or a list of {len(feature_names)} numbers")
+        raise InputError(f"must be an object of named features or a list of {len(feature_names)} {'values' if categories else 'numbers'}")
     out = np.empty(len(feature_names), dtype=np.float64)
     for i, (name, value) in enumerate(zip(feature_names, values)):
+        if categories and name in categories:
+            out[i] = _category_index(name, value, categories[name])
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"feature {name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # JSON integers have no limit: 400 nines raise OverflowError here (it answered 500)
+        except OverflowError:
+            raise InputError(f"feature {name} is an integer of {len(str(abs(value))):,} digits, too large for a number") from None
+        if not math.isfinite(number):
             raise InputError(f"feature {name} is {value}; only finite numbers are accepted")
-        out[i] = value
+        out[i] = number
     return out
+
+
+def _category_index(name: str, value: Any, known: Sequence[str]) -> int:
+    text = category_text(value)
+    if text is None:
+        raise InputError(f"feature {name} must be one of its categories (a string), got {type(value).__name__}")
+    try:
+        return known.index(text)
+    except ValueError:
+        shown = ", ".join(repr(c) for c in known[:MAX_NAMES_QUOTED]) + (", ..." if len(known) > MAX_NAMES_QUOTED else "")
+        raise InputError(f"feature {name} is {text[:100]!r}, not a category the model was trained on ({shown})") from None
+
+
+@dataclass
+class TableEncoder:
+    """A table row -> the model's input: numeric columns scaled (StandardScaler), categorical ones one-hot.
+
+    `columns` is what a request row holds, in order; a checked row is a float array in that
+    order where a categorical column holds its category's index. The model's input is the
+    scaled numeric columns (in their order), then one block of one-hot columns per
+    categorical column, with the categories seen in training (scaler.json records both).
+    A model without categorical columns (Boston housing) is exactly its StandardScaler.
+    """
+
+    columns: tuple[str, ...]
+    scaler: StandardScaler  # over the numeric columns
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._numeric = [self.columns.index(name) for name in self.scaler.feature_names]
+        self._categorical = [(self.columns.index(name), len(known)) for name, known in self.categories.items()]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.columns
+
+    @property
+    def log1p(self) -> tuple[str, ...]:
+        return self.scaler.log1p
+
+    @property
+    def width(self) -> int:
+        """Columns of the model's input."""
+        return len(self._numeric) + sum(n for _, n in self._categorical)
+
+    def check(self, value: Any) -> np.ndarray:
+        row = feature_row(value, self.columns, self.categories)
+        self.scaler.check(row[self._numeric])
+        return row
+
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.columns))
+        parts = [self.scaler.transform(rows[:, self._numeric])]
+        for column, size in self._categorical:
+            parts.append(np.eye(size, dtype=np.float32)[rows[:, column].astype(np.int64)])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def inverse_example(self) -> np.ndarray:
+        """A typical row: the numeric training means, the first category of each categorical column."""
+        row = np.zeros(len(self.columns))
+        row[self._numeric] = self.scaler.inverse_example()
+        return row
+
+    def ranges(self) -> tuple[dict[str, float], dict[str, float], bool]:
+        """Per numeric column, (low, high) as StandardScaler.ranges() gives them, by name; and whether they were seen."""
+        low, high, seen = self.scaler.ranges()
+        names = self.scaler.feature_names
+        return dict(zip(names, map(float, low))), dict(zip(names, map(float, high))), seen
+
+    def to_json(self) -> dict[str, Any]:
+        return self.scaler.to_json() | {"columns": list(self.columns), "categorical": {k: list(v) for k, v in self.categories.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TableEncoder:
+        scaler = StandardScaler.from_json(data)
+        categories = {str(k): tuple(str(c) for c in v) for k, v in (data.get("categorical") or {}).items()}
+        return cls(tuple(data.get("columns") or scaler.feature_names), scaler, categories)

@@ -12,6 +12,13 @@ CURRENT holding '²' (str.isdigit() says yes, int() says no), a metadata.json th
 a list, a directory or has `inputs: [1]`, a file that cannot be read. A served
 version is a directory inside the registry: a version that is a symlink to a
 directory elsewhere is refused (see `Registry.get`).
+
+Every file is read with a size bound for its kind (a pointer, metadata.json, HISTORY; a
+model file and a preprocessing asset by `FileLimits`, i.e. MODELSERVE_MAX_MODEL_BYTES and
+MODELSERVE_MAX_ASSET_BYTES), and only when it is a regular file: an asset named
+/dev/zero grew every worker to 17-24 GB until the kernel killed it, and a FIFO as CURRENT
+held the reload watcher until something opened it for writing. A version's own files
+(model, variants, assets) must lie inside its directory.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +42,9 @@ from service.core.files import atomic_write_text
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"  # the checked INT8 variant beside model.onnx (metadata "variants" -> "int8")
+INT8_REFERENCE_FILE = (
+    "model.int8.reference.webp"  # inputs the INT8 variant is checked on at load (metadata "variants" -> "int8" -> "reference")
+)
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
 CANDIDATE_FILE = "CANDIDATE"
@@ -43,6 +55,42 @@ STAGING_PREFIX = ".staging-"
 METADATA_SCHEMA_VERSION = 1
 MAX_POINTER_BYTES = 64  # CURRENT holds a version number; more than this is not one
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # metadata.json is a few KB; a bigger one is not read
+MAX_HISTORY_BYTES = 64 * 1024 * 1024  # HISTORY: about a million promotions; a bigger one is not read
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """The largest file of each kind a version may have (Settings.file_limits: MODELSERVE_MAX_MODEL_BYTES, _MAX_ASSET_BYTES)."""
+
+    model_bytes: int = 2048 * MiB  # model.onnx and its variants: protobuf's limit for one ONNX file
+    asset_bytes: int = 256 * MiB  # vocab.json, scaler.json: a few MB here
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """A version directory's files as a task reads its assets: by a relative name, regular files inside it, at most max_bytes."""
+
+    path: Path
+    max_bytes: int = FileLimits.asset_bytes
+
+    def read(self, name: Any) -> bytes:
+        if not isinstance(name, str) or not name or Path(name).is_absolute():
+            raise RegistryError(f"asset {name!r}: must be a file name relative to the version directory")
+        target = self.path / name
+        try:
+            if not target.resolve().is_relative_to(self.path.resolve()):
+                raise RegistryError(f"asset {name!r} is not inside the version directory; refused")
+            return read_limited(target, self.max_bytes)
+        except (OSError, RuntimeError) as exc:  # missing, not a regular file, too large, a symlink loop
+            raise RegistryError(f"asset {name!r} cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+
+    def read_json(self, name: Any) -> Any:
+        try:
+            return json.loads(self.read(name))
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+            raise RegistryError(f"asset {name!r} is not valid JSON: {str(exc)[:200]}") from exc
+
 
 # Keys every metadata.json must carry (checked by `validate_metadata`).
 REQUIRED_METADATA_KEYS: dict[str, type] = {
@@ -67,6 +115,8 @@ REQUIRED_METADATA_KEYS: dict[str, type] = {
     "assets": dict,
 }
 TASKS = ("binary_classification", "multiclass_classification", "regression")
+MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MODEL_NAME_RULE = "lower-case letters, digits, _ and -, starting with a letter or digit, at most 64 characters ([a-z0-9][a-z0-9_-]{0,63})"
 
 
 @dataclass(frozen=True)
@@ -97,7 +147,7 @@ class ModelVersion:
             raise RegistryError(f"{where} must be a JSON object, is a JSON {type(metadata).__name__}")
         return metadata
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, limits: FileLimits | None = None) -> dict[str, Any]:
         """Check metadata and the model's checksum; return the metadata."""
         metadata = self.read_metadata()
         problems = validate_metadata(metadata)
@@ -107,10 +157,7 @@ class ModelVersion:
             raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} is missing")
         if not self.model_path.resolve().is_relative_to(self.path.resolve()):
             raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} is a link out of its version directory; refused")
-        try:
-            actual = sha256_file(self.model_path)
-        except OSError as exc:
-            raise RegistryError(f"{self.name} v{self.version}: {MODEL_FILE} cannot be read ({exc.strerror or exc})") from exc
+        actual = self._checksum(self.model_path, (limits or FileLimits()).model_bytes)
         if actual != metadata["sha256"]:
             raise RegistryError(
                 f"{self.name} v{self.version}: checksum mismatch for {MODEL_FILE} "
@@ -118,25 +165,50 @@ class ModelVersion:
             )
         return metadata
 
-    def variant_path(self, metadata: dict[str, Any], kind: str) -> Path:
+    def _checksum(self, path: Path, max_bytes: int) -> str:
+        """sha256 of a model file that is a regular file of at most `max_bytes` (MODELSERVE_MAX_MODEL_BYTES)."""
+        where = f"{self.name} v{self.version}: {path.name}"
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise RegistryError(f"{where} is not a regular file; refused")
+            if info.st_size > max_bytes:
+                raise RegistryError(f"{where} has {info.st_size:,} bytes, over the limit of {max_bytes:,} (MODELSERVE_MAX_MODEL_BYTES)")
+            return sha256_file(path)
+        except OSError as exc:
+            raise RegistryError(f"{where} cannot be read ({exc.strerror or exc})") from exc
+
+    def variant_path(self, metadata: dict[str, Any], kind: str, limits: FileLimits | None = None) -> Path:
         """The file of a variant that passed its check at export (metadata "variants"), checksum verified.
 
         RegistryError when there is none, it was refused at export, or its file is missing, outside
-        the version directory or not the file that was checked.
+        the version directory, too large or not the file that was checked.
         """
-        where = f"{self.name} v{self.version}"
+        variant = self._variant(metadata, kind)
+        return self.checked_file(variant["file"], variant.get("sha256"), f"the {kind} check", limits)
+
+    def variant_reference(self, metadata: dict[str, Any], kind: str) -> tuple[Path, dict[str, Any]]:
+        """A variant's reference set (its file, checksum verified, and its metadata block): what the variant is checked on at load."""
+        reference = self._variant(metadata, kind).get("reference")
+        if not isinstance(reference, dict) or not isinstance(reference.get("file"), str):
+            raise RegistryError(f"{self.name} v{self.version}: its {kind} variant has no reference set to check it on this CPU")
+        return self.checked_file(reference["file"], reference.get("sha256"), f"the {kind} export"), reference
+
+    def _variant(self, metadata: dict[str, Any], kind: str) -> dict[str, Any]:
         variant = metadata.get("variants", {}).get(kind) if isinstance(metadata.get("variants"), dict) else None
         if not isinstance(variant, dict) or not variant.get("written") or not isinstance(variant.get("file"), str):
-            raise RegistryError(f"{where} has no {kind} variant that passed its check")
-        path = self.path / variant["file"]
+            raise RegistryError(f"{self.name} v{self.version} has no {kind} variant that passed its check")
+        return variant
+
+    def checked_file(self, name: str, sha256: Any, made_by: str, limits: FileLimits | None = None) -> Path:
+        """A file of this version named by its metadata: a regular file inside the version directory, within the size
+        limit for models, with the checksum recorded by `made_by`."""
+        where = f"{self.name} v{self.version}"
+        path = self.path / name
         if not path.is_file() or not path.resolve().is_relative_to(self.path.resolve()):
-            raise RegistryError(f"{where}: {kind} variant {variant['file']} is missing or not inside the version directory")
-        try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            raise RegistryError(f"{where}: {variant['file']} cannot be read ({exc.strerror or exc})") from exc
-        if actual != variant.get("sha256"):
-            raise RegistryError(f"{where}: checksum mismatch for {variant['file']}: not the file that passed the {kind} check")
+            raise RegistryError(f"{where}: {name} is missing or not inside the version directory")
+        if self._checksum(path, (limits or FileLimits()).model_bytes) != sha256:
+            raise RegistryError(f"{where}: checksum mismatch for {name}: not the file that passed {made_by}")
         return path
 
 
@@ -159,8 +231,18 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def read_limited(path: Path, max_bytes: int) -> bytes:
-    """A small file's bytes; OSError when it is larger than `max_bytes` (so a huge file is never read whole)."""
-    with open(path, "rb") as handle:
+    """A small regular file's bytes; OSError when it is not a regular file or is larger than `max_bytes`.
+
+    Opened without waiting (a FIFO would wait for a writer) and checked before a byte is
+    read: /dev/zero or a device never ends, and a huge file is never read whole.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError("not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(f"{info.st_size:,} bytes, larger than {max_bytes:,}")
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise OSError(f"larger than {max_bytes:,} bytes")
@@ -190,6 +272,27 @@ def validate_metadata(metadata: Any) -> list[str]:
                 problems.append(f"each of {io_key!r} needs name, dtype and shape (an object; name a string)")
                 break
     return problems
+
+
+def is_model_name(text: str) -> bool:
+    """A name a model may have: it is a directory, a URL path segment and a metrics label, so a plain one."""
+    return MODEL_NAME_RE.fullmatch(text) is not None
+
+
+def interface_changes(served: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What a client of the served version would find changed in `new` (metadata of each): labels, input tensors, kind."""
+    changes = []
+    if served.get("labels") != new.get("labels"):
+        changes.append(f"labels {served.get('labels')} -> {new.get('labels')}")
+    inputs = [
+        [(i.get("name"), i.get("dtype"), i.get("shape")) for i in m.get("inputs") or [] if isinstance(i, dict)] for m in (served, new)
+    ]
+    if inputs[0] != inputs[1]:
+        changes.append(f"inputs (name, dtype, shape) {inputs[0]} -> {inputs[1]}")
+    kinds = [m.get("preprocessing", {}).get("kind") if isinstance(m.get("preprocessing"), dict) else None for m in (served, new)]
+    if kinds[0] != kinds[1]:
+        changes.append(f"preprocessing {kinds[0]} -> {kinds[1]}")
+    return changes
 
 
 def is_version_name(text: str) -> bool:
@@ -285,7 +388,7 @@ class Registry:
             data = json.loads(read_limited(pointer, MAX_CANDIDATE_BYTES))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise RegistryError(f"{pointer}: expected a JSON object {{version, mode, percent}} ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("version"), int) or isinstance(data.get("version"), bool):
             raise RegistryError(f"{pointer}: expected a JSON object with an integer version, found {str(data)[:200]}")
@@ -297,9 +400,12 @@ class Registry:
         return candidate
 
     def set_candidate(self, name: str, candidate: Candidate) -> None:
-        """Point CANDIDATE at a verified version, with its mode (atomic; recorded in HISTORY)."""
+        """Point CANDIDATE at a verified version, with its mode (atomic; recorded in HISTORY once: setting what it already says does nothing)."""
         candidate.check(f"{name} candidate")
         self.get(name, candidate.version).verify()
+        with contextlib.suppress(RegistryError):
+            if self.candidate(name) == candidate:  # redeploy writes it, then asks the service, which would write it again
+                return
         atomic_write_text(self.root / name / CANDIDATE_FILE, json.dumps(candidate.to_json()) + "\n")
         self._history(name, f"candidate {candidate.mode} {candidate.percent:g}% {candidate.version}")
 
@@ -378,7 +484,7 @@ class Registry:
         if not history.is_file():
             return stack
         try:
-            lines = history.read_text(errors="replace").splitlines()
+            lines = read_limited(history, MAX_HISTORY_BYTES).decode(errors="replace").splitlines()
         except OSError as exc:
             raise RegistryError(f"{history}: cannot be read ({exc.strerror or exc})") from exc
         for line in lines:

@@ -5,10 +5,13 @@ providers only when the NVIDIA driver reports a device, TensorRT only when its l
 loads. What a session really got is read back from `get_providers()`.
 
 How a call runs depends on where:
-- CPU, adaptive threads (MODELSERVE_INTRA_OP_THREADS=0): a request alone uses every core
-  (lowest latency); when several are in progress each call gets a single-threaded
+- CPU, adaptive threads (MODELSERVE_INTRA_OP_THREADS=0): a request alone in its worker
+  uses every CPU the process may use (lowest latency; with one worker per CPU the others
+  are idle then too); when several are in progress each call gets a single-threaded
   session, so concurrent requests run side by side instead of fighting over one thread
-  pool (highest throughput; benchmarks/results/compare.md has the raw numbers).
+  pool (highest throughput; benchmarks/results/compare.md has the raw numbers). "Every
+  CPU" is the affinity capped by the cgroup quota: a container given 2 CPUs on a 64-core
+  host opens 2-thread sessions, not 64.
 - GPU: io-binding, so the input is copied to the device once and the output is bound
   (not copied through an intermediate host buffer); TensorRT keeps its engines in a cache
   keyed by the model's sha256 and runs in fp16 only when asked and accurate enough.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.core.config import PROVIDER_ALIASES
+from service.core.config import PROVIDER_ALIASES, available_cpus
 
 log = logging.getLogger("modelserve.sessions")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -83,7 +85,8 @@ def resolve_providers(preference: Sequence[str]) -> list[str]:
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0))
+    """CPUs this process may use (affinity, cgroup quota): what a call alone may use."""
+    return available_cpus()
 
 
 @dataclass(frozen=True)

@@ -149,3 +149,23 @@ class WorkerGroup:
             if not missing or time.monotonic() >= deadline:
                 return confirmed, missing
             time.sleep(WAIT_POLL_S)
+
+    def write_shared(self, prefix: str, document: dict[str, Any]) -> None:
+        """Publish a document of this worker's under `<prefix><pid>.json` for the others to read (drift counts)."""
+        atomic_write_text(self.directory / f"{prefix}{self.pid}.json", json.dumps(document))
+
+    def read_shared(self, prefix: str) -> list[dict[str, Any]]:
+        """The documents the other live workers published under `prefix` (a dead worker's file is removed)."""
+        documents = []
+        for path in sorted(self.directory.glob(f"{prefix}*.json")):
+            pid = path.stem.removeprefix(prefix)
+            if not (pid.isascii() and pid.isdigit()) or int(pid) == self.pid:
+                continue
+            if not _is_sibling(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            document = _read_json(path)
+            if document is not None:
+                documents.append(document)
+        return documents

@@ -1,4 +1,4 @@
-"""GET /models, POST /admin/reload and POST /admin/candidate: a small Starlette app mounted beside the predict APIs.
+"""GET /models[/{name}], POST /admin/reload and POST /admin/candidate: a small Starlette app mounted beside the predict APIs.
 
 BentoML APIs are POST-only and typed; these two are plain routes over the served
 models of this worker (the BentoML service instance holds them). A reload reaches
@@ -6,6 +6,9 @@ every worker: the worker that takes the call reloads, asks the others through th
 worker group (service/core/workers.py) and answers once they confirm; 200 when every
 worker serves the same versions, 409 when one refused, 202 when one did not confirm in
 PEER_WAIT_S. GET /models lists every worker's versions and refusals under `workers`.
+A reload of every model (`{}`) first follows the registry's list of models (new ones
+loaded, removed ones dropped), as the CURRENT watcher does every poll; a reload of a
+model the registry has but this worker does not serve yet loads it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from service.core.runtime import ModelRuntime
 from service.core.workers import WorkerGroup
 
 PEER_WAIT_S = 30.0  # how long a reload waits for the other workers to confirm
+CANDIDATE_USAGE = 'send {"model": NAME, "version": V, "mode": "canary"|"shadow", "percent": P} or {"model": NAME, "clear": true}'
+RELOAD_USAGE = 'send {"model": NAME} or {} for every model'
 
 
 def _runtime() -> ModelRuntime | None:
@@ -46,6 +51,17 @@ def _workers() -> WorkerGroup | None:
         return None
 
 
+def json_body(raw: bytes, usage: str) -> Any:
+    """A request body as JSON (None when empty); UsageError (400) saying why when it is not: bad syntax, not UTF-8, nested too deep."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: about a thousand nested brackets; it answered 500
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise UsageError(f"invalid JSON body ({reason}); {usage}") from None
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -58,6 +74,19 @@ async def models_view(request: Request) -> JSONResponse:
     workers = _workers()
     every = [{k: s.get(k) for k in ("pid", "served", "refused", "candidates")} for s in workers.everyone()] if workers is not None else []
     return JSONResponse(runtime.describe() | {"workers": every})
+
+
+async def model_view(request: Request) -> JSONResponse:
+    """GET /models/{name}: one served model, as GET /models lists it; 404 naming the served ones (and why this one is not)."""
+    runtime = _runtime()
+    if runtime is None:
+        return _error(503, "models are still loading")
+    name = request.path_params["name"]
+    try:
+        return JSONResponse(runtime.describe_model(runtime.get(name)))
+    except NotFoundError as exc:
+        refused = runtime.refused.get(name)
+        return _error(404, str(exc) + (f"; it was refused: {refused['reason']}" if refused else ""), refused=refused)
 
 
 def _authorized(request: Request, settings: Settings) -> JSONResponse | None:
@@ -84,10 +113,11 @@ async def _reload(runtime: ModelRuntime, names: list[str], workers: WorkerGroup 
         try:
             results.append(await anyio.to_thread.run_sync(runtime.reload, name))
         except ReloadRefused as exc:
-            served = runtime.get(name).version
+            served = runtime.get(name).version if name in runtime else None
+            kept = f"v{served} keeps serving" if served is not None else "it is not served"
             return _error(
                 exc.http_status,
-                f"reload of {name} refused, v{served} keeps serving: {exc}",
+                f"reload of {name} refused, {kept}: {exc}",
                 model=name,
                 served_version=served,
                 results=results,
@@ -102,7 +132,8 @@ async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerG
     generation = workers.request_reload(names)
     workers.publish(runtime.versions(), dict(runtime.refused))
     peers, missing = await anyio.to_thread.run_sync(workers.wait_for, generation, PEER_WAIT_S)
-    mine = {name: runtime.get(name).version for name in names}
+    mine = runtime.versions()
+    mine = {name: mine.get(name) for name in names}
     summary = {
         "expected": workers.expected,
         "confirmed": 1 + len(peers),
@@ -125,7 +156,7 @@ async def _reach_peers(runtime: ModelRuntime, names: list[str], workers: WorkerG
 def _candidate_change(runtime: ModelRuntime, body: Any) -> tuple[str, Candidate | None]:
     """(model, the candidate to set, or None to clear) from a POST /admin/candidate body; UsageError when it says neither."""
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise UsageError('send {"model": NAME, "version": V, "mode": "canary"|"shadow", "percent": P} or {"model": NAME, "clear": true}')
+        raise UsageError(CANDIDATE_USAGE)
     name = body["model"]
     if name not in runtime:
         raise NotFoundError(f"not served here: {name!r}; served: {list(runtime.served())}")
@@ -179,10 +210,8 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         if isinstance(runtime, JSONResponse):
             return runtime
         try:
-            name, candidate = _candidate_change(runtime, json.loads(await request.body() or b"null"))
+            name, candidate = _candidate_change(runtime, json_body(await request.body(), CANDIDATE_USAGE))
             return await _change_candidate(runtime, name, candidate)
-        except ValueError:
-            return _error(400, "invalid JSON body")
         except (UsageError, NotFoundError, RegistryError) as exc:
             return _error(exc.http_status, str(exc))
 
@@ -193,13 +222,15 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
             return runtime
         raw = await request.body()  # however it is framed: Content-Length or chunked (the guard has read and counted it)
         try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            return _error(400, 'invalid JSON body; send {"model": NAME} or {}')
+            body = json_body(raw, RELOAD_USAGE) if raw.strip() else {}
+        except UsageError as exc:
+            return _error(exc.http_status, str(exc))
         if not isinstance(body, dict) or not isinstance(body.get("model", ""), str):
             return _error(400, 'send {"model": NAME} or {} for every model')
+        if not body.get("model"):
+            await anyio.to_thread.run_sync(runtime.sync)
         names = [body["model"]] if body.get("model") else list(runtime.served())
-        unknown = [n for n in names if n not in runtime]
+        unknown = [n for n in names if n not in runtime and n not in runtime.wanted()]
         if unknown:
             return _error(404, f"not served here: {unknown}; served: {list(runtime.served())}")
         return await _reload(runtime, names, _workers())
@@ -207,6 +238,7 @@ def admin_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
     return Starlette(
         routes=[
             Route("/models", models_view, methods=["GET"]),
+            Route("/models/{name}", model_view, methods=["GET"]),
             Route("/admin/reload", reload_view, methods=["POST"]),
             Route("/admin/candidate", candidate_view, methods=["POST"]),
             *extra_routes,

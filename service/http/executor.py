@@ -6,11 +6,16 @@ The event loop only parses and checks requests (image headers, not pixels). Then
   from headers); a request beyond the bound gets a fast 503 with Retry-After instead of
   a place in a queue that would stall everyone behind it.
 - Work: decoding, preprocessing and CPU inference run in worker threads, one pool per
-  model with a thread per core (Pillow and onnxruntime release the GIL, so they run side
-  by side), so a text request never queues behind image decoding. Without batching a
-  request reaches onnxruntime after one thread hop, or none: work the task calls light
-  (a short text, a few table rows: well under a millisecond, less than the hop itself)
-  runs on the event loop.
+  model with a thread per CPU of the worker's share (the CPUs the process may use divided
+  by the workers: with one worker per CPU, one thread; Pillow and onnxruntime release the
+  GIL, so on more CPUs they run side by side), so a text request never queues behind
+  image decoding. Without batching a request reaches onnxruntime after one thread hop,
+  or none: work the task calls light (a short text, a few table rows: well under a
+  millisecond, less than the hop itself) runs on the event loop when it is its model's
+  only request, and so does bounded work (an image of at most a few megapixels) when it
+  is the worker's only request: with nothing else to serve, the loop would only wait for
+  the worker thread, and the hop (a queue, a wake-up on each side) is what a bare
+  handler does not pay.
 - Batching (GPU providers by default; MODELSERVE_BATCHING): requests are decoded in the
   pool, then merged by a per-version batcher into one onnxruntime call of up to the
   model's batch size, waiting at most MODELSERVE_BATCH_MAX_DELAY_MS for company
@@ -37,7 +42,8 @@ from typing import Any, TypeVar
 from service.core.config import Settings
 from service.core.errors import InputError, Overloaded
 from service.core.runtime import LoadedModel, ModelRuntime
-from service.core.sessions import GPU_PROVIDERS, cores
+from service.core.sessions import GPU_PROVIDERS
+from service.http.drift import DriftMonitor, Sample
 from service.http.metrics import Timing, metrics
 
 log = logging.getLogger("modelserve.executor")
@@ -170,8 +176,19 @@ def route(runtime: ModelRuntime, name: str, key: str | None = None) -> tuple[Loa
 class Executor:
     """Runs checked requests for one worker: admission, a thread hop, batching per model version, shadows."""
 
-    def __init__(self, settings: Settings, runtime: ModelRuntime) -> None:
-        self.settings, self.runtime = settings, runtime
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: ModelRuntime,
+        requests_in_flight: Callable[[], int] = lambda: 0,
+        monitor: DriftMonitor | None = None,
+    ) -> None:
+        """`requests_in_flight`: HTTP requests of this worker between arrival and response (the request guard counts them).
+
+        `monitor`: live drift, fed a sample of the requests (service/http/drift.py).
+        """
+        self.settings, self.runtime, self.monitor = settings, runtime, monitor
+        self.requests_in_flight = requests_in_flight
         self.pools: dict[str, ThreadPoolExecutor] = {}
         self.admissions: dict[str, Admission] = {}
         self.in_progress: collections.Counter[str] = collections.Counter()  # requests per model, on the event loop
@@ -186,6 +203,7 @@ class Executor:
     async def predict(self, model: LoadedModel, items: Sequence[Any], shadow: LoadedModel | None = None) -> Answers:
         """Checked items of one request -> answers from `model`; `shadow` (a candidate) scores them too, off the response path."""
         started, timing, outcome, answers = time.monotonic(), Timing(), "error", None
+        sample = self.monitor.sample(model, items) if self.monitor is not None else None  # drift: before decoding changes items
         try:
             answers = await self._predict(model, items, timing, shadow)
             outcome = "ok"
@@ -199,14 +217,17 @@ class Executor:
             # Recorded after the response is written: prometheus_client's multiprocess values cost
             # ~10% of the event loop's time per request here, which need not be on the latency path.
             elapsed = time.monotonic() - started
-            asyncio.get_running_loop().call_soon(self._record, model, outcome, timing, elapsed, answers)
+            asyncio.get_running_loop().call_soon(self._record, model, outcome, timing, elapsed, answers, sample)
         return answers
 
-    @staticmethod
-    def _record(model: LoadedModel, outcome: str, timing: Timing, elapsed: float, answers: Answers | None) -> None:
+    def _record(
+        self, model: LoadedModel, outcome: str, timing: Timing, elapsed: float, answers: Answers | None, sample: Sample | None = None
+    ) -> None:
         metrics().request(model.name, model.version, outcome, timing if outcome == "ok" else None, elapsed)
         if answers is not None:
             metrics().answers(model.task, model.name, model.version, answers)
+            if sample is not None and self.monitor is not None:
+                self.monitor.offer(sample, answers, elapsed)
 
     async def _predict(self, model: LoadedModel, items: Sequence[Any], timing: Timing, shadow: LoadedModel | None) -> Answers:
         task = model.task
@@ -214,8 +235,8 @@ class Executor:
         with admission.admit(task.cost(items)), self._counted(model.name):
             light = task.is_light(items)
             if shadow is None and not self.batches(model):
-                if light and self.in_progress[model.name] <= 1:  # alone: the hop would cost more than the work
-                    return self._decode_and_predict(model, items)
+                if (light and self.in_progress[model.name] <= 1) or (task.fits_inline(items) and await self._alone_in_worker()):
+                    return self._decode_and_predict(model, items)  # alone: the hop would cost more than it saves
                 return await self.run(model.name, self._decode_and_predict, model, items, timing=timing)
             decoded = self._decode(model, items) if light else await self.run(model.name, self._decode, model, items, timing=timing)
             if self.batches(model):
@@ -253,6 +274,21 @@ class Executor:
         self.shadows.add(task)
         task.add_done_callback(self.shadows.discard)
 
+    def _idle(self) -> bool:
+        """Nothing but this request is in progress in this worker: no other request (arrived, or here), no shadow scoring."""
+        return max(self.requests_in_flight(), sum(self.in_progress.values())) <= 1 and not self.shadows
+
+    async def _alone_in_worker(self) -> bool:
+        """`_idle`, asked again after one turn of the event loop: requests that arrived with this one have started by then.
+
+        Without that turn, requests read in the same pass over the sockets would each find
+        the worker idle and run one after another on the loop.
+        """
+        if not self._idle():
+            return False
+        await asyncio.sleep(0)
+        return self._idle()
+
     @contextlib.contextmanager
     def _counted(self, name: str) -> Iterator[None]:
         self.in_progress[name] += 1
@@ -263,7 +299,8 @@ class Executor:
 
     def pool(self, name: str) -> ThreadPoolExecutor:
         if name not in self.pools:
-            self.pools[name] = ThreadPoolExecutor(self.settings.work_threads or cores(), thread_name_prefix=f"work-{name}")
+            threads = self.settings.work_threads or self.settings.cpus_per_worker()
+            self.pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=f"work-{name}")
         return self.pools[name]
 
     async def run(self, name: str, work: Callable[..., T], *args: Any, timing: Timing | None = None) -> T:
@@ -303,7 +340,7 @@ class Executor:
         batcher = self.batchers.get(id(model))
         if batcher is None or batcher.task.done():
             run = functools.partial(self.run, model.name)
-            batcher = Batcher(model, self.runtime.batch_size(model.name), self.settings.batch_max_delay_ms / 1000, run)
+            batcher = Batcher(model, self.runtime.batch_size(model), self.settings.batch_max_delay_ms / 1000, run)
             self.batchers[id(model)] = batcher
             batcher.task.add_done_callback(
                 lambda _: self.batchers.pop(id(model), None) if self.batchers.get(id(model)) is batcher else None

@@ -10,16 +10,25 @@
   else 408 and the connection is closed (a body that never comes held a connection
   for BentoML's 120 s request timeout). Headers have their own limit, in
   service/patches/uvicorn_header_timeout.py, because uvicorn handles them before any ASGI code.
+- JSON bodies are bounded before anything parses them: parsing holds the worker's
+  event loop and every thread of it (json and pydantic hold the GIL), so two 14 MB rows
+  of a million keys stalled /readyz for 3 s. A route's JSON may be no larger than its
+  items can need (MODELSERVE_MAX_ITEMS x its task's item size), and a body may hold at
+  most MODELSERVE_MAX_JSON_VALUES values (commas and colons, counted as the body
+  arrives); beyond either, 413 with what to send instead, before it is parsed.
 - Multipart bodies are checked before BentoML parses them (missing boundary, garbage,
   an unnamed part, too many parts or fields, a text field where a file belongs): 400
   with what was wrong. Starlette raises on each of these and BentoML answered 500,
   and BentoML fetches a *text* field of a file parameter as a URL.
 - A POST with a content type the route does not take gets 415; BentoML would
   otherwise parse anything as JSON. A route entry ending in "/" covers the paths under
-  it (the v2 protocol's /v2/models/{name}/.../infer).
+  it (the v2 protocol's /v2/models/{name}/.../infer, every model's /models/{name}/predict),
+  for content types and multipart file fields alike.
 - BentoML's 400 for a validation error says "1 validation error for Input"; the
   guard rewrites `error` into what was wrong and where ("texts[1]: is empty"),
   keeping pydantic's `detail` list, and caps what an error body quotes.
+- It counts the requests in flight in this process (`requests_in_flight`): the
+  executor runs a request that is alone on the event loop, skipping the thread hop.
 - Client errors are logged by BentoML at ERROR level with a traceback; the log
   filter turns those into one INFO line, so the error log is for real errors. The
   guard's own refusals are logged as one INFO line too.
@@ -48,8 +57,10 @@ MAX_ERROR_CHARS = 2_000  # longest `error` message an answer quotes
 MAX_DETAIL_ITEMS = 20  # most pydantic `detail` entries an answer lists
 MAX_RAW_ERROR_BYTES = 4_096  # a 4xx body that is not JSON is cut here
 MAX_FORM_FIELDS = 16  # text fields in one multipart request (the APIs take files only)
+V2_HEADER_LENGTH = "inference-header-content-length"  # the v2 protocol: the body's JSON part, binary tensors after it
 LINGER_S = 5.0  # how long a refused request's body is still read and dropped before the connection closes
 LINGER_IDLE_S = 0.5  # ... unless the client pauses this long (it is waiting for the answer)
+DRAIN_PAUSE_S = 0.002  # between two chunks of a refused body being dropped
 log = logging.getLogger("modelserve.guard")
 
 
@@ -175,6 +186,41 @@ class _MultipartCheck:
         self.ended = True
 
 
+def json_too_large(path: str, size: int, limit: int) -> str:
+    return f"JSON body of {size:,} bytes, over the {limit:,} that {path} can need (MODELSERVE_MAX_ITEMS items at most)"
+
+
+class JsonBudget:
+    """A JSON body's bounds, checked chunk by chunk as it arrives (never a scan of the whole body on the event loop).
+
+    Its route's size (`limit`), and `max_values` values (commas and colons, counted at C
+    speed, a chunk at a time as uvicorn hands them over, so that other requests run in
+    between). On the v2 protocol only the JSON part before binary tensor data counts.
+    """
+
+    def __init__(self, path: str, limit: int | None, max_values: int, headers: Mapping[str, str]) -> None:
+        self.path, self.limit, self.max_values = path, limit, max_values
+        length = headers.get(V2_HEADER_LENGTH, "").strip()
+        self.json_bytes = int(length) if length.isascii() and length.isdigit() else None  # None: all of the body is JSON
+        self.seen = self.values = 0
+
+    def take(self, chunk: bytes) -> None:
+        if self.json_bytes is not None:
+            chunk = chunk[: max(0, self.json_bytes - self.seen)]
+        self.seen += len(chunk)
+        if self.limit is not None and self.seen > self.limit:
+            raise Refusal(413, json_too_large(self.path, self.seen, self.limit), close=True)
+        if chunk and self.values <= self.max_values:
+            self.values += chunk.count(b",") + chunk.count(b":")
+            if self.values > self.max_values:
+                raise Refusal(
+                    413,
+                    f"JSON body with more than MODELSERVE_MAX_JSON_VALUES={self.max_values:,} values: "
+                    "send images as files (multipart) or base64 strings, and large v2 tensors as binary tensor data",
+                    close=True,
+                )
+
+
 def multipart_problem(content_type: str, body: bytes, file_fields: tuple[str, ...], max_files: int) -> str | None:
     """Why a multipart body cannot be used (None when it can), decided the way Starlette will parse it.
 
@@ -197,6 +243,27 @@ def multipart_problem(content_type: str, body: bytes, file_fields: tuple[str, ..
     return None if check.ended else "multipart body ends before its closing boundary"
 
 
+def lookup(table: Mapping[str, tuple[str, ...]], path: str) -> tuple[str, ...] | None:
+    """`path`'s own entry, else the longest entry ending in "/" that prefixes it (/v2/, /models/), else None."""
+    if path in table:
+        return table[path]
+    prefixes = [p for p in table if p.endswith("/") and path.startswith(p)]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
+class InFlight:
+    """HTTP requests of this process between arrival and the end of their response (the executor's idle test reads it)."""
+
+    count = 0
+
+
+IN_FLIGHT = InFlight()
+
+
+def requests_in_flight() -> int:
+    return IN_FLIGHT.count
+
+
 class RequestGuard:
     def __init__(
         self,
@@ -207,8 +274,12 @@ class RequestGuard:
         file_fields: Mapping[str, tuple[str, ...]] | None = None,
         max_files: int = 64,
         body_timeout_s: float = 60.0,
+        json_bytes: Mapping[str, int] | None = None,
+        max_json_values: int = 200_000,
     ) -> None:
         self.app = app
+        self.json_bytes = json_bytes or {}
+        self.max_json_values = max_json_values
         self.max_request_bytes = max_request_bytes
         self.content_types = content_types
         self.file_fields = file_fields or {}
@@ -219,14 +290,18 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        IN_FLIGHT.count += 1
         try:
-            buffered = await self._admit(scope, receive)
-        except Refusal as refusal:
-            await self._refuse(scope, receive, send, refusal)
-            return
-        if buffered is None:  # the client went away while sending
-            return
-        await self.app(scope, self._replay(buffered, receive), self._rewriting(send))
+            try:
+                buffered = await self._admit(scope, receive)
+            except Refusal as refusal:
+                await self._refuse(scope, receive, send, refusal)
+                return
+            if buffered is None:  # the client went away while sending
+                return
+            await self.app(scope, self._replay(buffered, receive), self._rewriting(send))
+        finally:
+            IN_FLIGHT.count -= 1
 
     async def _admit(self, scope: Scope, receive: Receive) -> list[Message] | None:
         """Check framing and content type, read the whole body within the limits, check a multipart body."""
@@ -235,21 +310,26 @@ class RequestGuard:
         if "transfer-encoding" in headers and "content-length" in headers:
             raise Refusal(400, "request has both Content-Length and Transfer-Encoding; send one (RFC 9112, section 6.3)", close=True)
         length = headers.get("content-length")
-        if length is not None and not length.isdigit():  # h11 refuses most; isdigit() takes '²', int() does not
+        if length is not None and not (length.isascii() and length.isdigit()):  # h11 refuses most; isdigit() takes '²', int() does not
             raise Refusal(400, f"invalid Content-Length {cap(length, 40)!r}", close=True)
         if length is not None and int(length) > self.max_request_bytes:
             raise Refusal(413, self._too_large(int(length)), close=True)
         allowed = self._accepted(scope["path"]) if scope["method"] == "POST" else None
         content_type = headers.get("content-type", "")
+        json_limit = self.json_bytes.get(scope["path"]) if content_type.lower().startswith("application/json") else None
+        if length is not None and json_limit is not None and int(length) > json_limit:  # refused before a byte of it is read
+            raise Refusal(413, json_too_large(scope["path"], int(length), json_limit), close=True)
         if allowed is not None:
             media_type = content_type.split(";")[0].strip().lower()
             if media_type not in allowed:
                 accepted = " or ".join(t or "none" for t in allowed)  # "": no Content-Type header (tritonclient sends none)
                 message = f"content type {cap(media_type, 100) or '(none)'!r} is not accepted by {scope['path']}; send {accepted}"
                 raise Refusal(415, message, close=True)
-        buffered = await self._read_body(receive)
-        fields = self.file_fields.get(scope["path"])
-        if buffered is not None and fields and content_type.lower().startswith("multipart/"):
+        multipart = content_type.lower().startswith("multipart/")
+        budget = None if allowed is None or multipart else JsonBudget(scope["path"], json_limit, self.max_json_values, headers)
+        buffered = await self._read_body(receive, budget)
+        fields = lookup(self.file_fields, scope["path"])
+        if buffered is not None and fields and multipart:
             body = b"".join(m.get("body", b"") for m in buffered if m["type"] == "http.request")
             problem = multipart_problem(content_type, body, fields, self.max_files)
             if problem:
@@ -257,18 +337,15 @@ class RequestGuard:
         return buffered
 
     def _accepted(self, path: str) -> tuple[str, ...] | None:
-        """The content types a POST to `path` may have: its own entry, else the longest entry ending in "/" that prefixes it."""
-        if path in self.content_types:
-            return self.content_types[path]
-        prefixes = [p for p in self.content_types if p.endswith("/") and path.startswith(p)]
-        return self.content_types[max(prefixes, key=len)] if prefixes else None
+        """The content types a POST to `path` may have."""
+        return lookup(self.content_types, path)
 
     def _too_large(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "larger"
         return f"request body is {got}, over the limit of {self.max_request_bytes:,} bytes (MODELSERVE_MAX_REQUEST_BYTES)"
 
-    async def _read_body(self, receive: Receive) -> list[Message] | None:
-        """The body's messages, counted as they arrive; None when the client disconnects."""
+    async def _read_body(self, receive: Receive, budget: JsonBudget | None = None) -> list[Message] | None:
+        """The body's messages, counted as they arrive (bytes; a JSON body's size and values too); None when the client disconnects."""
         messages, total = [], 0
         try:
             async with asyncio.timeout(self.body_timeout_s):
@@ -280,6 +357,8 @@ class RequestGuard:
                     total += len(message.get("body", b""))
                     if total > self.max_request_bytes:
                         raise Refusal(413, self._too_large(None), close=True)
+                    if budget is not None:
+                        budget.take(message.get("body", b""))
                     if not message.get("more_body", False):
                         return messages
         except TimeoutError:
@@ -313,6 +392,10 @@ class RequestGuard:
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return
+            # Unhurried: uvicorn stops reading the socket while a message waits, so the client is slowed down by
+            # TCP itself, and a worker that refuses 30 MB bodies back to back spends its loop on health checks,
+            # not on chunks it throws away (benchmarks/health.py --heavy v2-json).
+            await asyncio.sleep(DRAIN_PAUSE_S)
 
     @staticmethod
     def _replay(messages: list[Message], receive: Receive) -> Receive:

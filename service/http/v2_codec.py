@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import InputError
-from service.core.tasks import V2_NUMPY_TYPES, Tensor
+from service.core.tasks.tensors import V2_NUMPY_TYPES, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+_END = object()  # the end of a list, for _flatten
 BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 
@@ -39,7 +40,7 @@ class RequestInput:
     binary: memoryview | None
 
     def describe(self) -> str:
-        return f"{self.datatype} {list(self.shape)}"
+        return describe(self.datatype, self.shape)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise InputError(f"invalid JSON: {exc}{hint}") from None
     except ValueError as exc:  # not UTF-8
         raise InputError(f"invalid JSON: {exc}") from None
+    except RecursionError:  # about a thousand nested brackets (it answered 500)
+        raise InputError("invalid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise InputError("the request must be a JSON object with `inputs`")
     request_id = header.get("id")
@@ -73,12 +76,18 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
-        raise InputError(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
+    if not is_byte_count(header_length):
+        raise InputError(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
     length = int(header_length)
     if length > len(body):
         raise InputError(f"Inference-Header-Content-Length is {length:,} but the body has only {len(body):,} bytes")
     return body[:length], memoryview(body)[length:]
+
+
+def is_byte_count(text: str) -> bool:
+    """ASCII digits only: '²' is a digit to str.isdigit(), not to int() (it answered 500)."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -151,45 +160,60 @@ def _outputs(header: Mapping[str, Any], binary_output: bool) -> dict[str, bool] 
 
 def to_array(tensor: RequestInput) -> np.ndarray:
     """An input's data as an array of its shape: numbers in its datatype; BYTES as an object array of bytes (binary) or str (JSON)."""
+    if tensor.binary is not None:
+        return from_raw(tensor.name, tensor.datatype, tensor.shape, tensor.binary, "binary_data_size")
     count = math.prod(tensor.shape)
     if tensor.datatype == "BYTES":
-        elements = _binary_elements(tensor, count) if tensor.binary is not None else _json_elements(tensor, count)
         array = np.empty(count, dtype=object)
-        array[:] = elements
+        array[:] = _json_elements(tensor, count)
         return array.reshape(tensor.shape)
-    dtype = np.dtype(V2_NUMPY_TYPES[tensor.datatype]).newbyteorder("<")
-    if tensor.binary is None:
-        return _json_numbers(tensor, dtype, count)
-    if len(tensor.binary) != count * dtype.itemsize:
-        raise InputError(
-            f"input {tensor.name}: {tensor.describe()} takes {count * dtype.itemsize:,} bytes, binary_data_size is {len(tensor.binary):,}"
-        )
-    return np.frombuffer(tensor.binary, dtype=dtype).reshape(tensor.shape)
+    return _json_numbers(tensor, np.dtype(V2_NUMPY_TYPES[tensor.datatype]).newbyteorder("<"), count)
 
 
-def _binary_elements(tensor: RequestInput, count: int) -> list[bytes]:
-    view, offset, elements = tensor.binary, 0, []
-    assert view is not None
+def describe(datatype: str, shape: Sequence[int]) -> str:
+    return f"{datatype} {list(shape)}"
+
+
+def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview | bytes, size_name: str) -> np.ndarray:
+    """Raw tensor bytes (binary tensor data here, gRPC's raw_input_contents) -> an array of `shape`; `size_name` names their length in messages."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = _raw_elements(name, datatype, shape, memoryview(raw), count)
+        return array.reshape(shape)
+    dtype = np.dtype(V2_NUMPY_TYPES[datatype]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise InputError(f"input {name}: {describe(datatype, shape)} takes {count * dtype.itemsize:,} bytes, {size_name} is {len(raw):,}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _raw_elements(name: str, datatype: str, shape: tuple[int, ...], view: memoryview, count: int) -> list[bytes]:
+    offset, elements = 0, []
     for index in range(count):
         if offset + BYTES_LENGTH.size > len(view):
-            raise InputError(f"input {tensor.name}: the binary data ends before element {index} of {count} ({tensor.describe()})")
+            raise InputError(f"input {name}: the binary data ends before element {index} of {count} ({describe(datatype, shape)})")
         (length,) = BYTES_LENGTH.unpack_from(view, offset)
         offset += BYTES_LENGTH.size
         if offset + length > len(view):
-            raise InputError(f"input {tensor.name}[{index}]: {length:,} bytes announced, {len(view) - offset:,} left in its binary data")
+            raise InputError(f"input {name}[{index}]: {length:,} bytes announced, {len(view) - offset:,} left in its binary data")
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
-        raise InputError(f"input {tensor.name}: {len(view) - offset:,} bytes left after the {count} elements of {tensor.describe()}")
+        raise InputError(f"input {name}: {len(view) - offset:,} bytes left after the {count} elements of {describe(datatype, shape)}")
     return elements
 
 
 def _flatten(data: Any) -> Iterator[Any]:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+    """The leaves of nested lists in order, without recursion (JSON may nest about a thousand deep)."""
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            yield item
 
 
 def _json_elements(tensor: RequestInput, count: int) -> list[str]:
@@ -209,8 +233,8 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype[Any], count: int) -> np.
         raise InputError(f"input {tensor.name}: `data` must be a list")
     try:
         array = np.asarray(tensor.data)
-    except ValueError:
-        raise InputError(f"input {tensor.name}: `data` is a ragged nested list") from None
+    except (ValueError, RecursionError):
+        raise InputError(f"input {tensor.name}: `data` is a ragged or too deeply nested list") from None
     if array.size != count:
         raise InputError(f"input {tensor.name}: {tensor.describe()} has {count:,} elements, `data` has {array.size:,}")
     kinds, what = ("b", "true/false") if dtype.kind == "b" else ("iu", "integers") if dtype.kind in "iu" else ("iuf", "numbers")
@@ -238,7 +262,7 @@ def encode_response(
         tensor, array = by_name[name], arrays[name]
         entry: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": list(array.shape)}
         if binary:
-            raw = _binary(array, tensor.datatype)
+            raw = to_raw(array, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif tensor.datatype == "BYTES":
@@ -256,7 +280,8 @@ def encode_response(
     return head + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
-def _binary(array: np.ndarray, datatype: str) -> bytes:
+def to_raw(array: np.ndarray, datatype: str) -> bytes:
+    """An array as raw tensor bytes: little-endian and row-major; a BYTES element as its 4-byte length and its bytes."""
     if datatype == "BYTES":
         return b"".join(BYTES_LENGTH.pack(len(element)) + element for element in array.reshape(-1))
     return np.ascontiguousarray(array, dtype=np.dtype(V2_NUMPY_TYPES[datatype]).newbyteorder("<")).tobytes()

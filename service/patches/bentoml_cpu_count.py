@@ -1,13 +1,17 @@
-"""The CPUs this process may use, counted as BentoML counts them for its own `workers="cpu_count"`.
+"""The CPU quota of this process's cgroup, read as BentoML reads it for its own `workers="cpu_count"`.
 
 Not a patch but a read of BentoML's internal CpuResource: it honours a cgroup CPU
-quota, which os.cpu_count() and sched_getaffinity() do not (a container limited to
-2 CPUs on a 64-core host would start 64 workers). MODELSERVE_WORKERS=0 uses it, and
-the worker group needs the number (service/core/workers.py), which BentoML's public
-`workers="cpu_count"` computes but does not give back.
+quota (cgroup v1 and v2), which os.cpu_count() and sched_getaffinity() do not (a
+container limited to 2 CPUs on a 64-core host would start 64 workers and size its
+thread pools for 64). service/core/config.py's `available_cpus` caps the CPU affinity
+with it; the worker count (MODELSERVE_WORKERS=0) and every thread pool are sized from
+that, and BentoML's public `workers="cpu_count"` computes the number but does not give
+it back.
 """
 
 from __future__ import annotations
+
+import functools
 
 from service.patches import Pin, check_signature, mark_active
 
@@ -16,7 +20,7 @@ PIN = Pin(
     distribution="bentoml",
     version="1.4.39",
     target="bentoml._internal.resource.CpuResource.from_system",
-    purpose="count the CPUs a cgroup quota allows, for MODELSERVE_WORKERS=0",
+    purpose="read the CPUs a cgroup quota allows, for the worker count and thread pools",
 )
 
 
@@ -30,10 +34,15 @@ def check() -> None:
     check_signature(PIN, CpuResource.from_system, [])
 
 
-def cpu_count() -> int:
-    """At least 1: the CPUs this process may use, cgroup quota included."""
-    check()
+@functools.cache
+def _checked() -> None:
+    check()  # once per process: thread pools ask for the count often
+    mark_active(PIN)
+
+
+def cpu_quota() -> float:
+    """The CPUs this process's cgroup quota allows (the host's count where there is no quota)."""
+    _checked()
     from bentoml._internal.resource import CpuResource
 
-    mark_active(PIN)
-    return max(1, int(CpuResource.from_system()))
+    return float(CpuResource.from_system())

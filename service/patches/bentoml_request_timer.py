@@ -67,6 +67,8 @@ def cancel_finished_request_timers() -> None:
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
     from starlette.responses import JSONResponse
 
+    from service.http.headers import SECURITY_HEADERS
+
     mark_active(PIN)
     if getattr(TimeoutMiddleware.__call__, _PATCHED_FLAG, False):
         return
@@ -89,9 +91,8 @@ def cancel_finished_request_timers() -> None:
             await waiter
         except TimeoutError:
             if task.cancel():
-                await JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)(
-                    scope, receive, send
-                )
+                message = {"error": f"Not able to process the request in {self.timeout} seconds"}
+                await JSONResponse(message, status_code=504, headers=SECURITY_HEADERS)(scope, receive, send)
         else:
             await task
         finally:

@@ -1,4 +1,4 @@
-"""A time limit on a request's line and headers, which uvicorn does not have (a patch of uvicorn's two HTTP protocols).
+"""A time and a size limit on a request's line and headers, which uvicorn does not have (a patch of uvicorn's HTTP protocols).
 
 uvicorn 0.54 arms no timer while it reads a request's headers: only its keep-alive
 timer, and only between requests. A client that opens a connection and sends
@@ -13,11 +13,16 @@ next request on a kept-alive connection: otherwise 408 and the connection is clo
 (closed without an answer when the client sent nothing at all). The body's own
 limit is in the request guard (service/http/guard.py), where the ASGI app reads it.
 
+Size: httptools buffers a header of any length (a 30 MB header was taken; 32 of them
+at once grew a worker by 535 MB). The bytes of a request's line and headers are counted
+as they arrive; past MODELSERVE_MAX_HEADER_BYTES the answer is 431 and the connection
+is closed, before the parser sees them (h11's own bound is set to the same).
+
 Pinned: uvicorn 0.54.0, checked at start-up (`check`). Both of its HTTP protocols are
 patched: httptools (the C parser uvicorn picks when it is installed, as the serving
 extras do: measurably faster per request) and h11 (the pure-Python fallback).
-uvicorn 0.54's `h11_max_incomplete_event_size` bounds the size of the headers, not
-the time they take; no uvicorn or BentoML option arms a timer before the headers are in.
+uvicorn 0.54's `h11_max_incomplete_event_size` bounds h11's headers only (16 KiB, then
+400), not their time; no uvicorn or BentoML option arms a timer before the headers are in.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from service.http.headers import raw_security_headers
 from service.patches import Pin, check_signature, check_source, mark_active
 
 PIN = Pin(
@@ -34,9 +40,10 @@ PIN = Pin(
     distribution="uvicorn",
     version="0.54.0",
     target="uvicorn.protocols.http.{h11_impl.H11Protocol,httptools_impl.HttpToolsProtocol}",
-    purpose="a time limit on a request's line and headers (MODELSERVE_HEADER_TIMEOUT_S)",
+    purpose="a time and a size limit on a request's line and headers (MODELSERVE_HEADER_TIMEOUT_S, MODELSERVE_MAX_HEADER_BYTES)",
 )
 _PATCHED_FLAG = "_modelserve_header_timeout_s"
+_MAX_HEADER_FLAG = "_modelserve_max_header_bytes"
 log = logging.getLogger("modelserve.connections")
 
 
@@ -67,13 +74,40 @@ def _original(protocol: type, name: str) -> Callable[..., Any]:
 
 
 def _timeout_response(timeout_s: float) -> bytes:
-    body = json.dumps({"error": f"the request headers did not arrive within {timeout_s:g} s (MODELSERVE_HEADER_TIMEOUT_S)"}).encode()
-    head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    return head.encode() + body
+    return _answer("408 Request Timeout", f"the request headers did not arrive within {timeout_s:g} s (MODELSERVE_HEADER_TIMEOUT_S)")
 
 
-def limit_header_time(timeout_s: float) -> None:
-    """Patch uvicorn's HTTP protocols so that slow or missing headers close the connection (idempotent; the last limit wins)."""
+def _answer(status: str, message: str) -> bytes:
+    """A JSON error written to the socket directly, with the security headers every response of ours has; the connection closes."""
+    body = json.dumps({"error": message}).encode()
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n"
+    return (head + raw_security_headers() + "\r\n").encode() + body
+
+
+def _over_header_limit(protocol: Any, data: bytes) -> bool:
+    """Count a request's line and header bytes in `data` (up to the blank line that ends them); answer 431 and close past the limit."""
+    limit = getattr(type(protocol), _MAX_HEADER_FLAG)
+    seen = getattr(protocol, "_modelserve_header_bytes", 0)
+    tail = getattr(protocol, "_modelserve_header_tail", b"")
+    end = (tail + data).find(b"\r\n\r\n")  # the blank line may straddle two reads
+    seen += len(data) if end < 0 else max(0, end + 4 - len(tail))
+    protocol._modelserve_header_bytes, protocol._modelserve_header_tail = seen, (tail + data)[-3:]
+    if seen <= limit:
+        return False
+    log.info("%s: request line and headers over %d bytes; answered 431 and closed", _peer(protocol), limit)
+    message = f"the request line and headers are over {limit:,} bytes (MODELSERVE_MAX_HEADER_BYTES)"
+    protocol.transport.write(_answer("431 Request Header Fields Too Large", message))
+    protocol.transport.close()
+    return True
+
+
+def _headers_done(protocol: Any) -> None:
+    """The next request's headers are counted from zero."""
+    protocol._modelserve_header_bytes, protocol._modelserve_header_tail = 0, b""
+
+
+def limit_header_time(timeout_s: float, max_header_bytes: int = 64 * 1024) -> None:
+    """Patch uvicorn's HTTP protocols so that slow, missing or too large headers close the connection (idempotent; the last limits win)."""
     check()
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -81,9 +115,10 @@ def limit_header_time(timeout_s: float) -> None:
     for protocol in (H11Protocol, HttpToolsProtocol):
         already = getattr(protocol, _PATCHED_FLAG, None) is not None
         setattr(protocol, _PATCHED_FLAG, float(timeout_s))
+        setattr(protocol, _MAX_HEADER_FLAG, int(max_header_bytes))
         if not already:
             _patch_h11(protocol) if protocol is H11Protocol else _patch_httptools(protocol)
-    mark_active(PIN, f"headers within {timeout_s:g} s")
+    mark_active(PIN, f"headers within {timeout_s:g} s and {max_header_bytes:,} bytes")
 
 
 def _arm(protocol: Any, waiting_for_headers: Callable[[Any], bool]) -> None:
@@ -120,15 +155,19 @@ def _patch_h11(protocol: Any) -> None:
     def connection_made(self: Any, transport: Any) -> None:
         original_made(self, transport)
         self._modelserve_bytes_seen = False
+        self.conn._max_incomplete_event_size = getattr(type(self), _MAX_HEADER_FLAG)  # h11's own bound (16 KiB, then 400): ours
         _arm(self, pending)
 
     def data_received(self: Any, data: bytes) -> None:
         if getattr(self, "_modelserve_header_timer", None) is None and pending(self):
             _arm(self, pending)  # the first byte of the next request on a kept-alive connection
         self._modelserve_bytes_seen = True
+        if pending(self) and _over_header_limit(self, data):
+            return
         original_received(self, data)
         if not pending(self):
             _disarm(self)  # headers complete: the body's limit is the request guard's
+            _headers_done(self)
 
     def connection_lost(self: Any, exc: Exception | None) -> None:
         _disarm(self)
@@ -157,6 +196,8 @@ def _patch_httptools(protocol: Any) -> None:
 
     def data_received(self: Any, data: bytes) -> None:
         self._modelserve_bytes_seen = True
+        if pending(self) and _over_header_limit(self, data):
+            return
         original_received(self, data)
 
     def on_message_begin(self: Any) -> None:
@@ -168,6 +209,7 @@ def _patch_httptools(protocol: Any) -> None:
     def on_headers_complete(self: Any) -> None:
         self._modelserve_in_headers = False
         _disarm(self)  # headers complete: the body's limit is the request guard's
+        _headers_done(self)
         original_complete(self)
 
     def connection_lost(self: Any, exc: Exception | None) -> None:

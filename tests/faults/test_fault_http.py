@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -110,6 +111,21 @@ def test_malformed_framing_gets_400(server: Server, framing: tuple[str, ...]) ->
     assert seen(answer.status) == 400
 
 
+def test_headers_over_the_limit_get_431_before_they_are_buffered(server: Server) -> None:
+    """Issue 23, 14: one 30 MB header was taken whole; 32 at once grew the worker by 535 MB."""
+    ok = raw_exchange(port_of(server), b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n")
+    assert seen(ok.status) == 200, "a header under MODELSERVE_MAX_HEADER_BYTES (64 KiB) is fine"
+    workers = [psutil.Process(pid) for pid in worker_pids(server)]
+    before = sum(w.memory_info().rss for w in workers)
+    huge = b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 30_000_000 + b"\r\n\r\n"
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: raw_exchange(port_of(server), huge), range(8)))
+    assert [seen(a.status) for a in answers] == [431] * 8 and all(a.closed for a in answers)
+    assert "MODELSERVE_MAX_HEADER_BYTES" in answers[0].json()["error"] and "x-content-type-options: nosniff" in answers[0].head
+    grown = sum(w.memory_info().rss for w in workers) - before
+    assert grown < 30_000_000, f"workers grew by {grown / 1e6:.0f} MB"
+
+
 # ---------------------------------------------------------------- slow and silent clients
 
 
@@ -117,6 +133,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(server: Server) -> None:
     """Defect 7: a socket sending its headers one byte a second was never closed."""
     answer = slow_send(port_of(server), b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200, every_s=0.25, timeout=30)
     assert seen(answer.status) == 408 and "MODELSERVE_HEADER_TIMEOUT_S" in answer.body.decode()
+    assert "x-content-type-options: nosniff" in answer.head and "content-security-policy: default-src 'self'" in answer.head
     assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + 3
 
 
@@ -212,13 +229,32 @@ def test_a_good_upload_still_works(client: httpx.Client) -> None:
 # ---------------------------------------------------------------- bodies that make errors big or odd
 
 
-def test_an_error_quoting_a_million_keys_stays_small(client: httpx.Client) -> None:
-    """Defect 9: a row with 10^6 unknown keys got a 21.8 MB error body."""
-    row = {f"k{i}": 1 for i in range(60_000)}  # 60,000 keys fit under this server's 1 MB limit
+def test_an_error_quoting_many_keys_stays_small(client: httpx.Client) -> None:
+    """Defect 9: a row with 10^6 unknown keys got a 21.8 MB error body (such a row is now refused before it is parsed, below)."""
+    row = {f"k{i}": 1 for i in range(1_000)}  # 1,000 keys fit in the 16 KiB a row may take
     response = client.post("/predict_price", json={"rows": [row] * 1})
     assert seen(response.status_code) == 400
     assert len(response.content) < 5_000, f"{len(response.content):,} bytes"
-    assert "unknown features ['k0', 'k1', 'k10'" in response.json()["error"] and "59,980 more" in response.json()["error"]
+    assert "unknown features ['k0', 'k1', 'k10'" in response.json()["error"] and "980 more" in response.json()["error"]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_json_larger_than_its_items_can_need_is_refused_before_it_is_parsed(client: httpx.Client, framing: str) -> None:
+    """Issue 23, 9: rows of a million keys were parsed on the event loop (/readyz p99 3 s); benchmarks/health.py --heavy keys."""
+    body = json.dumps({"rows": [{f"k{i}": 1 for i in range(60_000)}]}).encode()  # 900 kB: under the 1 MB body limit
+    content = body if framing == "content-length" else iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    response = client.post("/predict_price", content=content, headers={"content-type": "application/json"})
+    assert seen(response.status_code) == 413, response.text[:300]
+    assert "that /predict_price can need" in response.json()["error"]
+
+
+def test_json_with_too_many_values_is_refused_before_it_is_parsed(client: httpx.Client) -> None:
+    """Issue 23, 9: v2 pixels as 30 MB of JSON numbers held the worker for 1.6 s; benchmarks/health.py --heavy v2-json."""
+    numbers = "[" + ",".join(["7"] * 250_000) + "]"
+    body = '{"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 250000], "data": ' + numbers + "}]}"
+    response = client.post("/v2/models/boston_housing/infer", content=body, headers={"content-type": "application/json"})
+    assert seen(response.status_code) == 413, response.text[:300]
+    assert "MODELSERVE_MAX_JSON_VALUES=200,000" in response.json()["error"] and "binary tensor data" in response.json()["error"]
 
 
 def test_many_errors_list_at_most_twenty_details(client: httpx.Client) -> None:
@@ -246,6 +282,30 @@ def test_many_errors_list_at_most_twenty_details(client: httpx.Client) -> None:
         ("/sentiment", '{"texts": ["a"]}' + " " * 10 + "trailing", "invalid JSON"),
         ("/classify_image", json.dumps({"images": ["http://127.0.0.1:9/cat.jpg"]}), "not valid base64"),
         ("/classify_image", json.dumps({"images": [base64.b64encode(b"GIF89a" + b"\x00" * 64).decode()]}), "images[0]"),
+        # Issue 23, 10: an integer too large for a float answered 500
+        (
+            "/predict_price",
+            '{"rows": [[' + "9" * 400 + ", 0, 2.46, 0, 0.488, 7.8, 53.6, 3.2, 3, 193, 17.8, 392.6, 3.0]]}",
+            "feature CRIM is",
+        ),
+        (
+            "/predict_price",
+            '{"rows": [{"CRIM": 0.06, "ZN": 0, "INDUS": 2.46, "CHAS": 0, "NOX": 0.488, "RM": '
+            + "9" * 400
+            + ', "AGE": 53.6, "DIS": 3.2, "RAD": 3, "TAX": 193, "PTRATIO": 17.8, "B": 392.6, "LSTAT": 3.0}]}',
+            "feature RM is an integer of 400 digits",
+        ),
+        # Issue 23, 11: JSON nested about a thousand deep raised RecursionError (500) in the v2 codec and the admin routes
+        ("/v2/models/imdb_sentiment/infer", '{"inputs": ' + "[" * 995 + "]" * 995 + "}", "nested too deeply"),
+        (
+            "/v2/models/boston_housing/infer",
+            '{"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 13], "data": ' + "[" * 900 + "1" + "]" * 900 + "}]}",
+            "too deeply nested",
+        ),
+        ("/admin/reload", "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("/admin/candidate", "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ("/admin/candidate", '{"model": ', "invalid JSON body"),
+        ("/sentiment", '{"texts": ' + "[" * 995 + "]" * 995 + "}", "invalid JSON"),
     ],
     ids=[
         "huge-log-feature",
@@ -257,10 +317,18 @@ def test_many_errors_list_at_most_twenty_details(client: httpx.Client) -> None:
         "trailing",
         "url",
         "bad-gif",
+        "integer-too-large",
+        "named-integer-too-large",
+        "v2-nested",
+        "v2-nested-data",
+        "admin-reload-nested",
+        "admin-candidate-nested",
+        "admin-candidate-not-json",
+        "friendly-nested",
     ],
 )
 def test_odd_json_gets_4xx(client: httpx.Client, path: str, body: str | bytes, message: str | None) -> None:
-    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    response = client.post(path, content=body, headers={"content-type": "application/json", **ADMIN})
     status = seen(response.status_code)
     if message is None and status == 200:  # a huge log-scaled value is a (silly) valid input: a finite answer
         assert all(abs(a["price"]) < 1e30 for a in response.json())
@@ -269,6 +337,15 @@ def test_odd_json_gets_4xx(client: httpx.Client, path: str, body: str | bytes, m
     if message:
         assert message in response.json()["error"]
     assert len(response.content) < 5_000
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xd9\xa1"], ids=["superscript-two", "arabic-indic-one"])
+def test_a_v2_header_length_that_is_no_ascii_number_gets_400(client: httpx.Client, length: bytes) -> None:
+    """Issue 23, 11: '²' passed str.isdigit() and failed int(): 500."""
+    body = json.dumps({"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1], "data": ["a fine film"]}]})
+    headers = {"content-type": "application/json", "inference-header-content-length": length}
+    response = client.post("/v2/models/imdb_sentiment/infer", content=body, headers=headers)
+    assert seen(response.status_code) == 400 and "must be a byte count" in response.json()["error"], response.text[:300]
 
 
 def test_admin_reload_reads_a_chunked_body(client: httpx.Client) -> None:
@@ -284,6 +361,39 @@ def test_admin_reload_reads_a_chunked_body(client: httpx.Client) -> None:
         "/admin/reload", content=iter([b'{"model": "boston_housing"}']), headers={"content-type": "application/json", **ADMIN}
     )
     assert seen(response.status_code) == 200 and [r["model"] for r in response.json()["results"]] == ["boston_housing"]
+
+
+SECURITY_CASES = {
+    "Swagger UI": ("GET", "/", {}),
+    "readiness": ("GET", "/readyz", {}),
+    "liveness": ("GET", "/livez", {}),
+    "metrics": ("GET", "/metrics", {}),
+    "models": ("GET", "/models", {}),
+    "OpenAPI": ("GET", "/docs.json", {}),
+    "playground": ("GET", "/playground", {}),
+    "playground script": ("GET", "/playground/static/playground.js", {}),
+    "a plot": ("GET", "/models/boston_housing/versions/1/plots/history.png", {}),
+    "v2 server": ("GET", "/v2", {}),
+    "an answer": ("POST", "/predict_price", {"json": {"rows": [HOUSE]}}),
+    "a 400": ("POST", "/predict_price", {"json": {"rows": [[1]]}}),
+    "a 404": ("GET", "/nothing/here", {}),
+    "a guard's 415": ("POST", "/sentiment", {"content": b"x", "headers": {"content-type": "text/plain"}}),
+    "a 401": ("POST", "/admin/reload", {"json": {}}),
+    "a v2 404": ("POST", "/v2/models/nope/infer", {"json": {}}),
+}
+
+
+@pytest.mark.parametrize("case", list(SECURITY_CASES))
+def test_every_response_says_nosniff_and_has_a_content_security_policy(client: httpx.Client, case: str) -> None:
+    """Issue 23, 17: no response had X-Content-Type-Options, and only /playground a CSP."""
+    method, path, kwargs = SECURITY_CASES[case]
+    response = client.request(method, path, **kwargs)
+    seen(response.status_code)
+    assert response.headers.get("x-content-type-options") == "nosniff", (response.status_code, dict(response.headers))
+    policy = response.headers.get("content-security-policy", "")
+    assert policy.startswith("default-src 'self'") and "object-src 'none'" in policy, policy
+    if path == "/playground":
+        assert "style-src 'self';" in policy, "the playground keeps its own, stricter policy"
 
 
 # ---------------------------------------------------------------- the whole module

@@ -7,6 +7,7 @@ README's "Failure behaviour" table.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from benchmarks.launch import Server, start_server
-from service.core.registry import Registry
+from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, METADATA_FILE, Registry
 from tests.faults.faultlib import (
     ADMIN,
     TABULAR,
@@ -149,19 +150,53 @@ def test_kill_9_of_the_only_worker_queues_new_requests(single: Server) -> None:
     assert ordered[-1].status == 200
 
 
-def test_a_worker_restarting_while_current_is_damaged_serves_what_the_server_served(single: Server, root: Path) -> None:
-    """Without the fallback, the new worker failed to load, was respawned again and again, and nothing was served."""
+def log1p_of_no_feature(path: Path) -> None:
+    """A scaler whose log1p names a feature it does not have: loading it raised ValueError, not the registry's error."""
+    scaler = path / json.loads((path / METADATA_FILE).read_text())["preprocessing"]["scaler_file"]
+    scaler.write_text(json.dumps(json.loads(scaler.read_text()) | {"log1p": ["NOPE"]}))
+
+
+def damage_current(root: Path, case: str) -> str:
+    """Damage CURRENT (a pointer that names no version, or a version whose assets fail to load); the refusal's words."""
+    if case == "pointer":
+        (root / TABULAR / CURRENT_FILE).write_text("\u00b2\n")
+        return "expected a version number, found non-ASCII bytes"
+    version = copy_version(root, TABULAR, 1, log1p_of_no_feature)
+    (root / TABULAR / CURRENT_FILE).write_text(f"{version}\n")
+    return "log1p must name features"
+
+
+@pytest.mark.parametrize("case", ["pointer", "asset"])
+def test_a_worker_restarting_while_current_is_damaged_serves_what_the_server_served(single: Server, root: Path, case: str) -> None:
+    """Without the fallback, the new worker failed to load, was respawned again and again, and nothing was served.
+
+    "asset": a load error of another type than the registry's (ValueError) escaped the fallback (issue 23, 8).
+    """
     served = Registry(root).current_version(TABULAR)
     (pid,) = worker_pids(single)
-    (root / TABULAR / "CURRENT").write_text("\u00b2\n")
+    words = damage_current(root, case)
     try:
         os.kill(pid, signal.SIGKILL)
         waited = wait_until(lambda: predict_price(single.url) == (200, served), timeout=60, every=0.2)
-        print(f"\nkill -9 with CURRENT damaged: the new worker serves v{served} after {waited:.1f}s")
+        print(f"\nkill -9 with CURRENT damaged ({case}): the new worker serves v{served} after {waited:.1f}s")
         refused = httpx.get(f"{single.url}/models").json()["refused_reloads"]
-        assert "expected a version number, found non-ASCII bytes" in refused[TABULAR]["reason"]
+        assert words in refused[TABULAR]["reason"]
     finally:
         Registry(root).promote(TABULAR, served)
+
+
+def test_a_fresh_server_with_a_damaged_candidate_starts_and_serves_current(tmp_path: Path) -> None:
+    """Issue 23, 8: a CANDIDATE whose version fails to load with a ValueError crash-looped every worker; the server never turned ready."""
+    root = registry_of(tmp_path / "registry", TABULAR)
+    version = copy_version(root, TABULAR, 1, log1p_of_no_feature)
+    (root / TABULAR / CANDIDATE_FILE).write_text(json.dumps({"version": version, "mode": "shadow", "percent": 0}))
+    server = start_server(root, tmp_path / "server.log")
+    try:
+        assert predict_price(server.url) == (200, 1)
+        refused = httpx.get(f"{server.url}/models").json()["refused_candidates"]
+        assert "log1p must name features" in refused[TABULAR]["reason"], refused
+    finally:
+        server.stop()
 
 
 def test_sigterm_under_load_finishes_what_is_in_flight(single: Server) -> None:
@@ -177,10 +212,10 @@ def test_sigterm_under_load_finishes_what_is_in_flight(single: Server) -> None:
     reset = [o for o in after if o.status is None and o.error != "ConnectError"]
     print(
         f"\nSIGTERM under {CLIENTS} clients: exit {code} after {exited:.1f}s; after the signal {len(answered)} answered 200, "
-        f"{len(reset)} connections reset (waiting in the listen backlog, never read), the rest refused"
+        f"{len(reset)} connections reset, the rest refused"
     )
     assert code == 0
     assert not [o for o in load.outcomes if o.status is not None and o.status != 200], "no request got an error status"
-    # Only connections the kernel had queued but the server never read are reset; a client that reconnects at
-    # once may be queued (and reset) once more before the listening socket closes: at most twice per client.
-    assert len(reset) <= 2 * CLIENTS, "only connections the kernel had queued but the server never read are reset"
+    # Issue 23, 13: 6 reset under 4 clients (32-34 under 32): connections queued during the drain, and new connections whose
+    # request had not been read yet, were closed without an answer. Now new ones are refused and queued ones answered.
+    assert not reset, f"{len(reset)} requests sent on an accepted connection got no answer: {reset}"

@@ -1,82 +1,42 @@
-"""What every model kind must say about itself, in one place.
+"""What a model kind is, whatever way its inputs come in.
 
-A task (KServe's `Model` is the nearest anchor) owns everything that differs between
-an image classifier, a text classifier and a tabular regressor: what a request item
-may be and how it is validated and decoded, how validated items become the model's
-input tensor, how its output becomes answers, smoke inputs, batch sizes per
-provider, where a table or folder gives it its inputs, and the metric that gates a
-redeploy. The HTTP service, the batch scorer, redeploy and the training CLI ask the
-task; none of them switches on a model's name or kind.
+A task (KServe's `Model`, with its load, preprocess, predict and postprocess, is the
+nearest anchor) owns what differs between an image classifier, a text classifier and
+a tabular regressor at their core: a version's assets, what one raw input may be and
+how it is checked and decoded, how checked items become the model's input tensor, how
+its output becomes answers, smoke inputs, batch sizes per provider, and how an answer
+is observed (metrics, shadow comparisons) and scored against the truth.
 
-A task object is configuration (one per catalog entry); what changes from one
-version to the next (vocabulary, scaler, image size) is the version's `assets`,
-which the task loads from the version directory and is handed back on every call.
+How each way in maps its own inputs and outputs onto that core lives beside this
+module, one module per way in with a thin adapter per kind (LitServe keeps its specs
+apart from its LitAPI the same way): friendly.py (the friendly HTTP API), tensors.py
+(the Open Inference Protocol's tensors, for REST and any other transport),
+batch_inputs.py (tables and folders for batch scoring), gate.py (the metric that
+gates a redeploy) and profiles.py (what drift monitoring summarizes of inputs and
+answers). Adding a way in adds a module there; no task changes.
+
+A task object is configuration, chosen for a version from its metadata (kinds.py);
+what changes from one version to the next (vocabulary, scaler, image size) is the
+version's `assets`, which the task loads from the version directory and is handed
+back on every call.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
 
 from service.core.config import Settings
-from service.core.errors import UsageError
+from service.core.registry import VersionFiles
 
 Answer = dict[str, Any]
 Assets = Any  # what a task loads from a version directory (vectoriser, image spec, scaler)
-
-# The Open Inference Protocol's numeric datatypes as NumPy types (BYTES tensors are object arrays of bytes).
-V2_NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-
-# Batch scoring: where the inputs of a model come from.
-TABLE = "table"  # one row per input in a CSV, JSONL or Parquet file
-FOLDER = "folder"  # one file per input under a folder
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The metric that decides whether a retrained version may replace the served one."""
-
-    metric: str
-    higher_is_better: bool
-    default_tolerance: float
-
-    def passes(self, new: float, current: float, tolerance: float) -> bool:
-        return new >= current - tolerance if self.higher_is_better else new <= current + tolerance
-
-    def relation(self, tolerance: float) -> str:
-        return f"may be at most {tolerance} {'lower' if self.higher_is_better else 'higher'}"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor of the Open Inference Protocol (KServe v2, service/http/v2.py): name, datatype, shape (-1: any size)."""
-
-    name: str
-    datatype: str  # the protocol's names: "BYTES", "UINT8", "FP32", ...
-    shape: tuple[int, ...]
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -88,27 +48,20 @@ class BatchSizes:
 
 
 class Task(ABC):
-    """One model kind. Subclasses set the class attributes and implement the methods."""
+    """One model kind's core. Subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str]  # "image_classification", ...
     assets_kind: ClassVar[str]  # metadata.json's preprocessing.kind for versions of this task
-    request_field: ClassVar[str]  # the friendly API's JSON field ("images", "texts", "rows")
     item_noun: ClassVar[str]  # what one input is called in messages ("image", "text", "row")
-    content_types: ClassVar[tuple[str, ...]] = ("application/json",)
-    input_source: ClassVar[str] = TABLE
-    file_suffixes: ClassVar[tuple[str, ...]] = ()  # FOLDER inputs: which files are inputs
-    batch_input_help: ClassVar[str]  # what batch scoring reads for this task (`python -m service.batch --help`)
     gil_bound: ClassVar[bool] = False  # preprocessing holds the GIL: batch scoring uses processes
-    gate: ClassVar[Gate]
     batch_sizes: ClassVar[BatchSizes]
     predicts_value: ClassVar[bool] = False  # a regressor's answer is a value, a classifier's a label and probability
-    answer_model: type[BaseModel]
 
     # ------------------------------------------------------------ a version's assets
 
     @abstractmethod
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> Assets:
-        """Read what preprocessing needs from a version directory."""
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> Assets:
+        """Read what preprocessing needs from a version directory (`files.read`: regular files inside it, size-bounded)."""
 
     # ------------------------------------------------------------ items -> tensor -> answers
 
@@ -131,6 +84,10 @@ class Task(ABC):
         """`check`, then `decode`: one raw input -> an item ready for `to_tensor` (batch scoring, Spark)."""
         return self.decode(self.check(value, assets, settings), assets, settings)
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """The most JSON one friendly-API item can take, for a bound on the request checked before it is parsed."""
+        return 4096
+
     def check_request(self, items: Sequence[Any], settings: Settings) -> None:
         """Limits over a whole request's checked items (e.g. a pixel budget); InputError when over."""
         return None
@@ -150,9 +107,27 @@ class Task(ABC):
         """
         return False
 
+    def fits_inline(self, items: Sequence[Any]) -> bool:
+        """Work bounded enough (a few milliseconds) to run on the event loop when it is the worker's only request.
+
+        Nothing else is waiting then, so the loop would only wait for the worker thread.
+        """
+        return self.is_light(items)
+
     @abstractmethod
     def to_tensor(self, items: Sequence[Any], assets: Assets) -> np.ndarray:
-        """Validated items -> the model's input batch."""
+        """Validated items -> the model's input batch (a graph with one input)."""
+
+    def input_problem(self, inputs: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why this kind cannot feed a version whose graph takes `inputs` (metadata's specs); None when it can.
+
+        One input, which `to_tensor` fills, unless a kind knows other layouts.
+        """
+        return None if len(inputs) == 1 else f"{self.name} feeds one input, the version takes {[i['name'] for i in inputs]}"
+
+    def feed(self, items: Sequence[Any], assets: Assets, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Validated items -> the graph's inputs by name, for a version whose graph takes `inputs` (checked by `input_problem`)."""
+        return {inputs[0]: self.to_tensor(items, assets)}
 
     @abstractmethod
     def answers(self, outputs: np.ndarray, assets: Assets, metadata: Mapping[str, Any]) -> list[Answer]:
@@ -162,7 +137,10 @@ class Task(ABC):
         """Items validated earlier (by a request schema, or for another version) made fit for this version's input."""
         return list(items)
 
-    # ------------------------------------------------------------ checks before serving
+    def batch_size(self, gpu: bool) -> int:
+        return self.batch_sizes.gpu if gpu else self.batch_sizes.cpu
+
+    # ------------------------------------------------------------ checks before serving, and judging answers
 
     @abstractmethod
     def smoke_items(self, assets: Assets) -> list[Any]:
@@ -182,73 +160,12 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
-        """The gate metric of `answers` against the true `targets`."""
-
-    def batch_size(self, gpu: bool) -> int:
-        return self.batch_sizes.gpu if gpu else self.batch_sizes.cpu
-
-    # ------------------------------------------------------------ the friendly HTTP API
-
-    @abstractmethod
-    def request_item(self, settings: Settings, assets: Callable[[], Assets]) -> Any:
-        """The pydantic type of one request item, validated by `check`; `assets()` gives the served version's assets."""
-
-    def describe(self, assets: Assets, metadata: Mapping[str, Any]) -> dict[str, Any]:
-        """What a client needs to build a request for this version (GET /models shows it; the playground page reads it)."""
-        described = {"field": self.request_field, "item": self.item_noun, "content_types": list(self.content_types)}
-        return described | ({"file_suffixes": list(self.file_suffixes)} if self.file_suffixes else {})
-
-    def smoke_request(self, items: Sequence[Any]) -> dict[str, Any]:
-        """httpx keyword arguments that send raw `items` to the friendly endpoint (redeploy's smoke test)."""
-        return {"json": {self.request_field: list(items)}}
-
-    # ------------------------------------------------------------ the Open Inference Protocol (KServe v2)
-
-    @abstractmethod
-    def tensor_inputs(self, assets: Assets) -> list[Tensor]:
-        """The v2 input tensors, batch first; a request sends exactly one of them (they are alternatives: encoded images or pixels)."""
-
-    @abstractmethod
-    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
-        """The v2 output tensors, batch first; each is named after the answer field it carries (see `output_arrays`)."""
-
-    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
-        """One element of input `tensor` along the batch dimension -> the raw value `check` takes.
-
-        BYTES elements arrive as `bytes` (binary tensor data) or `str` (JSON); numeric ones as a NumPy array.
-        """
-        return element
-
-    def output_arrays(self, answers: Sequence[Answer], metadata: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Answers of one request -> one array per v2 output, from the answer field of the same name.
-
-        A mapping (every class's probability) becomes one column per key, in order; text becomes UTF-8 bytes (BYTES).
-        """
-        arrays = {}
-        for tensor in self.tensor_outputs(metadata):
-            values = [answer[tensor.name] for answer in answers]
-            if tensor.datatype == "BYTES":
-                arrays[tensor.name] = np.array([str(v).encode() for v in values], dtype=object)
-            else:
-                rows = [list(v.values()) if isinstance(v, Mapping) else v for v in values]
-                arrays[tensor.name] = np.asarray(rows, dtype=V2_NUMPY_TYPES[tensor.datatype])
-        return arrays
-
-    # ------------------------------------------------------------ batch scoring of tables
-
-    def table_columns(self, columns: Sequence[str], assets: Assets, requested: str | None) -> list[str]:
-        """The input columns this task reads from a table (UsageError when they are not there)."""
-        raise UsageError(f"{self.name} reads a {self.input_source}, not a table")
-
-    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
-        """One table row -> the raw value `validate` takes; `from_text`: cells are CSV text."""
-        raise UsageError(f"{self.name} reads a {self.input_source}, not a table")
+        """How good `answers` are against the true `targets`, in the metric gate.py names for this kind."""
 
 
 class ClassificationTask(Task):
-    """What classifiers share: answers carry a label and a probability; a redeploy is gated on accuracy."""
+    """What classifiers share: answers carry a label and a probability, scored by accuracy."""
 
-    gate = Gate("accuracy", higher_is_better=True, default_tolerance=0.01)
     probability_field: ClassVar[str]  # the answer's probability that metrics and shadow comparisons read
 
     def observation(self, answer: Answer) -> tuple[str | None, float]:
@@ -257,3 +174,29 @@ class ClassificationTask(Task):
     def score(self, answers: Sequence[Answer], targets: Sequence[Any]) -> float:
         """Share of answers whose label is the target's."""
         return float(np.mean([a["label"] == t for a, t in zip(answers, targets, strict=True)]))
+
+
+class SoftmaxClassification(ClassificationTask):
+    """Classifiers with one probability per class (a softmax): answers carry the label, its score and every probability."""
+
+    probability_field = "score"
+
+    def answers(self, outputs: np.ndarray, assets: Assets, metadata: Mapping[str, Any]) -> list[Answer]:
+        labels = list(metadata["labels"])
+        return [
+            {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row)))}
+            for row in outputs
+        ]
+
+    def check_answer(self, answer: Answer) -> str | None:
+        if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
+            return "probabilities do not sum to 1"
+        return Task.check_answer(self, answer)  # not the next class's: a binary text classifier checks its own field
+
+
+def for_kind(task: Task, by_kind: Mapping[type[Task], V]) -> V:
+    """A way in's entry for `task`: the one for its class, or for the nearest base class listed (all classifiers, say)."""
+    for kind in type(task).__mro__:
+        if kind in by_kind:
+            return by_kind[kind]
+    raise TypeError(f"{type(task).__name__} has no entry here; this way in knows {[k.__name__ for k in by_kind]}")

@@ -1,26 +1,28 @@
-"""Image classification (cats vs dogs): encoded image bytes in, a label and every class's probability out."""
+"""Image classification: encoded image bytes in, a label and every class's probability out."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 
 from service.core.config import Settings
 from service.core.errors import InputError
-from service.core.preprocessing import ImageSpec, decode_opened, open_image
-from service.core.tasks.base import FOLDER, Answer, BatchSizes, ClassificationTask, Tensor
+from service.core.preprocessing import ImageSpec, decode_image, decode_opened, open_image
+from service.core.registry import VersionFiles
+from service.core.tasks.base import BatchSizes, SoftmaxClassification
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # files in a folder that are inputs
-PIXELS_TENSOR = "pixels"  # the v2 input of decoded images: UINT8 [N, height, width, 3]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # the files that are images (batch folders, uploads)
+SMOKE_EXTRA_SIDE = 37  # smoke images are this much wider (and half as much taller) than the model's input
+# A worker with no other request decodes and scores images up to this many pixels (a 1600x1250 photo) on its event loop.
+INLINE_PIXELS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,6 @@ class EncodedImage:
     @property
     def pixels(self) -> int:
         return self.image.width * self.image.height
-
-
-class ImageAnswer(BaseModel):
-    label: str = Field(description="the most probable class")
-    score: float = Field(description="probability of that class")
-    probabilities: dict[str, float] = Field(description="probability of every class")
-    model: str
-    version: int
 
 
 def upload_bytes(value: Any, max_bytes: int) -> bytes:
@@ -78,25 +72,15 @@ def _checked_pixels(pixels: np.ndarray, assets: ImageSpec) -> np.ndarray:
     return pixels
 
 
-class ImageClassification(ClassificationTask):
+class ImageClassification(SoftmaxClassification):
     name = "image_classification"
     assets_kind = "image"
-    request_field = "images"
     item_noun = "image"
-    content_types = ("multipart/form-data", "application/json")
-    input_source = FOLDER
-    file_suffixes = IMAGE_SUFFIXES
-    batch_input_help = (
-        f"a folder, walked recursively in sorted order; files ending in {' '.join(IMAGE_SUFFIXES)}\n"
-        'are inputs (any case), names starting with "." are ignored'
-    )
-    probability_field = "score"
     # CPU: ~200 img/s at every batch size from 1 to 64 (benchmarks/results/batch_sizes.md), so a big batch only adds
     # latency. GPU: batch 256 is 20x batch 1 for this network (../shared/GPU.md, H100, io-binding).
     batch_sizes = BatchSizes(cpu=8, gpu=256)
-    answer_model: ClassVar[type[BaseModel]] = ImageAnswer
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> ImageSpec:
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> ImageSpec:
         return ImageSpec.from_json(metadata["preprocessing"])
 
     def check(self, value: Any, assets: Any, settings: Settings) -> EncodedImage | np.ndarray:
@@ -125,6 +109,10 @@ class ImageClassification(ClassificationTask):
         except Exception as exc:  # a decoder failure decode_opened does not anticipate: this image fails, nothing else
             raise InputError(f"could not be decoded ({type(exc).__name__}: {exc})") from None
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """An image of MAX_IMAGE_BYTES as base64 (4 bytes per 3), with a data URL's prefix."""
+        return settings.max_image_bytes * 4 // 3 + 256
+
     def check_request(self, items: Sequence[EncodedImage | np.ndarray], settings: Settings) -> None:
         total = self.cost(items)
         if total > settings.max_request_pixels:
@@ -135,6 +123,10 @@ class ImageClassification(ClassificationTask):
 
     def pending_limit(self, settings: Settings) -> int:
         return settings.max_pending_pixels
+
+    def fits_inline(self, items: Sequence[EncodedImage | np.ndarray]) -> bool:
+        """Images of at most INLINE_PIXELS in all: decoding (JPEG draft mode) and inference take a few milliseconds."""
+        return self.cost(items) <= INLINE_PIXELS
 
     def to_tensor(self, items: Sequence[np.ndarray], assets: ImageSpec) -> np.ndarray:
         return np.stack(items).astype(np.uint8, copy=False)
@@ -148,50 +140,19 @@ class ImageClassification(ClassificationTask):
             out.append(np.asarray(image if image.size == size else image.resize(size, Image.Resampling[assets.resample.upper()])))
         return out
 
-    def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
-        labels = list(metadata["labels"])
-        return [
-            {"label": labels[int(row.argmax())], "score": float(row.max()), "probabilities": dict(zip(labels, map(float, row)))}
-            for row in outputs
-        ]
-
     def smoke_items(self, assets: ImageSpec) -> list[np.ndarray]:
+        """Two encoded images of another size (a translucent PNG, a noisy JPEG), through the real decoding and resizing.
+
+        Pixels already at the model's size would skip the resize: a version whose `resample` is
+        unusable passed every check and then failed every client's image.
+        """
         rng = np.random.default_rng(0)
-        shape = (assets.height, assets.width, 3)
-        return [np.full(shape, 128, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)]
-
-    def check_answer(self, answer: Answer) -> str | None:
-        if abs(sum(answer["probabilities"].values()) - 1.0) > 1e-3:
-            return "probabilities do not sum to 1"
-        return super().check_answer(answer)
-
-    def tensor_inputs(self, assets: ImageSpec) -> list[Tensor]:
-        """Encoded files (decoded here, as the friendly endpoint does), or pixels a client decoded at the version's size."""
-        return [Tensor(self.request_field, "BYTES", (-1,)), Tensor(PIXELS_TENSOR, "UINT8", (-1, assets.height, assets.width, 3))]
-
-    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
-        return [
-            Tensor("label", "BYTES", (-1,)),
-            Tensor("score", "FP32", (-1,)),
-            Tensor("probabilities", "FP32", (-1, len(metadata["labels"]))),
-        ]
-
-    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
-        """An encoded image is raw bytes in binary tensor data and base64 in JSON (as in the friendly endpoint's JSON)."""
-        return element if tensor.name == PIXELS_TENSOR else upload_bytes(element, settings.max_image_bytes)
-
-    def request_item(self, settings: Settings, assets: Callable[[], ImageSpec]) -> Any:
-        """PIL.Image makes BentoML read `images` as multipart file fields; the validator hands on the checked, undecoded image."""
-
-        def check(value: Any) -> EncodedImage:
-            return self.check(upload_bytes(value, settings.max_image_bytes), None, settings)
-
-        return Annotated[Image.Image, PlainValidator(check), WithJsonSchema({"type": "string", "format": "binary"})]
-
-    def smoke_request(self, items: Sequence[np.ndarray]) -> dict[str, Any]:
-        files = []
-        for i, pixels in enumerate(items):
+        size = (assets.width + SMOKE_EXTRA_SIDE, assets.height + SMOKE_EXTRA_SIDE // 2)
+        translucent = Image.new("RGBA", size, (128, 128, 128, 200))
+        noisy = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        encoded = []
+        for image, fmt in ((translucent, "PNG"), (noisy, "JPEG")):
             buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, "PNG")
-            files.append((self.request_field, (f"smoke{i}.png", buffer.getvalue(), "image/png")))
-        return {"files": files}
+            image.save(buffer, fmt)
+            encoded.append(buffer.getvalue())
+        return [decode_image(data, assets) for data in encoded]

@@ -1,76 +1,67 @@
-"""Binary text classification (IMDB sentiment): raw text in, a label and the probability of the positive one out."""
+"""Text classification: raw text in; binary (a sigmoid) gives the label and the probability of the second label, multi-class (a softmax) every class's.
+
+A version's graph takes either a dense row per text (`features` [N, V]: versions exported
+before sparse input) or the text's n-gram ids and weights (`ids` + `weights` [N, K],
+training/sparse_input.py); its metadata's inputs say which, and `feed` builds that.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field
 
 from service.core.config import Settings
-from service.core.errors import InputError, UsageError
-from service.core.preprocessing import TextVectorizer, check_text
-from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, Tensor
+from service.core.errors import InputError
+from service.core.preprocessing import SPARSE_INPUTS, TextVectorizer, check_text
+from service.core.registry import VersionFiles
+from service.core.tasks.base import Answer, BatchSizes, ClassificationTask, SoftmaxClassification
 
-# Table columns that hold the text, tried in order (any case): training and batch scoring share them.
-TEXT_COLUMNS = ("text", "review", "content", "body", "comment", "sentence")
 # Up to this many characters in a request, tokenising and inference take ~0.2 ms here: less than a thread hop.
 LIGHT_REQUEST_CHARS = 2_000
+SPARSE_DTYPES = ("int64", "float32")  # of the sparse inputs, ids and weights
 SMOKE_TEXTS = ("An absolutely wonderful film, I loved every minute of it.", "A dull, boring and terrible waste of time.")
-
-
-class TextAnswer(BaseModel):
-    label: str = Field(description="the predicted label, e.g. 'positive' or 'negative'")
-    probability_positive: float = Field(description="model probability of the positive (second) label")
-    model: str
-    version: int
-
-
-def pick_column(columns: Sequence[str], requested: str | None, candidates: Sequence[str] = TEXT_COLUMNS) -> str:
-    """The text column: `requested` (any case), else the first candidate present, else the only column."""
-    by_lower = {c.lower(): c for c in columns}
-    if requested is not None:
-        if requested.lower() in by_lower:
-            return requested if requested in columns else by_lower[requested.lower()]
-        raise UsageError(f"no column {requested!r}; columns are {list(columns)}")
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
-    if len(columns) == 1:
-        return columns[0]
-    raise UsageError(f"cannot tell which column to read (looked for {list(candidates)}); columns are {list(columns)}")
 
 
 class TextClassification(ClassificationTask):
     name = "text_classification"
     assets_kind = "text"
-    request_field = "texts"
     item_noun = "text"
     gil_bound = True  # tokenising is pure Python
-    batch_input_help = (
-        "CSV, JSONL or Parquet; the text column is --text-column, else the first of\n"
-        f"{', '.join(TEXT_COLUMNS)} (any case), else the only column"
-    )
     probability_field = "probability_positive"
     batch_sizes = BatchSizes(cpu=64, gpu=64)  # CPU saturates at 64 (benchmarks/results/batch_sizes.md); not measured on a GPU
-    answer_model: ClassVar[type[BaseModel]] = TextAnswer
 
-    def load_assets(self, version_dir: Path, metadata: Mapping[str, Any]) -> TextVectorizer:
-        return TextVectorizer.from_json(json.loads((version_dir / metadata["preprocessing"]["vocabulary_file"]).read_text()))
+    def load_assets(self, files: VersionFiles, metadata: Mapping[str, Any]) -> TextVectorizer:
+        vocabulary = files.read_json(metadata["preprocessing"]["vocabulary_file"])
+        return TextVectorizer.from_json(vocabulary).build_index()  # now, not on the first request
 
     def check(self, value: Any, assets: Any, settings: Settings) -> str:
         if value is None:
             raise InputError("is missing")
         return check_text(value, settings.max_text_chars)
 
+    def max_json_item_bytes(self, settings: Settings) -> int:
+        """A text of MAX_TEXT_CHARS, every character escaped as \\uXXXX (Python's json.dumps does that to non-ASCII)."""
+        return settings.max_text_chars * 6 + 64
+
     def is_light(self, items: Sequence[str]) -> bool:
         return sum(len(text) for text in items) <= LIGHT_REQUEST_CHARS
 
     def to_tensor(self, items: Sequence[str], assets: TextVectorizer) -> np.ndarray:
         return assets.transform(items)
+
+    def input_problem(self, inputs: Sequence[Mapping[str, Any]]) -> str | None:
+        """A dense row (one input), or sparse input: `ids` int64 and `weights` float32, [N, K] each."""
+        if tuple(i["name"] for i in inputs) != SPARSE_INPUTS:
+            return super().input_problem(inputs)
+        dtypes = tuple(i["dtype"] for i in inputs)
+        return None if dtypes == SPARSE_DTYPES else f"sparse inputs {list(SPARSE_INPUTS)} must be {list(SPARSE_DTYPES)}, are {list(dtypes)}"
+
+    def feed(self, items: Sequence[str], assets: TextVectorizer, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+        if tuple(inputs) == SPARSE_INPUTS:
+            return dict(zip(SPARSE_INPUTS, assets.transform_sparse(items), strict=True))
+        return super().feed(items, assets, inputs)
 
     def answers(self, outputs: np.ndarray, assets: Any, metadata: Mapping[str, Any]) -> list[Answer]:
         negative, positive = metadata["labels"]
@@ -85,39 +76,6 @@ class TextClassification(ClassificationTask):
             return "probability outside [0, 1]"
         return super().check_answer(answer)
 
-    def describe(self, assets: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
-        negative, positive = metadata["labels"]
-        threshold = float(metadata["preprocessing"].get("threshold", 0.5))
-        return super().describe(assets, metadata) | {
-            "positive": positive,
-            "negative": negative,
-            "threshold": threshold,
-            "examples": list(SMOKE_TEXTS),
-        }
 
-    def request_item(self, settings: Settings, assets: Callable[[], Any]) -> Any:
-        return Annotated[str, BeforeValidator(lambda value: self.check(value, None, settings))]
-
-    def table_columns(self, columns: Sequence[str], assets: Any, requested: str | None) -> list[str]:
-        try:
-            return [pick_column(columns, requested)]
-        except UsageError as exc:
-            raise UsageError(f"{exc}; name the text column with --text-column") from None
-
-    def table_value(self, row: Mapping[str, Any], columns: Sequence[str], from_text: bool) -> Any:
-        return row.get(columns[0])
-
-    def tensor_inputs(self, assets: Any) -> list[Tensor]:
-        return [Tensor(self.request_field, "BYTES", (-1,))]
-
-    def tensor_outputs(self, metadata: Mapping[str, Any]) -> list[Tensor]:
-        return [Tensor("label", "BYTES", (-1,)), Tensor("probability_positive", "FP32", (-1,))]
-
-    def tensor_value(self, tensor: Tensor, element: Any, settings: Settings) -> Any:
-        """A text is UTF-8 bytes in binary tensor data, a string in JSON."""
-        if isinstance(element, bytes):
-            try:
-                return element.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        return element
+class MulticlassTextClassification(SoftmaxClassification, TextClassification):
+    """More than two labels: the model ends in a softmax, and answers are those of every softmax classifier."""

@@ -162,9 +162,10 @@ function curlBox() {
 
 const KIND_TITLES = { image_classification: "Classify images", text_classification: "Classify texts" };
 
+/** What the panel does and with which model: two models of one kind must not read alike. */
 function panelTitle(model) {
-  if (model.kind === "tabular_regression") return `Predict ${model.request.answer_field}`;
-  return KIND_TITLES[model.kind] || model.name;
+  const verb = model.kind === "tabular_regression" ? `Predict ${model.request.answer_field}` : KIND_TITLES[model.kind];
+  return verb ? `${verb} with ${model.name}` : model.name;
 }
 
 function panelShell(model, intro) {
@@ -314,9 +315,20 @@ function paragraphs(value) {
   return parts.length ? parts : [value.trim()]; // nothing typed: send it anyway, the API says what is wrong
 }
 
+/** A text's answer: binary models give the probability of the positive label, multi-class ones every label's. */
+function textVerdict(answer, req) {
+  if (!answer.probabilities) return [bar(req.positive, answer.probability_positive, true)];
+  const names = req.labels || Object.keys(answer.probabilities);
+  return names.map((name) => bar(name, answer.probabilities[name] ?? 0, name === answer.label));
+}
+
 function textPanel(model) {
   const req = model.request;
-  const section = panelShell(model, `${model.data.dataset || model.name}: ${req.negative} or ${req.positive}, with the probability of ${req.positive}.`);
+  const multiclass = Array.isArray(req.labels);
+  const intro = multiclass
+    ? `${model.data.dataset || model.name}: one of ${req.labels.join(", ")}, with the probability of each.`
+    : `${model.data.dataset || model.name}: ${req.negative} or ${req.positive}, with the probability of ${req.positive}.`;
+  const section = panelShell(model, intro);
   const areaId = newId("texts");
   const hintId = newId("hint");
   const errorId = newId("error");
@@ -360,10 +372,10 @@ function textPanel(model) {
       ...res.body.map((answer, k) =>
         el(
           "li",
-          { class: `text-result ${answer.label === req.positive ? "is-positive" : "is-negative"}`, "data-label": answer.label },
+          { class: `text-result ${multiclass ? "is-class" : answer.label === req.positive ? "is-positive" : "is-negative"}`, "data-label": answer.label },
           el("blockquote", { title: texts[k] }, texts[k].length > 160 ? `${texts[k].slice(0, 160)}…` : texts[k]),
           el("p", { class: "verdict" }, el("span", { class: "label" }, answer.label)),
-          bar(req.positive, answer.probability_positive, true),
+          ...textVerdict(answer, req),
           answeredBy(answer, res.ms),
         ),
       ),
@@ -380,7 +392,40 @@ function textPanel(model) {
 
 // ---- tables
 
+/** A categorical feature: a choice among the categories the model was trained on. */
+function categoryField(feature, value) {
+  const id = newId("feature");
+  const hintId = `${id}-hint`;
+  const errorId = `${id}-error`;
+  const input = el("select", { id, name: feature.name, "aria-describedby": `${hintId} ${errorId}` }, feature.categories.map((c) => el("option", { value: c }, c)));
+  input.value = value === undefined ? feature.categories[0] : String(value);
+  const hint = el("span", { class: "range", id: hintId }, `one of ${plural(feature.categories.length, "category")} seen in training`);
+  const error = el("span", { class: "error field-error", id: errorId, hidden: true });
+  const node = el("div", { class: "field", "data-feature": feature.name }, el("label", { for: id }, feature.name), input, hint, error);
+  input.addEventListener("change", () => {
+    node.classList.remove("invalid");
+    input.removeAttribute("aria-invalid");
+    error.hidden = true;
+  });
+  return {
+    feature,
+    node,
+    input,
+    set(v) {
+      input.value = v === undefined ? feature.categories[0] : String(v);
+      input.dispatchEvent(new Event("change"));
+    },
+    fail(message) {
+      node.classList.add("invalid");
+      input.setAttribute("aria-invalid", "true");
+      error.textContent = message;
+      error.hidden = false;
+    },
+  };
+}
+
 function featureField(feature, value, rangeSeen) {
+  if (Array.isArray(feature.categories)) return categoryField(feature, value);
   const id = newId("feature");
   const hintId = `${id}-hint`;
   const errorId = `${id}-error`;
@@ -397,7 +442,10 @@ function featureField(feature, value, rangeSeen) {
   const range = `${short(feature.min)} – ${short(feature.max)}`;
   const hint = el("span", { class: "range", id: hintId }, rangeSeen ? range : `≈ ${range}`);
   const error = el("span", { class: "error field-error", id: errorId, hidden: true });
-  const node = el("div", { class: "field", "data-feature": feature.name }, el("label", { for: id }, feature.name), input, hint, error);
+  // What the code means, when the version's metadata says (preprocessing.feature_descriptions).
+  const meaning = feature.description ? el("span", { class: "meaning", id: `${id}-meaning` }, feature.description) : null;
+  if (meaning) input.setAttribute("aria-describedby", `${meaning.id} ${hintId} ${errorId}`);
+  const node = el("div", { class: "field", "data-feature": feature.name }, el("label", { for: id }, feature.name), meaning, input, hint, error);
   const check = () => {
     const x = Number(input.value);
     const outside = input.value.trim() !== "" && Number.isFinite(x) && (x < feature.min || x > feature.max);
@@ -428,10 +476,14 @@ function featureField(feature, value, rangeSeen) {
   };
 }
 
-/** The row as the API takes it: numbers by name; an empty field is left out (the API names it missing), text stays text. */
+/** The row as the API takes it: numbers by name, a category as its name; an empty field is left out (the API names it missing), text stays text. */
 function rowOf(fields) {
   const row = {};
   for (const field of fields) {
+    if (Array.isArray(field.feature.categories)) {
+      row[field.feature.name] = field.input.value;
+      continue;
+    }
     const text = field.input.value.trim();
     if (text === "") continue;
     const x = Number(text);
@@ -476,7 +528,7 @@ function tabularPanel(model) {
     const body = { [req.field]: [rowOf(fields)] };
     curl.set(curlJson(model.endpoint, body));
     error.clear();
-    fields.forEach((f) => f.node.classList.contains("invalid") && f.input.dispatchEvent(new Event("input")));
+    fields.forEach((f) => f.node.classList.contains("invalid") && f.input.dispatchEvent(new Event(f.feature.categories ? "change" : "input")));
     const res = await post(model.endpoint, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     if (!res.ok) {
       const { items, general } = splitErrors(res.body.error, req.field);
@@ -629,7 +681,7 @@ function render(catalog) {
   for (const model of models) {
     const panel = (PANELS[model.kind] || unsupportedPanel)(model);
     panels.append(panel);
-    nav.append(el("li", {}, el("a", { href: `#${panel.id}` }, panelTitle(model))));
+    nav.append(el("li", {}, el("a", { href: `#${panel.id}` }, `${panelTitle(model)} · ${model.name}`)));
     cards.append(modelCard(model));
   }
   nav.append(el("li", {}, el("a", { href: "#cards" }, "Model cards")));
