@@ -12,6 +12,7 @@ import asyncio
 import importlib.metadata
 import logging
 import re
+import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,12 +29,14 @@ from service.patches import (
     circus_drain,
     uvicorn_drain,
     uvicorn_header_timeout,
+    uvicorn_keep_alive,
 )
 
 pytestmark = pytest.mark.unit
 
 PATCHES = [
     uvicorn_header_timeout,
+    uvicorn_keep_alive,
     uvicorn_drain,
     circus_drain,
     bentoml_request_timer,
@@ -84,6 +87,17 @@ def test_a_changed_timeout_middleware_is_refused(monkeypatch: pytest.MonkeyPatch
         bentoml_request_timer.check()
 
 
+def test_a_changed_keep_alive_handler_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    def timeout_keep_alive_handler(self: Any) -> None:
+        self.transport.abort()  # an upstream rewrite that no longer closes the way the patch expects
+
+    monkeypatch.setattr(H11Protocol, "timeout_keep_alive_handler", timeout_keep_alive_handler)
+    with pytest.raises(PatchMismatch, match=re.escape("timeout_keep_alive_handler no longer contains ['self.transport.close()']")):
+        uvicorn_keep_alive.check()
+
+
 def test_a_renamed_error_logger_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from bentoml._internal.server import http_app
 
@@ -96,11 +110,12 @@ def test_applied_patches_are_listed_for_the_start_up_log() -> None:
     bentoml_request_timer.cancel_finished_request_timers()
     uvicorn_header_timeout.limit_header_time(10)
     uvicorn_drain.drain_on_sigterm()
+    uvicorn_keep_alive.keep_alive_while_a_request_waits()
     listed = "; ".join(service.patches.active())
     assert "bentoml_request_timer (bentoml 1.4.39)" in listed
     assert "uvicorn_header_timeout (uvicorn 0.54.0: headers within 10 s and 65,536 bytes)" in listed
-    assert "uvicorn_drain (uvicorn 0.54.0)" in listed
-    for patch in (uvicorn_header_timeout, bentoml_request_timer, uvicorn_drain):
+    assert "uvicorn_drain (uvicorn 0.54.0)" in listed and "uvicorn_keep_alive (uvicorn 0.54.0)" in listed
+    for patch in (uvicorn_header_timeout, bentoml_request_timer, uvicorn_drain, uvicorn_keep_alive):
         patch.check()  # still true once patched: the checks read through the wrappers
 
 
@@ -280,3 +295,87 @@ def test_headers_over_the_size_limit_get_431_and_close(protocol: str) -> None:
         and b"MODELSERVE_MAX_HEADER_BYTES" in transport.written
     )
     assert b"x-content-type-options: nosniff" in transport.written.lower() and transport.closed
+
+
+# ---------------------------------------------------------------- the keep-alive patch and the drain at work
+
+
+class SocketTransport(Transport):
+    """An in-memory transport whose `socket` is one end of a socket pair: what the client sent but nobody read waits there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sock, self.client = socket.socketpair()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else super().get_extra_info(name, default)
+
+    def send_unread(self, data: bytes) -> None:
+        """The client's next request arrives in the socket; the event loop has not read it yet."""
+        self.client.sendall(data)
+
+    def close(self) -> None:
+        super().close()
+        self.sock.close()
+        self.client.close()
+
+
+REQUEST = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_bytes_waiting_counts_what_the_socket_holds_unread() -> None:
+    transport = SocketTransport()
+    assert uvicorn_keep_alive.bytes_waiting(transport) == 0
+    transport.send_unread(REQUEST)
+    assert uvicorn_keep_alive.bytes_waiting(transport) == len(REQUEST)
+    transport.close()
+    assert uvicorn_keep_alive.bytes_waiting(transport) == 0, "a closed socket has nothing to read"
+    assert uvicorn_keep_alive.bytes_waiting(Transport()) == 0, "no socket: nothing waits"
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_the_keep_alive_timer_closes_an_idle_connection(protocol: str) -> None:
+    uvicorn_keep_alive.keep_alive_while_a_request_waits()
+    transport = _connection(protocol, REQUEST, wait_s=1.5, transport=SocketTransport(), keep_alive_s=1)
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.closed
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_the_keep_alive_timer_leaves_open_a_connection_whose_next_request_waits_unread(protocol: str) -> None:
+    """The timer is due while the next request sits in the socket (the loop was busy): uvicorn closed it; the patch waits for the read."""
+    uvicorn_keep_alive.keep_alive_while_a_request_waits()
+    transport = SocketTransport()
+    transport.send_unread(REQUEST)
+    _connection(protocol, REQUEST, wait_s=2.5, transport=transport, keep_alive_s=1)
+    assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
+    transport.close()
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_a_drain_closes_an_idle_connection_but_answers_a_request_waiting_in_its_socket(protocol: str) -> None:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    uvicorn_drain.drain_on_sigterm()
+    config = uvicorn.Config(_ok, http=protocol, lifespan="off", log_config=None)
+    config.load()
+
+    async def main(waiting: bytes) -> tuple[SocketTransport, bytes]:
+        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+        transport = SocketTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(REQUEST)
+        await asyncio.sleep(0.1)  # answered: the connection is idle between requests
+        answered, transport.written = transport.written, b""
+        transport.send_unread(waiting)
+        protocol.shutdown()  # SIGTERM
+        if waiting and not transport.closed:
+            protocol.data_received(transport.sock.recv(65536))  # the loop reads what waited
+            await asyncio.sleep(0.1)
+        assert answered.startswith(b"HTTP/1.1 200")
+        return transport, transport.written
+
+    idle, written = asyncio.run(main(b""))
+    assert idle.closed and written == b"", "nothing begun: closed at once"
+    busy, written = asyncio.run(main(REQUEST))
+    assert written.startswith(b"HTTP/1.1 200") and busy.closed, "the waiting request is answered, then the connection closes"

@@ -53,6 +53,7 @@ from service.patches.bentoml_request_timer import cancel_finished_request_timers
 from service.patches.circus_drain import close_listeners_first
 from service.patches.uvicorn_drain import drain_on_sigterm
 from service.patches.uvicorn_header_timeout import limit_header_time
+from service.patches.uvicorn_keep_alive import keep_alive_while_a_request_waits
 
 SETTINGS = Settings.from_env()
 # Patches of uvicorn and BentoML internals (service/patches, docs/patches.md): each checks the installed
@@ -62,6 +63,7 @@ cancel_finished_request_timers()
 limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
 close_listeners_first()
 drain_on_sigterm()
+keep_alive_while_a_request_waits()
 log = logging.getLogger("modelserve.service")
 
 

@@ -9,8 +9,9 @@ flight lost, 4-6 reset under 4 clients and 32-34 under 32 with the queued ones
 
 - Server.shutdown accepts every connection still queued on the socket before it closes
   it, so that a request sent on a connection the kernel had accepted is answered, not reset;
-- a connection's shutdown closes only a connection idle between requests; one that is
-  new or is receiving a request's headers is answered, with `Connection: close`, and the
+- a connection's shutdown closes only a connection idle between requests (nothing begun,
+  nothing waiting unread in its socket); one that is new, is receiving a request's
+  headers, or has a next request unread is answered, with `Connection: close`, and the
   header timeout (uvicorn_header_timeout.py) closes one whose request never comes.
 
 No uvicorn setting does this: `timeout_graceful_shutdown` bounds the wait for requests
@@ -26,6 +27,7 @@ import socket
 from typing import Any
 
 from service.patches import Pin, check_signature, check_source, mark_active
+from service.patches.uvicorn_keep_alive import bytes_waiting
 
 PIN = Pin(
     module=__name__,
@@ -144,7 +146,9 @@ def _answer_begun_requests(protocol: Any) -> None:
 
 
 def _request_begun(protocol: Any) -> bool:
-    """Bytes of a next request have arrived (its headers are being read: uvicorn_header_timeout.py tracks httptools')."""
+    """Bytes of a next request have arrived: being parsed (uvicorn_header_timeout.py tracks httptools'), or unread in the socket."""
+    if bytes_waiting(protocol.transport):
+        return True
     if hasattr(protocol, "conn"):  # h11: the client's state leaves IDLE with a request's first bytes
         import h11
 
