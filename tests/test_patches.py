@@ -231,7 +231,7 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _connection(protocol_name: str, data: bytes, wait_s: float, transport: Transport | None = None, keep_alive_s: int = 5) -> Transport:
+def _connection(protocol_name: str, data: bytes, wait_s: float, transport: Transport | None = None, keep_alive_s: float = 5) -> Transport:
     """A connection to uvicorn's `protocol_name` ("h11" or "httptools") that receives `data`, then waits `wait_s`."""
     import uvicorn
     from uvicorn.server import ServerState
@@ -336,7 +336,7 @@ def test_bytes_waiting_counts_what_the_socket_holds_unread() -> None:
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
 def test_the_keep_alive_timer_closes_an_idle_connection(protocol: str) -> None:
     uvicorn_keep_alive.keep_alive_while_a_request_waits()
-    transport = _connection(protocol, REQUEST, wait_s=1.5, transport=SocketTransport(), keep_alive_s=1)
+    transport = _connection(protocol, REQUEST, wait_s=0.5, transport=SocketTransport(), keep_alive_s=0.1)
     assert transport.written.startswith(b"HTTP/1.1 200") and transport.closed
 
 
@@ -346,7 +346,7 @@ def test_the_keep_alive_timer_leaves_open_a_connection_whose_next_request_waits_
     uvicorn_keep_alive.keep_alive_while_a_request_waits()
     transport = SocketTransport()
     transport.send_unread(REQUEST)
-    _connection(protocol, REQUEST, wait_s=2.5, transport=transport, keep_alive_s=1)
+    _connection(protocol, REQUEST, wait_s=0.5, transport=transport, keep_alive_s=0.1)  # the timer is due 4-5 times
     assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
     transport.close()
 
