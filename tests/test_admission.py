@@ -5,15 +5,21 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
+from tests.servers import ServerSpec
 from tests.test_request_path import IMAGE_PIXELS, big_png, heaviest_request
 
+pytestmark = pytest.mark.integration
+
 # The bound admits one heaviest request at a time, so any two that overlap meet it.
-SERVER_ENV = {
-    "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),
-    "MODELSERVE_MAX_REQUEST_PIXELS": str(2 * IMAGE_PIXELS),
-    "MODELSERVE_MAX_PENDING_PIXELS": str(2 * IMAGE_PIXELS),
-}
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),
+        "MODELSERVE_MAX_REQUEST_PIXELS": str(2 * IMAGE_PIXELS),
+        "MODELSERVE_MAX_PENDING_PIXELS": str(2 * IMAGE_PIXELS),
+    }
+)
 AT_ONCE = 12
 
 

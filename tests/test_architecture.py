@@ -1,11 +1,9 @@
-"""The code's own rules: models are data (the registry), kinds live in their tasks, docs are generated, style is checked."""
+"""The code's own rules: models are data (the registry), kinds live in their tasks, docs are generated (style: test_style.py)."""
 
 from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,8 @@ import pytest
 from benchmarks.launch import ROOT
 from service.core.catalog import RECIPES
 from service.core.config import settings_table
+
+pytestmark = pytest.mark.unit
 
 MAX_FUNCTION_LINES = 60
 # Where a shipped model may be named: its recipe line and its trainer module. training/datasets.py holds the
@@ -45,13 +45,6 @@ def test_functions_are_short() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
-
-
-@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
-def test_ruff(command: list[str]) -> None:
-    ruff = Path(sys.executable).with_name("ruff")
-    result = subprocess.run([str(ruff), *command, "."], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_settings_table_is_generated_from_settings() -> None:

@@ -31,6 +31,8 @@ from service.core.runtime import load_model
 from tests.generate import class_image, housing_rows, image_bytes, review
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.integration
+
 MODEL_ROOT = ROOT / "models"
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-6

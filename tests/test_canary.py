@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import threading
 import time
@@ -14,11 +15,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
-
-pytest.importorskip("tensorflow")
-
 import onnx
+import pytest
 from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +28,9 @@ from tests.generate import review, write_reviews_csv
 from training.__main__ import main as train_main
 from training.redeploy import ServiceClient, live_phase
 from training.redeploy import main as redeploy_main
+
+# TensorFlow (training) is imported when a test trains, not when the tests are collected.
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="pip install -e '.[train]'")]
 
 TOKEN = "canary-token"
 EXPECTED_5XX = {500: "the tabular candidate's graph raises on some rows on purpose: its errors are what the canary watch must see"}

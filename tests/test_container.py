@@ -31,6 +31,8 @@ from service.grpc import inference_pb2 as pb
 from service.grpc import inference_pb2_grpc as pb_grpc
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 CAT = (ROOT / "tests" / "fixtures" / "cat.jpg").read_bytes()
 IMAGE = os.environ.get("MODELSERVE_TEST_IMAGE", "")

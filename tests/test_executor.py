@@ -21,6 +21,8 @@ from service.core.sessions import SessionConfig, Sessions
 from service.http.executor import Admission, Executor, ItemError
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 
+pytestmark = pytest.mark.unit
+
 TEXTS = [f"review {i}: {'a wonderful, moving film' if i % 2 else 'a dull and boring mess'}" for i in range(24)]
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.launch import ROOT, Server, start_server
+from benchmarks.launch import ROOT, Server
 from service.core.config import Settings
 from service.core.errors import Overloaded
 from service.core.preprocessing import ImageSpec, decode_image
@@ -42,7 +42,10 @@ from service.grpc import inference_pb2 as pb
 from service.grpc import inference_pb2_grpc as pb_grpc
 from service.grpc.server import SERVICE_NAME, InferenceServicer, rpc
 from tests.grpc_interop import describe
+from tests.servers import ServerSpec
 from tests.test_request_path import IMAGE_PIXELS, big_png
+
+pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAT, DOG = (FIXTURES / "cat.jpg").read_bytes(), (FIXTURES / "dog.jpg").read_bytes()
@@ -68,18 +71,12 @@ SERVER_ENV = {
     "MODELSERVE_MAX_PENDING_PIXELS": str(2 * IMAGE_PIXELS),
     "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the REST side of a comparison sends two photos' pixels as JSON numbers
 }
+SERVER = ServerSpec(env=SERVER_ENV, grpc=True)
 # The other projects' clients, each in a venv of its own (their protobuf pins are not ours), cached by requirement.
 CLIENTS = {"triton": "tritonclient[grpc]==2.73.0", "kserve": "kserve==0.21.0"}
 VENV_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelserve" / "client-venvs"
 NUMPY = {"BYTES": object, "UINT8": np.uint8, "FP32": np.float32}
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(ROOT / "models", tmp_path_factory.mktemp("serve") / "server.log", grpc=True, **SERVER_ENV)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

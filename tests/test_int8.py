@@ -25,6 +25,8 @@ from service.core.runtime import ModelRuntime, choose_model_file, load_model
 from service.core.sessions import SessionConfig
 from training.quantize import Recipe, add_int8_variant
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = Registry(ROOT / "models")
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.launch import ROOT, Server, start_server
+from benchmarks.launch import ROOT, Server
 from service.core.config import PREFIX, ClientSettings, Settings
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 K8S = ROOT / "deploy" / "k8s"
 VARIANTS = ("base", "gpu", "registry-volume")
@@ -43,12 +45,7 @@ OTHER_ENV = {"XDG_CACHE_HOME", "PROTOCOL"}  # onnxruntime's cache folder; KServe
 SETTING_NAMES = {PREFIX + name.upper() for cls in (Settings, ClientSettings) for name in cls.__dataclass_fields__}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real server the probes are tried on, with its gRPC port on as in the manifests."""
-    server = start_server(ROOT / "models", tmp_path_factory.mktemp("serve") / "server.log", grpc=True)
-    yield server
-    server.stop()
+SERVER = ServerSpec(grpc=True)  # the real server the probes are tried on, with its gRPC port on as in the manifests
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:

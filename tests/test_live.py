@@ -9,6 +9,8 @@ import pytest
 
 from training import live
 
+pytestmark = pytest.mark.unit
+
 NAME = "boston_housing"
 
 

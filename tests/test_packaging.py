@@ -13,7 +13,11 @@ import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+
 from benchmarks.launch import BENTOML, ROOT
+
+pytestmark = pytest.mark.integration
 
 PLAYGROUND_FILES = sorted((ROOT / "service" / "http" / "static").iterdir())
 

@@ -29,6 +29,8 @@ from service.core.runtime import load_model
 from tests.browser import chromium, chromium_paths, open_playground, wait_for
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 
+pytestmark = pytest.mark.e2e
+
 CAT, DOG = FIXTURES / "cat.jpg", FIXTURES / "dog.jpg"
 STATIC = ROOT / "service" / "http" / "static"
 POSITIVE = "A moving, beautifully acted film. I loved every minute of it and would watch it again."

@@ -20,6 +20,8 @@ from service.core.preprocessing import (
 from tests.generate import image_bytes
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.unit
+
 SPEC = ImageSpec(64, 48)
 
 

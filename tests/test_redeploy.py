@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import json
 import shutil
 import time
@@ -14,13 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-
 from benchmarks.launch import Server, start_server
 from service.core.registry import CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file
 from tests.generate import review, write_reviews_csv
 from training.__main__ import main as train_main
 from training.redeploy import main as redeploy_main
+
+# TensorFlow (training) is imported when a test trains, not when the tests are collected.
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="pip install -e '.[train]'")]
 
 TOKEN = "test-admin-token"
 NAME = "imdb_sentiment"

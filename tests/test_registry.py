@@ -19,6 +19,8 @@ from service.core.registry import (
     validate_metadata,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def write_version(registry: Registry, name: str, payload: bytes = b"onnx-bytes", labels: list[str] | None = None) -> int:
     with registry.new_version(name) as staged:

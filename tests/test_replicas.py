@@ -32,6 +32,8 @@ from benchmarks.replicas import (
 from service.grpc import inference_pb2 as pb
 from service.grpc import inference_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.e2e
+
 REPLICAS = 3
 CLIENTS = 32
 POLL_S = 2

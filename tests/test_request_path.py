@@ -16,13 +16,18 @@ from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.conftest import FIXTURES, SHIPPED_MODELS
 from tests.generate import class_image, image_bytes
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 IMAGE_PIXELS = 24_000_000  # one 6000x4000 image: a phone photo's size
-SERVER_ENV = {
-    "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),
-    "MODELSERVE_MAX_REQUEST_PIXELS": str(2 * IMAGE_PIXELS),  # the heaviest request: two such images
-    "MODELSERVE_MAX_PENDING_PIXELS": str(8 * IMAGE_PIXELS),  # four heaviest requests decode at once, a fifth waits its turn
-}
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_MAX_IMAGE_PIXELS": str(IMAGE_PIXELS),
+        "MODELSERVE_MAX_REQUEST_PIXELS": str(2 * IMAGE_PIXELS),  # the heaviest request: two such images
+        "MODELSERVE_MAX_PENDING_PIXELS": str(8 * IMAGE_PIXELS),  # four heaviest requests decode at once, a fifth waits its turn
+    }
+)
 HEAVY_AT_ONCE = 4
 LOOSE_BOUND_S = 1.0  # round 1 decoded on the event loop: /readyz waited 2.4 s here behind four such requests; benchmarks/health.py measures the tight bound
 POSITIVE = "A moving, beautifully acted film."

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -19,6 +17,8 @@ from service.core.registry import METADATA_FILE, Registry
 from service.core.runtime import ModelRuntime, load_model, max_batch_size
 from service.core.sessions import cuda_device_count, resolve_providers
 from service.core.tasks.kinds import task_for
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,11 +110,10 @@ def test_threads_are_sized_from_the_workers_and_the_cpus_the_process_may_use() -
     model = load_model(Registry(ROOT / "models").current("boston_housing"), ["CPUExecutionProvider"])
     threads = model.sessions.primary.get_session_options().intra_op_num_threads
     assert threads == (cpus if cpus > 1 else 0), "a call alone may use every CPU the process may use, no more"
-    pinned = (
-        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "from service.core.config import Settings; from service.core.registry import Registry; from service.core.runtime import load_model;"
-        "m = load_model(Registry('models').current('boston_housing'), ['CPUExecutionProvider']);"
-        "print(Settings().worker_count(), Settings().cpus_per_worker(), m.sessions.narrow is None)"
-    )
-    out = subprocess.run([sys.executable, "-c", pinned], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["1", "1", "True"]
+    every = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(every)})  # this thread, as a process pinned to one CPU (taskset -c 0)
+    try:
+        pinned = load_model(Registry(ROOT / "models").current("boston_housing"), ["CPUExecutionProvider"])
+        assert (Settings().worker_count(), Settings().cpus_per_worker(), pinned.sessions.narrow is None) == (1, 1, True)
+    finally:
+        os.sched_setaffinity(0, every)

@@ -17,7 +17,10 @@ from service.core.cpu import cpu_report
 from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.generate import image_bytes
+from tests.servers import ServerSpec
 from training.datasets import BOSTON_FEATURES
+
+pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAT, DOG = (FIXTURES / "cat.jpg").read_bytes(), (FIXTURES / "dog.jpg").read_bytes()
@@ -38,12 +41,14 @@ HOUSE = {
     "B": 392.6,
     "LSTAT": 3.0,
 }
-SERVER_ENV = {
-    "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
-    "MODELSERVE_MAX_IMAGE_PIXELS": str(20_000_000),
-    "MODELSERVE_MAX_ITEMS": "16",
-    "MODELSERVE_MAX_TEXT_CHARS": "20000",
-}
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
+        "MODELSERVE_MAX_IMAGE_PIXELS": str(20_000_000),
+        "MODELSERVE_MAX_ITEMS": "16",
+        "MODELSERVE_MAX_TEXT_CHARS": "20000",
+    }
+)
 
 
 def upload(client: httpx.Client, *images: bytes, names: tuple[str, ...] = ()) -> httpx.Response:

@@ -10,6 +10,8 @@ import pytest
 from service.core.preprocessing import ImageSpec, decode_image
 from training.shifts import SHIFTS, shifted_inputs
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEC = ImageSpec(64, 64)
 

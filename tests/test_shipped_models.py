@@ -11,6 +11,8 @@ from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import Registry
 from service.core.runtime import LoadedModel, load_model
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = Registry(ROOT / "models")
 FIXTURES = Path(__file__).parent / "fixtures"

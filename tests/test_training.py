@@ -6,18 +6,16 @@ process so TensorFlow is imported once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-pytest.importorskip("tensorflow")
-
-import keras
 
 from service.core.drift import read_profile
 from service.core.registry import Registry, validate_metadata
@@ -25,6 +23,17 @@ from service.core.runtime import load_model
 from tests.generate import housing_rows, review, write_housing_csv, write_image_folders, write_reviews_csv
 from training.__main__ import main
 from training.datasets import load_housing
+
+# TensorFlow is imported by the first test that trains, not when the tests are collected (pytest -m unit does not wait for it).
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="pip install -e '.[train]'")]
+
+
+@pytest.fixture(scope="module")
+def keras() -> ModuleType:
+    import keras
+
+    return keras
+
 
 SCHEMA_EXTRAS = ("model_bytes", "plots")
 
@@ -116,7 +125,7 @@ def test_seed_variant_is_selectable(tmp_path: Path) -> None:
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
 
 
-def test_nb_ratio_is_folded_into_the_exported_model() -> None:
+def test_nb_ratio_is_folded_into_the_exported_model(keras: ModuleType) -> None:
     """Training sees NB-scaled features; the exported model takes plain TF-IDF and gives the same answers."""
     import scipy.sparse as sp
 
@@ -193,24 +202,24 @@ def test_boston_ensemble_trains_side_by_side(tmp_path: Path) -> None:
     assert [o.shape[1] for o in session.get_outputs()] == [1], "the members are averaged into one price"
 
 
-def test_image_classifier_pretrained_path(tmp_path: Path) -> None:
+def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> None:
     """Random VGG16 weights saved to a file stand in for ImageNet weights (none can be downloaded).
 
     VGG16 has no BatchNorm, so its random features keep the colour signal; the run
     exercises --weights FILE, the frozen phase, fine-tuning and the uint8 export.
     """
-    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=64)
+    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=32)
     keras.utils.set_random_seed(0)
     weights = tmp_path / "vgg16_random.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(weights)
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)  # VGG16's smallest input
     args = ["image_classifier", "--data", str(folders), "--registry", str(tmp_path / "models"), "--base", "vgg16", "--weights", str(weights),
-            "--image-size", "64", "--epochs", "3", "--fine-tune-epochs", "1", "--fine-tune-layers", "4", "--batch-size", "16", "--learning-rate", "0.05"]  # fmt: skip
+            "--image-size", "32", "--epochs", "3", "--fine-tune-epochs", "1", "--fine-tune-layers", "4", "--batch-size", "16", "--learning-rate", "0.05"]  # fmt: skip
     assert main(args) == 0
     registry, metadata = trained_version(tmp_path / "models", "image_classifier")
     assert metadata["metrics"]["test"]["accuracy"] > 0.9
     assert metadata["labels"] == ["blue", "red"]
     assert metadata["architecture"]["pretrained"] is True and metadata["training"]["phase2"]["epochs"] == 1
-    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 64, 64, 3]}
+    assert metadata["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": [None, 32, 32, 3]}
     assert (registry.get("image_classifier", 1).path / "confusion_matrix.png").is_file()
     check = metadata["variants"]["int8"][
         "check"
@@ -282,7 +291,7 @@ def test_efficientnet_lite_from_scratch_trains_exports_and_serves(tmp_path: Path
     assert [a["label"] for a in answers] == [["blue", "red"][i] for i in direct.argmax(axis=1)]
 
 
-def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path) -> None:
+def test_efficientnet_lite_weights_file_runs_both_phases(tmp_path: Path, keras: ModuleType) -> None:
     """--weights FILE for the new base: the top trained on features computed once (with photo copies), then the top layers fine-tuned."""
     from training.efficientnet_lite import efficientnet_lite
 
@@ -337,7 +346,7 @@ def test_efficientnet_lite_has_no_download(tmp_path: Path, capsys: pytest.Captur
     assert "efficientnet_lite2 has no download: pass --weights FILE" in capsys.readouterr().err
 
 
-def test_in_graph_scaling_matches_keras_applications() -> None:
+def test_in_graph_scaling_matches_keras_applications(keras: ModuleType) -> None:
     from training.kinds.image import scale_caffe, scale_tf
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
@@ -346,7 +355,7 @@ def test_in_graph_scaling_matches_keras_applications() -> None:
 
 
 def test_parity_failure_stops_the_run_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keras: ModuleType
 ) -> None:
     import training.publish as publish_module
     from training.export import export_onnx

@@ -22,6 +22,8 @@ from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, Registry
 from tests.faults.faultlib import HOUSE, copy_version, registry_of
 from training.redeploy import ServiceClient, live_phase
 
+pytestmark = pytest.mark.integration
+
 TOKEN = "two-servers-token"
 NAME = "boston_housing"
 

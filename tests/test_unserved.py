@@ -13,9 +13,12 @@ import httpx
 import pytest
 
 from tests.faults.faultlib import HOUSE
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 TOKEN = "unserved-token"
-SERVER_ENV = {"MODELSERVE_MODELS": "boston_housing", "MODELSERVE_ADMIN_TOKEN": TOKEN}
+SERVER = ServerSpec(env={"MODELSERVE_MODELS": "boston_housing", "MODELSERVE_ADMIN_TOKEN": TOKEN})
 CAT = (Path(__file__).parent / "fixtures" / "cat.jpg").read_bytes()
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 V2_TEXT = {"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1], "data": ["a fine film"]}]}

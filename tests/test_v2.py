@@ -27,9 +27,12 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.launch import ROOT, Server, start_server
+from benchmarks.launch import ROOT, Server
 from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import Registry
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAT, DOG = (FIXTURES / "cat.jpg").read_bytes(), (FIXTURES / "dog.jpg").read_bytes()
@@ -43,30 +46,24 @@ HOUSES = [
     [15.0, 0.0, 18.1, 0, 0.7, 5.0, 95.0, 1.5, 24, 666, 20.2, 300.0, 30.0],
 ]
 MAX_ITEMS = 8
-SERVER_ENV = {
-    "MODELSERVE_BATCHING": "on",  # v2 and friendly requests share the batcher, as on a GPU
-    "MODELSERVE_MAX_ITEMS": str(MAX_ITEMS),
-    "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
-    "MODELSERVE_MAX_REQUEST_PIXELS": str(160_000),  # the cat and the dog together (153,280 pixels), not three photos
-    "MODELSERVE_RELOAD_POLL_S": "1",
-    "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the cat's and the dog's pixels as JSON numbers: 301,056 values, over the default
-}
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_BATCHING": "on",  # v2 and friendly requests share the batcher, as on a GPU
+        "MODELSERVE_MAX_ITEMS": str(MAX_ITEMS),
+        "MODELSERVE_MAX_REQUEST_BYTES": str(3_000_000),
+        "MODELSERVE_MAX_REQUEST_PIXELS": str(160_000),  # the cat and the dog together (153,280 pixels), not three photos
+        "MODELSERVE_RELOAD_POLL_S": "1",
+        "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the cat's and the dog's pixels as JSON numbers: 301,056 values, over the default
+    },
+    # A copy of the shipped registry: the last test publishes a version into it.
+    registry=lambda root: shutil.copytree(ROOT / "models", root, dirs_exist_ok=True),
+)
 RELOADED = "imdb_sentiment"
 
 
 @pytest.fixture(scope="module")
-def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the shipped registry: the last test publishes a version into it."""
-    root = tmp_path_factory.mktemp("registry")
-    shutil.copytree(ROOT / "models", root, dirs_exist_ok=True)
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(registry_root: Path) -> Iterator[Server]:
-    server = start_server(registry_root, registry_root.parent / "server.log", **SERVER_ENV)
-    yield server
-    server.stop()
+def registry_root(server_registry: Path) -> Path:
+    return server_registry
 
 
 @pytest.fixture(scope="module")

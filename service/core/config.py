@@ -8,6 +8,7 @@ a test compares), so the two cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -31,14 +32,15 @@ MiB = 1024 * 1024
 def available_cpus() -> int:
     """CPUs this process may use: its CPU affinity, capped by the cgroup CPU quota (a container's --cpus), at least 1.
 
-    The quota is read as BentoML reads it for its own `workers="cpu_count"` (cgroup v1 and v2).
+    The quota is read as BentoML reads it for its own `workers="cpu_count"` (cgroup v1 and v2:
+    service/patches/bentoml_cpu_count.py).
     """
     affinity = len(os.sched_getaffinity(0))
-    try:
-        from bentoml._internal.resource import CpuResource
-    except ImportError:  # training without the serving extra
+    if importlib.util.find_spec("bentoml") is None:  # training without the serving extra
         return affinity
-    return max(1, min(affinity, int(CpuResource.from_system())))
+    from service.patches.bentoml_cpu_count import cpu_quota
+
+    return max(1, min(affinity, int(cpu_quota())))
 
 
 def setting(default: Any, doc: str) -> Any:

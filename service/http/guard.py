@@ -9,7 +9,7 @@
 - Time: the whole body must arrive within MODELSERVE_BODY_TIMEOUT_S of the headers,
   else 408 and the connection is closed (a body that never comes held a connection
   for BentoML's 120 s request timeout). Headers have their own limit, in
-  service/http/connections.py, because uvicorn handles them before any ASGI code.
+  service/patches/uvicorn_header_timeout.py, because uvicorn handles them before any ASGI code.
 - JSON bodies are bounded before anything parses them: parsing holds the worker's
   event loop and every thread of it (json and pydantic hold the GIL), so two 14 MB rows
   of a million keys stalled /readyz for 3 s. A route's JSON may be no larger than its

@@ -6,8 +6,8 @@ this origin: the playground sends its own, stricter one (service/http/playground
 every other response gets DEFAULT_POLICY, which lets BentoML's Swagger UI (its own
 scripts and styles, served here) work and blocks what its page would fetch from
 elsewhere (a Google Tag Manager script). Responses made outside the ASGI app carry the
-same headers: the 408 and 431 of service/http/connections.py, the 504 of
-service/http/timeouts.py.
+same headers: the 408 and 431 of service/patches/uvicorn_header_timeout.py, the 504 of
+service/patches/bentoml_request_timer.py.
 """
 
 from __future__ import annotations

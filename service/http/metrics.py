@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from service.core.tasks import Answer, Task
+from service.patches.bentoml_metrics_dir import use_own_directory
 
 METRICS_DIR = "modelserve-metrics"  # under the temporary directory: <pid>-<start time> of each `bentoml serve`
 
@@ -44,11 +45,11 @@ def own_metrics_directory() -> Path | None:
     servers that are gone (killed with -9) are removed by the next one that starts. In a
     worker (the directory is already chosen) this does nothing and returns None.
     """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.context import server_context
+    chosen = use_own_directory(_choose_directory)  # service/patches/bentoml_metrics_dir.py
+    return Path(chosen) if chosen else None
 
-    if server_context.worker_index is not None:
-        return None
+
+def _choose_directory() -> str:
     root = Path(tempfile.gettempdir()) / METRICS_DIR
     me = psutil.Process()
     mine = root / f"{me.pid}-{int(me.create_time())}"
@@ -56,9 +57,8 @@ def own_metrics_directory() -> Path | None:
         for other in root.iterdir():
             if other != mine and not _alive(other.name):
                 shutil.rmtree(other, ignore_errors=True)
-    BentoMLContainer.prometheus_multiproc_dir.set(str(mine))
     atexit.register(shutil.rmtree, mine, ignore_errors=True)
-    return mine
+    return str(mine)
 
 
 def _alive(name: str) -> bool:

@@ -35,8 +35,6 @@ from service.core.tasks.friendly import friendly_api
 from service.core.workers import WorkerGroup
 from service.grpc.server import GrpcServer
 from service.http.admin import admin_app
-from service.http.connections import limit_header_time
-from service.http.drain import drain_on_sigterm
 from service.http.drift import DriftMonitor, drift_routes
 from service.http.executor import ROUTING_HEADER, Executor, ItemError, route
 from service.http.guard import ClientErrorLogFilter, RequestGuard, requests_in_flight
@@ -47,15 +45,25 @@ from service.http.predict import CONTENT_TYPES as PREDICT_CONTENT_TYPES
 from service.http.predict import FILE_FIELDS as PREDICT_FILE_FIELDS
 from service.http.predict import PREFIX as PREDICT_PREFIX
 from service.http.predict import predict_routes
-from service.http.timeouts import cancel_finished_request_timers
 from service.http.v2 import CONTENT_TYPES as V2_CONTENT_TYPES
 from service.http.v2 import v2_app
+from service.patches import active as active_patches
+from service.patches.bentoml_error_log import filter_request_errors
+from service.patches.bentoml_request_timer import cancel_finished_request_timers
+from service.patches.circus_drain import close_listeners_first
+from service.patches.uvicorn_drain import drain_on_sigterm
+from service.patches.uvicorn_header_timeout import limit_header_time
+from service.patches.uvicorn_keep_alive import keep_alive_while_a_request_waits
 
 SETTINGS = Settings.from_env()
+# Patches of uvicorn and BentoML internals (service/patches, docs/patches.md): each checks the installed
+# version and the shape of what it patches first, and stops the service with what to do when they differ.
 own_metrics_directory()
 cancel_finished_request_timers()
 limit_header_time(SETTINGS.header_timeout_s, SETTINGS.max_header_bytes)
+close_listeners_first()
 drain_on_sigterm()
+keep_alive_while_a_request_waits()
 log = logging.getLogger("modelserve.service")
 
 
@@ -64,6 +72,7 @@ class ModelServe:
 
     def __init__(self) -> None:
         _configure_logging()
+        log.info("patches of third-party internals in effect: %s", "; ".join(active_patches()) or "none")
         self.runtime = ModelRuntime(SETTINGS)
         self.workers = WorkerGroup(SETTINGS.worker_count())  # before loading: a request made before this load counts as carried out
         self.runtime.load_all(self.workers.last_served())  # verified, session opened, smoke-tested and warm before /readyz says ready
@@ -185,7 +194,7 @@ ModelServe.add_asgi_middleware(
 
 
 def _configure_logging() -> None:
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+    filter_request_errors(ClientErrorLogFilter())
     ours = logging.getLogger("modelserve")
     if not ours.handlers:
         handler = logging.StreamHandler()

@@ -172,7 +172,7 @@ def raw_exchange(port: int, head: bytes, chunks: list[bytes] | None = None, paus
                 sock.sendall(chunk)
         except OSError:
             pass  # the server answered and closed early: read what it said
-        data = _read_answer(sock)
+        data = read_answer(sock)
         closed = _closed_after(sock)
     seconds = time.monotonic() - started
     if not data:
@@ -182,7 +182,8 @@ def raw_exchange(port: int, head: bytes, chunks: list[bytes] | None = None, paus
     return RawAnswer(status, head_bytes.decode("latin-1"), body, seconds, closed)
 
 
-def _read_answer(sock: socket.socket) -> bytes:
+def read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer read from `sock` (b\"\": the connection closed without one)."""
     data = b""
     try:
         while True:

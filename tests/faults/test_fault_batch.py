@@ -25,6 +25,8 @@ from tests.faults.faultlib import SHIPPED, TABULAR
 from tests.generate import housing_rows
 from training.datasets import BOSTON_FEATURES
 
+pytestmark = pytest.mark.integration
+
 ROWS = 20_000
 
 

@@ -20,6 +20,8 @@ from benchmarks.launch import free_port
 from tests.faults.faultlib import Load, predict_price, wait_until
 from tests.test_container import READY_TIMEOUT_S, docker, image  # noqa: F401 - `image` is a fixture
 
+pytestmark = pytest.mark.e2e
+
 CLIENTS = 4
 FIND_WORKERS = (  # no procps in the slim image: read /proc (this script's own command line names the worker module too)
     "import os; print(' '.join(p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid() "

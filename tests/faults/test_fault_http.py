@@ -18,18 +18,23 @@ import pytest
 
 from benchmarks.launch import Server
 from tests.faults.faultlib import ADMIN, HOUSE, TOKEN, log_problems, raw_exchange, slow_send, worker_pids
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 LIMIT = 1_000_000
 HEADER_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 2
-SERVER_ENV = {
-    "MODELSERVE_MAX_REQUEST_BYTES": str(LIMIT),
-    "MODELSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-    "MODELSERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-    "MODELSERVE_MAX_ITEMS": "16",
-    "MODELSERVE_ADMIN_TOKEN": TOKEN,
-    "MODELSERVE_RELOAD_POLL_S": "0",
-}
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_MAX_REQUEST_BYTES": str(LIMIT),
+        "MODELSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "MODELSERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "MODELSERVE_MAX_ITEMS": "16",
+        "MODELSERVE_ADMIN_TOKEN": TOKEN,
+        "MODELSERVE_RELOAD_POLL_S": "0",
+    }
+)
 CAT = (__import__("pathlib").Path(__file__).parent.parent / "fixtures" / "cat.jpg").read_bytes()
 SEEN: list[int] = []  # every status this module's cases got
 

@@ -22,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.launch import ROOT, Server, free_port, start_server
+from benchmarks.launch import ROOT, Server, free_port
 from service.core.errors import DeployError
 from service.core.registry import HISTORY_FILE, Registry
 from tests.faults.faultlib import TABULAR, TOKEN, copy_version, registry_of, versions_answering, wait_until
+from tests.servers import ServerSpec
 from training.redeploy import ServiceClient, deploy
+
+pytestmark = pytest.mark.integration
 
 
 class FaultyService(BaseHTTPRequestHandler):
@@ -69,17 +72,13 @@ def faulty() -> Iterator[str]:
     httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return registry_of(tmp_path_factory.mktemp("registry"), TABULAR)
+# A real service on the same registry, following CURRENT every second, as production would.
+SERVER = ServerSpec(env={"MODELSERVE_RELOAD_POLL_S": "1"}, registry=lambda root: registry_of(root, TABULAR))
 
 
 @pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[Server]:
-    """A real service on the same registry, following CURRENT every second, as production would."""
-    server = start_server(root, root.parent / "server.log", MODELSERVE_RELOAD_POLL_S="1")
-    yield server
-    server.stop()
+def root(server_registry: Path) -> Path:
+    return server_registry
 
 
 def promoted_copy(root: Path) -> int:

@@ -11,32 +11,38 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.launch import Server, start_server
+from benchmarks.launch import Server
 from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file
 from tests.faults.faultlib import ADMIN, TABULAR, TOKEN, copy_version, log_problems, registry_of, versions_answering, wait_until
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 POLL_S = 1
 MAX_BYTES = 1_000_000  # MODELSERVE_MAX_MODEL_BYTES and _MAX_ASSET_BYTES here: the tabular model is 113 kB, its scaler 1 kB
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return registry_of(tmp_path_factory.mktemp("registry"), TABULAR)
+SERVER = ServerSpec(
+    env={
+        "MODELSERVE_ADMIN_TOKEN": TOKEN,
+        "MODELSERVE_WORKERS": "2",
+        "MODELSERVE_RELOAD_POLL_S": str(POLL_S),
+        "MODELSERVE_MAX_MODEL_BYTES": str(MAX_BYTES),
+        "MODELSERVE_MAX_ASSET_BYTES": str(MAX_BYTES),
+    },
+    registry=lambda root: registry_of(root, TABULAR),
+)
 
 
 @pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[Server]:
-    env = {"MODELSERVE_ADMIN_TOKEN": TOKEN, "MODELSERVE_WORKERS": "2", "MODELSERVE_RELOAD_POLL_S": str(POLL_S)}
-    env |= {"MODELSERVE_MAX_MODEL_BYTES": str(MAX_BYTES), "MODELSERVE_MAX_ASSET_BYTES": str(MAX_BYTES)}
-    server = start_server(root, root.parent / "server.log", **env)
-    yield server
-    server.stop()
+def root(server_registry: Path) -> Path:
+    return server_registry
 
 
 def edit_metadata(change: Callable[[dict], object]) -> Callable[[Path], None]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -27,27 +29,30 @@ from tests.faults.faultlib import (
     copy_version,
     log_problems,
     predict_price,
+    read_answer,
     registry_of,
     versions_answering,
     wait_until,
     worker_pids,
 )
+from tests.servers import ServerSpec
+
+pytestmark = pytest.mark.integration
 
 CLIENTS = 4
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive, which BentoML keeps
+
+
+# Two workers, CURRENT polling off: only the admin call moves them.
+SERVER = ServerSpec(
+    env={"MODELSERVE_ADMIN_TOKEN": TOKEN, "MODELSERVE_WORKERS": "2", "MODELSERVE_RELOAD_POLL_S": "0"},
+    registry=lambda root: registry_of(root, TABULAR),
+)
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return registry_of(tmp_path_factory.mktemp("registry"), TABULAR)
-
-
-@pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[Server]:
-    """Two workers, CURRENT polling off: only the admin call moves them."""
-    env = {"MODELSERVE_ADMIN_TOKEN": TOKEN, "MODELSERVE_WORKERS": "2", "MODELSERVE_RELOAD_POLL_S": "0"}
-    server = start_server(root, root.parent / "two-workers.log", **env)
-    yield server
-    server.stop()
+def root(server_registry: Path) -> Path:
+    return server_registry
 
 
 def admin_reload(server: Server) -> httpx.Response:
@@ -111,6 +116,31 @@ def test_kill_9_of_a_worker_under_load(server: Server, root: Path) -> None:
     current = Registry(root).current_version(TABULAR)
     assert versions_answering(server.url, 10) == {current: 10}
     assert admin_reload(server).json()["workers"]["confirmed"] == 2
+
+
+def test_a_request_sent_on_a_kept_alive_connection_while_the_workers_stall_is_answered(server: Server) -> None:
+    """uvicorn's keep-alive timer (5 s) was due when a stalled worker's loop ran again, and closed a connection whose next
+    request was already in its socket: the client's request ended with no answer (httpx.ReadError under bursts).
+
+    The workers are stopped (SIGSTOP) for longer than the timer while the client sends its next request on a connection
+    kept alive, then continued: the request must be answered (service/patches/uvicorn_keep_alive.py).
+    """
+    request = f"GET /readyz HTTP/1.1\r\nHost: {urlsplit(server.url).netloc}\r\n\r\n".encode()
+    with socket.create_connection((urlsplit(server.url).hostname, urlsplit(server.url).port), timeout=60) as sock:
+        sock.sendall(request)
+        first = read_answer(sock)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        workers = worker_pids(server)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            sock.sendall(request)  # in the socket, unread: the worker holding this connection is stopped
+            time.sleep(KEEP_ALIVE_S + 2)  # its keep-alive timer is due when it runs again
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        second = read_answer(sock)
+    assert second.startswith(b"HTTP/1.1 200"), f"the request sent in time got {second[:200]!r} (b'': closed without an answer)"
 
 
 def test_no_5xx_and_no_server_error_in_the_log(server: Server) -> None:

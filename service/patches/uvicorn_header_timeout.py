@@ -18,9 +18,11 @@ at once grew a worker by 535 MB). The bytes of a request's line and headers are 
 as they arrive; past MODELSERVE_MAX_HEADER_BYTES the answer is 431 and the connection
 is closed, before the parser sees them (h11's own bound is set to the same).
 
-Pinned: uvicorn 0.54.0, asserted at start-up. Both of its HTTP protocols are patched:
-httptools (the C parser uvicorn picks when it is installed, as the serving extras do:
-measurably faster per request) and h11 (the pure-Python fallback).
+Pinned: uvicorn 0.54.0, checked at start-up (`check`). Both of its HTTP protocols are
+patched: httptools (the C parser uvicorn picks when it is installed, as the serving
+extras do: measurably faster per request) and h11 (the pure-Python fallback).
+uvicorn 0.54's `h11_max_incomplete_event_size` bounds h11's headers only (16 KiB, then
+400), not their time; no uvicorn or BentoML option arms a timer before the headers are in.
 """
 
 from __future__ import annotations
@@ -31,11 +33,44 @@ from collections.abc import Callable
 from typing import Any
 
 from service.http.headers import raw_security_headers
+from service.patches import Pin, check_signature, check_source, mark_active
 
-UVICORN_VERSION = "0.54.0"  # the version whose H11Protocol this patch was written against (pyproject pins it)
+PIN = Pin(
+    module=__name__,
+    distribution="uvicorn",
+    version="0.54.0",
+    target="uvicorn.protocols.http.{h11_impl.H11Protocol,httptools_impl.HttpToolsProtocol}",
+    purpose="a time and a size limit on a request's line and headers (MODELSERVE_HEADER_TIMEOUT_S, MODELSERVE_MAX_HEADER_BYTES)",
+)
 _PATCHED_FLAG = "_modelserve_header_timeout_s"
 _MAX_HEADER_FLAG = "_modelserve_max_header_bytes"
 log = logging.getLogger("modelserve.connections")
+
+
+def check() -> None:
+    """PatchMismatch unless uvicorn is the pinned version and its protocols have the methods and state the patch wraps and reads."""
+    PIN.check_version()
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    for protocol in (H11Protocol, HttpToolsProtocol):
+        check_signature(PIN, _original(protocol, "connection_made"), ["self", "transport"])
+        check_signature(PIN, _original(protocol, "data_received"), ["self", "data"])
+        check_signature(PIN, _original(protocol, "connection_lost"), ["self", "exc"])
+        check_source(PIN, _original(protocol, "__init__"), "self.loop =", "self.transport")
+        check_source(PIN, _original(protocol, "connection_made"), "self.transport = transport", "self.client =")
+    check_source(PIN, _original(H11Protocol, "__init__"), "self.conn = h11.Connection(")
+    if not isinstance(getattr(h11, "IDLE", None), type):
+        raise PIN.mismatch("h11.IDLE, the client state while a request's headers are pending, is gone")
+    check_signature(PIN, _original(HttpToolsProtocol, "on_message_begin"), ["self"])
+    check_signature(PIN, _original(HttpToolsProtocol, "on_headers_complete"), ["self"])
+
+
+def _original(protocol: type, name: str) -> Callable[..., Any]:
+    """A protocol method as uvicorn wrote it, also once this module has wrapped it."""
+    method = getattr(protocol, name)
+    return getattr(method, "__wrapped__", method)
 
 
 def _timeout_response(timeout_s: float) -> bytes:
@@ -73,13 +108,7 @@ def _headers_done(protocol: Any) -> None:
 
 def limit_header_time(timeout_s: float, max_header_bytes: int = 64 * 1024) -> None:
     """Patch uvicorn's HTTP protocols so that slow, missing or too large headers close the connection (idempotent; the last limits win)."""
-    import uvicorn
-
-    if uvicorn.__version__ != UVICORN_VERSION:
-        raise RuntimeError(
-            f"service/http/connections.py patches uvicorn {UVICORN_VERSION}'s HTTP protocols; found uvicorn {uvicorn.__version__}: "
-            "check the patch against that version and update UVICORN_VERSION and the pin in pyproject.toml"
-        )
+    check()
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -89,6 +118,7 @@ def limit_header_time(timeout_s: float, max_header_bytes: int = 64 * 1024) -> No
         setattr(protocol, _MAX_HEADER_FLAG, int(max_header_bytes))
         if not already:
             _patch_h11(protocol) if protocol is H11Protocol else _patch_httptools(protocol)
+    mark_active(PIN, f"headers within {timeout_s:g} s and {max_header_bytes:,} bytes")
 
 
 def _arm(protocol: Any, waiting_for_headers: Callable[[Any], bool]) -> None:
@@ -143,7 +173,7 @@ def _patch_h11(protocol: Any) -> None:
         _disarm(self)
         original_lost(self, exc)
 
-    protocol.connection_made, protocol.data_received, protocol.connection_lost = connection_made, data_received, connection_lost
+    _replace(protocol, connection_made=connection_made, data_received=data_received, connection_lost=connection_lost)
 
 
 def _patch_httptools(protocol: Any) -> None:
@@ -186,8 +216,21 @@ def _patch_httptools(protocol: Any) -> None:
         _disarm(self)
         original_lost(self, exc)
 
-    protocol.connection_made, protocol.data_received, protocol.connection_lost = connection_made, data_received, connection_lost
-    protocol.on_message_begin, protocol.on_headers_complete = on_message_begin, on_headers_complete
+    _replace(
+        protocol,
+        connection_made=connection_made,
+        data_received=data_received,
+        connection_lost=connection_lost,
+        on_message_begin=on_message_begin,
+        on_headers_complete=on_headers_complete,
+    )
+
+
+def _replace(protocol: type, **methods: Callable[..., Any]) -> None:
+    """Put the wrappers in place, each keeping uvicorn's method as `__wrapped__` (for `check` and `_original`)."""
+    for name, method in methods.items():
+        method.__wrapped__ = getattr(protocol, name)  # type: ignore[attr-defined]
+        setattr(protocol, name, method)
 
 
 def _peer(protocol: Any) -> str:

@@ -1,27 +1,21 @@
-"""SIGTERM drains: new connections are refused at once, every request a connection has begun is answered, then it closes.
+"""SIGTERM drains in the workers: every request a connection has begun is answered, then it closes (a patch of uvicorn's shutdown).
 
-What BentoML 1.4 (circus + uvicorn) did, measured: the listening socket belongs to the
-arbiter (circus) and stays open until every worker has exited (1.8-2.8 s). The workers
-stop accepting at SIGTERM, so every connection made during the drain waited in the
-kernel's backlog, was never read, and was reset when the socket finally closed: 32-34
-requests sent and lost under 32 clients, 6 under 4 (benchmarks/drain.py). And uvicorn
-closes at once a connection with no request parsed yet, including one accepted a moment
-before, whose request was on its way: 3-4 requests in flight lost.
+What BentoML 1.4 (circus + uvicorn) did, measured: the workers stop accepting at
+SIGTERM while the arbiter's listening socket keeps queueing connections (circus_drain.py
+stops that), and uvicorn closes at once a connection with no request parsed yet,
+including one accepted a moment before whose request was on its way: 3-4 requests in
+flight lost, 4-6 reset under 4 clients and 32-34 under 32 with the queued ones
+(benchmarks/drain.py). Two patches of uvicorn 0.54.0, made at import:
 
-Three patches, all made at import (the arbiter and the workers import this service):
+- Server.shutdown accepts every connection still queued on the socket before it closes
+  it, so that a request sent on a connection the kernel had accepted is answered, not reset;
+- a connection's shutdown closes only a connection idle between requests (nothing begun,
+  nothing waiting unread in its socket); one that is new, is receiving a request's
+  headers, or has a next request unread is answered, with `Connection: close`, and the
+  header timeout (uvicorn_header_timeout.py) closes one whose request never comes.
 
-- circus's Arbiter.stop first shrinks the listening socket's backlog to nothing (the kernel
-  then drops new connection attempts instead of queueing them: the client retries its SYN
-  and is refused once the socket is closed, nothing sent) and closes its own copy of it,
-  before it stops the workers;
-- uvicorn's Server.shutdown accepts every connection still queued on the socket before it
-  closes it, so that a request sent on a connection the kernel had accepted is answered,
-  not reset;
-- uvicorn's connection shutdown closes only a connection idle between requests; one that
-  is new or is receiving a request's headers is answered, with `Connection: close`, and the
-  header timeout (service/http/connections.py) closes one whose request never comes.
-
-Pinned: circus and uvicorn as in pyproject.toml (uvicorn's version is asserted in connections.py).
+No uvicorn setting does this: `timeout_graceful_shutdown` bounds the wait for requests
+already being answered, it does not keep a connection open for one that has not begun.
 """
 
 from __future__ import annotations
@@ -32,38 +26,58 @@ import os
 import socket
 from typing import Any
 
+from service.patches import Pin, check_signature, check_source, mark_active
+from service.patches.uvicorn_keep_alive import bytes_waiting
+
+PIN = Pin(
+    module=__name__,
+    distribution="uvicorn",
+    version="0.54.0",
+    target="uvicorn.Server.shutdown, uvicorn.protocols.http.{h11_impl.H11Protocol,httptools_impl.HttpToolsProtocol}.shutdown",
+    purpose="at SIGTERM, answer every request a connection has begun before closing it",
+)
 _PATCHED_FLAG = "_modelserve_drains"
 log = logging.getLogger("modelserve.drain")
 
 
-def drain_on_sigterm() -> None:
-    """Patch circus's arbiter and uvicorn's HTTP protocols (idempotent)."""
-    from circus.arbiter import Arbiter
+def check() -> None:
+    """PatchMismatch unless uvicorn is the pinned version and its shutdown paths and state are what the patches use."""
+    PIN.check_version()
+    import h11
     from uvicorn import Server
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    if not getattr(Arbiter, _PATCHED_FLAG, False):
-        _close_listeners_first(Arbiter)
+    check_signature(PIN, _original(Server, "shutdown"), ["self", "sockets"])
+    check_source(PIN, _original(Server, "shutdown"), "for server in self.servers:", "connection.shutdown()")
+    check_source(PIN, Server.startup, "config.http_protocol_class(", "server_state=self.server_state", "app_state=self.lifespan.state")
+    for protocol in (H11Protocol, HttpToolsProtocol):
+        check_signature(PIN, protocol.__init__, ["self", "config", "server_state", "app_state", "_loop"])
+        check_signature(PIN, _original(protocol, "shutdown"), ["self"])
+        check_signature(PIN, _original(protocol, "on_response_complete"), ["self"])
+        check_source(PIN, _original(protocol, "shutdown"), "self.cycle.response_complete", "self.cycle.keep_alive = False")
+    if not hasattr(h11.Connection, "trailing_data"):
+        raise PIN.mismatch("h11.Connection.trailing_data, the bytes of a next request h11 holds, is gone")
+
+
+def _original(owner: type, name: str) -> Any:
+    method = getattr(owner, name)
+    return getattr(method, "__wrapped__", method)
+
+
+def drain_on_sigterm() -> None:
+    """Patch uvicorn's Server and both HTTP protocols (idempotent)."""
+    check()
+    from uvicorn import Server
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     if not getattr(Server, _PATCHED_FLAG, False):
         _accept_queued_before_closing(Server)
     for protocol in (H11Protocol, HttpToolsProtocol):
         if not getattr(protocol, _PATCHED_FLAG, False):
             _answer_begun_requests(protocol)
-
-
-def _close_listeners_first(arbiter: Any) -> None:
-    original_stop = arbiter.stop
-
-    def stop(self: Any, *args: Any, **kwargs: Any) -> Any:
-        for sock in self.sockets.values():  # circus closes them again at the end: closing twice is harmless
-            sock.listen(0)  # the socket is shared with the workers: no new connection is queued on it from now on
-            sock.close()
-        log.info("stopping: the listening sockets are closed, new connections are refused; requests begun are answered")
-        return original_stop(self, *args, **kwargs)
-
-    arbiter.stop = stop
-    setattr(arbiter, _PATCHED_FLAG, True)
+    mark_active(PIN)
 
 
 def _accept_queued_before_closing(server_class: Any) -> None:
@@ -76,6 +90,7 @@ def _accept_queued_before_closing(server_class: Any) -> None:
                 await _take_queued(self, loop, listener.fileno())
         await original_shutdown(self, sockets)
 
+    shutdown.__wrapped__ = original_shutdown  # type: ignore[attr-defined]  # for `check`
     server_class.shutdown = shutdown
     setattr(server_class, _PATCHED_FLAG, True)
 
@@ -125,12 +140,15 @@ def _answer_begun_requests(protocol: Any) -> None:
         if getattr(self, "_modelserve_draining", False) and not self.transport.is_closing():
             self.transport.close()  # the server is stopping: this was the connection's last request
 
+    shutdown.__wrapped__, on_response_complete.__wrapped__ = original_shutdown, original_complete  # type: ignore[attr-defined]
     protocol.shutdown, protocol.on_response_complete = shutdown, on_response_complete
     setattr(protocol, _PATCHED_FLAG, True)
 
 
 def _request_begun(protocol: Any) -> bool:
-    """Bytes of a next request have arrived (its headers are being read: service/http/connections.py tracks them)."""
+    """Bytes of a next request have arrived: being parsed (uvicorn_header_timeout.py tracks httptools'), or unread in the socket."""
+    if bytes_waiting(protocol.transport):
+        return True
     if hasattr(protocol, "conn"):  # h11: the client's state leaves IDLE with a request's first bytes
         import h11
 
