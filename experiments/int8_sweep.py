@@ -53,6 +53,8 @@ RECIPES: dict[str, tuple[Recipe, bool]] = {
     "u8s8, first conv fp32": (Recipe(fp32_nodes=("first_conv",)), False),
     "u8s8, head fp32": (Recipe(fp32_nodes=("head",)), False),
     "u8s8, depthwise fp32": (Recipe(fp32_nodes=("depthwise",)), False),
+    "u8s8, first conv and depthwise fp32": (Recipe(fp32_nodes=("first_conv", "depthwise")), False),
+    "u8s8, first conv and head fp32": (Recipe(fp32_nodes=("first_conv", "head")), False),
     "u8s8 reduce_range, first conv fp32": (Recipe(reduce_range=True, fp32_nodes=("first_conv",)), False),
     "u8s8, first conv fp32, Percentile": (Recipe(method="Percentile", fp32_nodes=("first_conv",)), False),
     "u8s8, first conv fp32, Entropy": (Recipe(method="Entropy", fp32_nodes=("first_conv",)), False),
@@ -134,9 +136,16 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="measure again the rows measured before (kept under /tmp/int8-sweep/results)")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
-    (CACHE / "variants").mkdir(exist_ok=True)
     version = Registry("models").get(MODEL, args.version)
+    own = CACHE if args.version == 1 else CACHE / f"v{args.version}"  # variants and rows per network (v1's stay where they were)
+    (own / "variants").mkdir(parents=True, exist_ok=True)
     spec = ImageSpec.from_json(version.verify()["preprocessing"])
+    decoded_as = CACHE / "spec.json"  # the decoded photos are shared by every version: only while their preprocessing is the same
+    if decoded_as.exists() and json.loads(decoded_as.read_text()) != spec.to_json():
+        raise SystemExit(
+            f"{CACHE} holds photos decoded as {decoded_as.read_text()}; v{args.version} decodes as {spec.to_json()}: --fresh cache"
+        )
+    decoded_as.write_text(json.dumps(spec.to_json()))
     train, test, labels, paths = photos(args.data, spec)
     step = max(1, len(paths) // args.per_shift)
     sets = {"test": test} | {name: images[::step] for name, images in shifted(paths, spec).items()}
@@ -155,9 +164,9 @@ def main() -> None:
     rows = []
     for name in chosen:
         recipe, u8u8 = RECIPES[name]
-        path = CACHE / "variants" / (re.sub(r"[^a-z0-9]+", "_", repr(recipe).lower()).strip("_")[7:] + ".onnx")
+        path = own / "variants" / (re.sub(r"[^a-z0-9]+", "_", repr(recipe).lower()).strip("_")[7:] + ".onnx")
         stamp = path.with_suffix(".json")
-        done = CACHE / "results" / f"{path.stem}{'_u8u8' if u8u8 else ''}_{step}.json"  # a row measured before: resumable
+        done = own / "results" / f"{path.stem}{'_u8u8' if u8u8 else ''}_{step}.json"  # a row measured before: resumable
         started = time.monotonic()
         if not path.exists() or not stamp.exists() or json.loads(stamp.read_text()) != json.loads(json.dumps(asdict(recipe))):
             quantize_int8(version.model_path, path, train, recipe)
@@ -177,8 +186,11 @@ def main() -> None:
     text = table(rows, cpu, step)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_sweep.md").write_text(
-        "# INT8 recipes for image_classifier v1's network\n\n`nice -n 10 python -m experiments.int8_sweep`\n\n" + text + "\n"
+    stem, flag = ("int8_sweep", "") if args.version == 1 else (f"int8_sweep_v{args.version}", f" --version {args.version}")
+    (RESULTS / f"{stem}.md").write_text(
+        f"# INT8 recipes for image_classifier v{args.version}'s network\n\n`nice -n 10 python -m experiments.int8_sweep{flag}`\n\n"
+        + text
+        + "\n"
     )
 
 

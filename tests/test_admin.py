@@ -38,7 +38,8 @@ NAME = next(name for name, recipe in RECIPES.items() if recipe.task.predicts_val
 
 @pytest.fixture()
 def registry(tmp_path: Path) -> Registry:
-    shutil.copytree(SHIPPED_MODELS / NAME, tmp_path / NAME)
+    for version in ("1", "2"):  # two versions, whatever else models/ ships
+        shutil.copytree(SHIPPED_MODELS / NAME / version, tmp_path / NAME / version)
     registry = Registry(tmp_path)
     registry.promote(NAME, 1)
     return registry

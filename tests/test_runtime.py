@@ -81,7 +81,7 @@ def test_workers_default_to_one_per_cpu_the_process_may_use() -> None:
 @pytest.mark.parametrize(("resample", "refused"), [("bogus", True), ("nearest", False)])
 def test_an_image_version_whose_resizing_cannot_run_is_refused_at_load(tmp_path: Path, resample: str, refused: bool) -> None:
     """resample "bogus" passed every load check, then every client's image got 400 "could not be decoded (KeyError)"."""
-    source = Registry(ROOT / "models").get("image_classifier", 1)
+    source = Registry(ROOT / "models").current("image_classifier")
     target = tmp_path / "image_classifier" / "1"
     shutil.copytree(source.path, target)
     metadata = json.loads((target / METADATA_FILE).read_text())

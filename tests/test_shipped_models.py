@@ -43,7 +43,9 @@ def test_size_budgets() -> None:
     for name in REGISTRY.served_models():
         assert REGISTRY.current(name).model_path.stat().st_size <= 20 * 1024 * 1024
     total = sum(p.stat().st_size for p in (ROOT / "models").rglob("*") if p.is_file())
-    assert total <= 40 * 1024 * 1024
+    # Every file here is baked into the serving image and cloned by every user: 48 MiB holds each kind's served
+    # version, the one before it and image_classifier v4 (EfficientNet-Lite0, 13.5 MB); duplicates get pruned.
+    assert total <= 48 * 1024 * 1024, f"models/ holds {total / 2**20:.1f} MiB: prune versions nobody serves or compares"
 
 
 def test_obvious_reviews() -> None:
