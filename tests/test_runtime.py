@@ -96,7 +96,7 @@ def test_an_image_version_whose_resizing_cannot_run_is_refused_at_load(tmp_path:
 
 
 def test_threads_are_sized_from_the_workers_and_the_cpus_the_process_may_use() -> None:
-    """A worker's pools get its share of the CPUs; a process pinned to one CPU runs one worker and single-threaded sessions."""
+    """A worker's pools may use every CPU the process may; a process pinned to one CPU runs one worker and single-threaded sessions."""
     from service.core.config import available_cpus
     from service.http.executor import Executor
 
@@ -105,7 +105,9 @@ def test_threads_are_sized_from_the_workers_and_the_cpus_the_process_may_use() -
     for workers in (1, 2, cpus, cpus + 3):
         settings = Settings(model_root=ROOT / "models", workers=workers)
         executor = Executor(settings, ModelRuntime(settings))
-        assert executor.pool("imdb_sentiment")._max_workers == max(1, cpus // workers)
+        # Every CPU, whatever the worker count: the kernel hands connections to workers unevenly (all 8 of a
+        # burst to one of two workers, 2 runs in 6 here), and a pool of the worker's share left a core idle then.
+        assert executor.pool("imdb_sentiment")._max_workers == cpus
         executor.close()
     model = load_model(Registry(ROOT / "models").current("boston_housing"), ["CPUExecutionProvider"])
     threads = model.sessions.primary.get_session_options().intra_op_num_threads

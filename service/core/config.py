@@ -98,8 +98,8 @@ class Settings:
     )
     work_threads: int = setting(
         0,
-        "threads per worker and model that decode, preprocess and run CPU inference; 0: the worker's share of the CPUs "
-        "(the CPUs the process may use, cgroup quota respected, divided by the workers; at least 1)",
+        "threads per worker and model that decode, preprocess and run CPU inference; 0: the CPUs the process may use "
+        "(cgroup quota respected), so a worker that holds most connections can still use every CPU",
     )
     batching: str = setting(
         "auto", "merge concurrent requests into one onnxruntime call: on, off, or auto (on for GPU providers, off on the CPU)"
@@ -172,6 +172,18 @@ class Settings:
     def worker_count(self) -> int:
         """MODELSERVE_WORKERS, or for 0 one per CPU this process may use (affinity and cgroup quota: `available_cpus`)."""
         return self.workers or available_cpus()
+
+    def pool_threads(self) -> int:
+        """Threads of each worker's pool per model: every CPU the process may use, not the worker's share.
+
+        Connections are not spread evenly over the workers: the kernel hands a burst of new
+        connections to whichever worker is waiting in accept, so at 8 clients all of them
+        often sat on one of two workers. With pools of one thread (the share of 2 CPUs over 2
+        workers) that worker ran one request at a time on one core: half the throughput, in
+        about half the runs (benchmarks/results/compare.md). Overlapping calls run the
+        single-threaded sessions, so a pool thread is at most one busy core.
+        """
+        return available_cpus()
 
     def cpus_per_worker(self) -> int:
         """Each worker's share of the CPUs this process may use, at least 1: what its thread pools are sized by.

@@ -299,7 +299,7 @@ class Executor:
 
     def pool(self, name: str) -> ThreadPoolExecutor:
         if name not in self.pools:
-            threads = self.settings.work_threads or self.settings.cpus_per_worker()
+            threads = self.settings.work_threads or self.settings.pool_threads()
             self.pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=f"work-{name}")
         return self.pools[name]
 
