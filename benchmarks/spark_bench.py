@@ -1,10 +1,10 @@
 """Rows/s of the Spark engine on local[2] next to the single-machine scorer, start-up separated from steady state.
 
-    .venv/bin/python benchmarks/spark_bench.py --out benchmarks/results/spark.md   # 100,000 reviews, 2,000 images; writes .md + .png
-    .venv/bin/python benchmarks/spark_bench.py --scale 0.1                          # a quick look, nothing written
-    .venv/bin/python benchmarks/spark_bench.py --models imdb_sentiment --project ../before --model-root ../before/models \
+    python -m benchmarks.spark_bench --out benchmarks/results/spark.md   # 100,000 reviews, 2,000 images; writes .md + .png
+    python -m benchmarks.spark_bench --scale 0.1                          # a quick look, nothing written
+    python -m benchmarks.spark_bench --models imdb_sentiment --project ../before --model-root ../before/models \
         --out benchmarks/results/spark_before.md                                   # another checkout's code and models
-    .venv/bin/python benchmarks/spark_bench.py --out benchmarks/results/spark.md --docs docs/batch-and-spark.md
+    python -m benchmarks.spark_bench --out benchmarks/results/spark.md --docs docs/batch-and-spark.md
                                                                                     # and rewrite the docs' cluster sizing
 
 Every run is the command a user types (`python -m service.batch ... [--engine spark
@@ -126,7 +126,8 @@ def score(engine: str, model: str, source: Path, inputs: int, work: Path, model_
     started = time.monotonic()
     done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
-    summary = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    # the job's summary line ("... N of N rows scored" / "N rows in = ..."); a line about the model file may follow it
+    summary = next((line for line in reversed(done.stderr.strip().splitlines()) if " scored" in line), "")
     if done.returncode != 0 or not re.search(rf"\b{inputs:,}\b", summary):
         raise SystemExit(f"{engine} {model} {inputs}: exit {done.returncode}\n{done.stderr[-3000:]}")
     run = Run(engine, model, inputs, seconds)
