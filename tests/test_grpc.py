@@ -181,6 +181,15 @@ def test_checked_in_stubs_are_what_the_proto_generates(tmp_path: Path) -> None:
         assert path.read_bytes() == checked_in.read_bytes(), f"{checked_in} is stale: run `python -m service.grpc.generate`"
 
 
+def test_the_servicer_answers_every_rpc_of_the_proto() -> None:
+    """The generated base class answers UNIMPLEMENTED by raising (grpcio-tools' own text, checked in as generated);
+    the service's servicer overrides every rpc, so none of those bodies is ever served."""
+    rpcs = [name for name in vars(pb_grpc.GRPCInferenceServiceServicer) if not name.startswith("_")]
+    assert len(rpcs) == 7 and all(
+        getattr(InferenceServicer, rpc) is not getattr(pb_grpc.GRPCInferenceServiceServicer, rpc) for rpc in rpcs
+    ), rpcs
+
+
 class Failing(InferenceServicer):
     """The real servicer's error handling (the `rpc` wrapper) around methods that fail as the executor can."""
 
