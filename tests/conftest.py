@@ -28,6 +28,7 @@ import pytest
 from benchmarks import launch
 from benchmarks.launch import Server
 from tests.servers import POOLED, SHIPPED_MODELS, ServerPool, ServerSpec
+from tests.shards import SHARD_OF
 from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
     pytest_collection_modifyitems,
     pytest_make_collect_report,
@@ -37,7 +38,7 @@ from tests.tiers import (  # noqa: F401 - pytest finds the tiers' hooks here
 )
 
 __all__ = ["FIXTURES", "SHIPPED_MODELS"]
-pytest_plugins = ["pytester"]  # tests/test_tiers.py runs small suites through the tiers' hooks
+pytest_plugins = ["pytester", "tests.shards"]  # pytester: tests/test_tiers.py runs small suites through the tiers' hooks
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIENT_TIMEOUT_S = 120
 # The servers tests start run one worker unless a module asks for more (the multi-worker tests
@@ -106,6 +107,9 @@ def no_unexpected_5xx(request: pytest.FixtureRequest) -> Iterator[None]:
 def pooled_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> Iterator[tuple[Server, Path]]:
     """This module's server and the registry it serves."""
     module = request.module.__name__
+    shard_of = request.config.stash.get(SHARD_OF, None)
+    if shard_of is not None and not server_pool.narrowed:  # this worker runs this module's shard, and only it
+        server_pool.keep_only({name for name, shard in shard_of.items() if shard == shard_of[module]})
     if module not in [name for name, _ in server_pool.plan]:  # a module the plan did not foresee (its own `server` calls ours)
         server_pool.plan.append((module, getattr(request.module, "SERVER", ServerSpec())))
     server, registry = server_pool.take(module)

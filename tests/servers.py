@@ -59,6 +59,7 @@ class ServerPool:
         self.plan = plan  # (module, spec) in run order, for the modules that declare a SERVER
         self.folder = folder  # a fresh folder for a server's registry and log
         self._started: dict[tuple[str, bool, tuple[tuple[str, str], ...]], Started] = {}
+        self.narrowed = False  # keep_only was called
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=1 + AHEAD, thread_name_prefix=START_THREADS)
 
@@ -76,10 +77,12 @@ class ServerPool:
                 self._started[key] = Started(future, registry, users)
             return self._started[key]
 
-    def begin_first(self) -> None:
-        """Start the first module's server now: it starts while the unit tests run."""
-        for name, spec in self.plan[:1]:
-            self._begin(name, spec)
+    def keep_only(self, modules: set[str]) -> None:
+        """Plan for these modules only (the shard this worker runs, tests/shards.py); before any server starts."""
+        with self._lock:
+            assert not self._started, "narrow the plan before the first server starts"
+            self.plan = [(name, spec) for name, spec in self.plan if name in modules]
+            self.narrowed = True
 
     def take(self, module: str) -> tuple[Server, Path]:
         """This module's server (started now, or waited for) and its registry; the next modules' servers begin starting."""
