@@ -1,29 +1,34 @@
-"""One shard of whole test modules per pytest-xdist worker, balanced by the time each module took.
+"""`pytest -n N`: N shards of whole test modules, one per pytest-xdist worker, balanced by the time each module took.
 
-The README's test command runs `pytest -n 2 --dist loadgroup`: two workers, and every test
-carries an `xdist_group` mark naming its shard, so each worker runs one shard from start to
-end, in the suite's order (unit, integration, e2e). Why not xdist's own `loadfile`: a worker
-that knows which modules it will run can start the next module's server while the current
-one's tests run (tests/servers.py), and a shared server stops after the last module of its
-shard that uses it; with modules handed out one at a time it could do neither. Why whole
-modules: their servers, registries and trained models are module fixtures.
+Each worker runs one shard from start to end, in the suite's order (unit, integration,
+e2e). Why not xdist's `load` or `loadfile`: a worker that knows which modules it will run
+can start the next module's server while the current one's tests run (tests/servers.py),
+and a shared server stops after the last module of its shard that uses it; with tests or
+modules handed out one at a time it could do neither. Why whole modules: their servers,
+registries and trained models are module fixtures, and some tests read what an earlier
+test of their module left (a log, a metric). Why a scheduler of our own
+(`pytest_xdist_make_scheduler`) and not `--dist loadgroup` with xdist_group marks: pytest
+9.2 no longer lets xdist 3.8 rename node ids, so loadgroup silently stops grouping
+(pytest-dev/pytest-xdist#1386); the scheduler below groups by module path instead.
 
 Shards are filled longest first (LPT) with the seconds each module took in one serial run on
 the 2-core machine (SECONDS; a module not listed counts DEFAULT_S per test). The Docker
-modules stay in one shard: they build and run the same image tag on one daemon. Every worker
-computes the same assignment from the same collection, as xdist requires. To refresh the
-table after the suite changes:
+modules stay in one shard: they build and run the same image tag on one daemon. The
+controller and every worker compute the same assignment from the same collection. `-n`
+with `--dist loadfile` (or any other mode named explicitly) keeps xdist's own scheduling.
+To refresh the table after the suite changes:
 
     python -m pytest -q -p no:xdist --durations=0 > durations.log; python -m tests.shards durations.log
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,23 +63,19 @@ SECONDS: dict[str, float] = {
 }
 DEFAULT_S = 0.05  # per test of a module not in SECONDS (the unlisted ones are unit modules of a second or two)
 TOGETHER = (("tests/test_container.py", "tests/test_replicas.py", "tests/faults/test_fault_container.py"),)
-SHARD_OF = pytest.StashKey[dict[str, int]]()  # test module name (tests.test_v2) -> its shard, in the workers of a sharded run
+SHARDED = "modelserve_shards"  # workerinput key: this worker runs one shard of a sharded run
+SHARD_OF = pytest.StashKey[dict[str, int]]()  # in a worker of a sharded run: test module name (tests.test_v2) -> shard
 
 
-def worker_count(config: pytest.Config) -> int:
-    """The number of xdist workers when this process is one of them running `--dist loadgroup`; else 0 (no shards)."""
-    if not getattr(config, "workerinput", None) or not config.getoption("loadgroup", False):
-        return 0
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
-def assign(tests_per_module: dict[str, int], count: int) -> dict[str, int]:
+def assign(nodeids: Iterable[str], count: int) -> dict[str, int]:
     """Module path -> shard: units (a module, or a TOGETHER group) longest first, each to the shard with the least so far."""
-    units: list[list[str]] = []
-    for group in TOGETHER:
-        members = [module for module in group if module in tests_per_module]
-        if members:
-            units.append(members)
+    tests_per_module = Counter(module_of(nodeid) for nodeid in nodeids)
+    units: list[list[str]] = [[m for m in group if m in tests_per_module] for group in TOGETHER]
+    units = [unit for unit in units if unit]
     grouped = {module for unit in units for module in unit}
     units += [[module] for module in tests_per_module if module not in grouped]
 
@@ -90,20 +91,50 @@ def assign(tests_per_module: dict[str, int], count: int) -> dict[str, int]:
     return shard_of
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks into the test ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a sharded run, give every test the xdist_group of its module's shard."""
-    count = worker_count(config)
-    if count < 2:
+def _sharding(config: pytest.Config) -> bool:
+    """On the controller: `-n N` with xdist's default distribution, which this plugin replaces by shards."""
+    return config.getoption("dist", "no") == "load" and bool(config.getoption("numprocesses", None))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if not _sharding(config):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ShardScheduling(LoadScopeScheduling):
+        """xdist's scope scheduler with one scope per shard: worker k gets shard k whole, nothing more."""
+
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self.shard_of: dict[str, int] = {}
+
+        def schedule(self) -> None:
+            if self.collection is None and self.registered_collections:
+                self.shard_of = assign(next(iter(self.registered_collections.values())), len(self.nodes))
+            super().schedule()
+
+        def _split_scope(self, nodeid: str) -> str:
+            return f"shard{self.shard_of[module_of(nodeid)]}"
+
+    return ShardScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput[SHARDED] = _sharding(node.config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a worker of a sharded run: which module goes to which shard, from the final collection (as the controller sees it)."""
+    workerinput = getattr(session.config, "workerinput", {})
+    if not workerinput.get(SHARDED):
         return
-    tests_per_module = Counter(item.nodeid.split("::")[0] for item in items)
-    shard_of = assign(dict(tests_per_module), count)
-    by_name: dict[str, int] = {}
-    for item in items:
-        shard = shard_of[item.nodeid.split("::")[0]]
-        item.add_marker(pytest.mark.xdist_group(f"shard{shard}"))
-        by_name[item.module.__name__] = shard  # type: ignore[attr-defined]
-    config.stash[SHARD_OF] = by_name
+    shard_of = assign((item.nodeid for item in session.items), int(workerinput["workercount"]))
+    session.config.stash[SHARD_OF] = {
+        item.module.__name__: shard_of[module_of(item.nodeid)]  # type: ignore[attr-defined]
+        for item in session.items
+    }
 
 
 def table_from_durations(log: Path) -> dict[str, float]:
