@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -131,6 +132,14 @@ def server(pooled_server: tuple[Server, Path]) -> Server:
 def server_registry(pooled_server: tuple[Server, Path]) -> Path:
     """The registry this module's server serves (the module's own copy when its ServerSpec builds one)."""
     return pooled_server[1]
+
+
+@pytest.fixture(scope="module")
+def keras() -> ModuleType:
+    """Keras, imported when an e2e training test first asks (collection and the unit tier never load it)."""
+    import keras
+
+    return keras
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ keep serving, and a retrain with its recorded recipe is gated, promoted and serv
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import importlib.util
 import io
@@ -29,6 +30,7 @@ import pytest
 from benchmarks.launch import ROOT, Server, start_server
 from service.batch import cli as batch_cli
 from service.core.registry import MODEL_FILE, Registry
+from tests.eager import eager_tensorflow
 from tests.generate import (
     THREE_COLOURS,
     class_image,
@@ -76,7 +78,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Path]) -> 
     """A registry with the three models, each trained by the CLI and promoted (not served by anyone yet)."""
     root = tmp_path_factory.mktemp("trained")
     for name, args in TRAIN.items():
-        assert train_main([*args, "--data", str(data[name]), "--registry", str(root)]) == 0, name
+        with eager_tensorflow() if name == IMAGE else contextlib.nullcontext():  # tests/eager.py
+            assert train_main([*args, "--data", str(data[name]), "--registry", str(root)]) == 0, name
         assert train_main(["promote", name, "1", "--registry", str(root)]) == 0
     return root
 
