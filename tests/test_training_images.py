@@ -34,7 +34,7 @@ def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> 
     VGG16 has no BatchNorm, so its random features keep the colour signal; the run
     exercises --weights FILE, the frozen phase, fine-tuning and the uint8 export.
     """
-    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 60}, size=32)
+    folders = write_image_folders(tmp_path / "images", {"train": 40, "validation": 12, "test": 20}, size=32)
     keras.utils.set_random_seed(0)
     weights = tmp_path / "vgg16_random.weights.h5"
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)  # VGG16's smallest input
@@ -49,8 +49,8 @@ def test_image_classifier_pretrained_path(tmp_path: Path, keras: ModuleType) -> 
     assert (registry.get("image_classifier", 1).path / "confusion_matrix.png").is_file()
     check = metadata["variants"]["int8"][
         "check"
-    ]  # made at export, calibrated on the training images, checked on the 120 test images (60 per class)
-    assert check["samples"] == 120 and metadata["variants"]["int8"]["written"] == check["passed"]
+    ]  # made at export, calibrated on the training images, checked on the 40 test images (20 per class)
+    assert check["samples"] == 40 and metadata["variants"]["int8"]["written"] == check["passed"]
 
 
 def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
