@@ -2,8 +2,9 @@
 
 Through the CLI entry point (`training.__main__.main`), in this process so TensorFlow is
 imported once. A module of its own, apart from tests/test_training.py, so that the two
-shards of `pytest -n 2` (tests/shards.py) can each take one of them. The EfficientNet-Lite run from
-scratch fits eagerly (tests/eager.py: 35 s -> 22 s); the others keep Keras's graph mode.
+shards of `pytest -n 2` (tests/shards.py) can each take one of them. The two runs from scratch fit
+eagerly (tests/eager.py); the others (VGG16 and EfficientNet-Lite with a weights file)
+keep Keras's graph mode, the one the training commands use.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def test_image_classifier_from_scratch_is_recorded_as_not_pretrained(tmp_path: P
     registry_root = tmp_path / "my registry"
     args = ["image_classifier", "--data", str(folders), "--registry", str(registry_root), "--base", "mobilenet", "--alpha", "0.25",
             "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]  # fmt: skip
-    assert main(args) == 0
+    with eager_tensorflow():
+        assert main(args) == 0
     registry, metadata = trained_version(registry_root, "image_classifier")
     assert metadata["architecture"]["pretrained"] is False
     assert metadata["architecture"]["weights"].startswith("none")
