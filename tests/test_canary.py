@@ -7,7 +7,6 @@ import importlib.util
 import json
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from service.core.errors import DeployError
 from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, METADATA_FILE, MODEL_FILE, Registry, sha256_file
 from tests.faults.faultlib import copy_version, registry_of
 from tests.generate import review, write_reviews_csv
+from tests.traffic import Traffic
 from training.__main__ import main as train_main
 from training.redeploy import ServiceClient, live_phase
 from training.redeploy import main as redeploy_main
@@ -202,30 +202,6 @@ def live_args(**overrides: Any) -> argparse.Namespace:
     defaults = {"canary": None, "shadow": False, "watch": 30.0, "min_requests": 40, "max_error_rate_increase": 0.01}
     defaults |= {"max_p99_increase": 10.0, "max_disagreement": 0.05, "max_difference": 1.0}
     return argparse.Namespace(**(defaults | overrides))
-
-
-class Traffic:
-    """Requests from a thread until stopped, every status code counted."""
-
-    def __init__(self, url: str, path: str, bodies: list[dict[str, Any]]) -> None:
-        self.codes: Counter[int] = Counter()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(url, path, bodies), daemon=True)
-
-    def _run(self, url: str, path: str, bodies: list[dict[str, Any]]) -> None:
-        with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            i = 0
-            while not self.stop.is_set():
-                self.codes[client.post(path, json=bodies[i % len(bodies)]).status_code] += 1
-                i += 1
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def test_watch_rolls_back_a_canary_that_raises_on_some_inputs(server: Server, root: Path) -> None:

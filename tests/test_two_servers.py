@@ -9,7 +9,6 @@ has a directory of its own (service/http/metrics.py).
 from __future__ import annotations
 
 import argparse
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.launch import Server, start_server
 from service.core.registry import CANDIDATE_FILE, CURRENT_FILE, Registry
 from tests.faults.faultlib import HOUSE, copy_version, registry_of
+from tests.traffic import Traffic
 from training.redeploy import ServiceClient, live_phase
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_a_second_server_leaves_the_first_ones_metrics_and_its_canary_decides(
     try:
         args = argparse.Namespace(model=NAME, canary=50.0, shadow=False, watch=12.0, min_requests=20, max_error_rate_increase=0.01)
         args.max_p99_increase, args.max_disagreement, args.max_difference = 10.0, 0.05, 1.0
-        with Traffic(first.url):  # a canary on the first server, while the second one runs
+        with Traffic(first.url, "/predict_price", [{"rows": [HOUSE]}]):  # a canary on the first server, while the second one runs
             assert live_phase(args, Registry(root), ServiceClient(first.url, TOKEN), 2, [HOUSE]) == 0
         assert (root / NAME / CURRENT_FILE).read_text().strip() == "2" and not (root / NAME / CANDIDATE_FILE).exists()
         steps = [int(line[1 : line.index("]")]) for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
@@ -81,24 +81,3 @@ def test_a_second_server_leaves_the_first_ones_metrics_and_its_canary_decides(
     finally:
         second.stop()
     assert answered(first.url, "2") > 0, "the first server still counts after the second one stopped"
-
-
-class Traffic:
-    """/predict_price from a thread until the block ends."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            while not self.stop.is_set():
-                client.post("/predict_price", json={"rows": [HOUSE]})
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
