@@ -43,8 +43,10 @@ pytest_plugins = ["pytester", "tests.shards"]  # pytester: tests/test_tiers.py r
 FIXTURES = Path(__file__).parent / "fixtures"
 CLIENT_TIMEOUT_S = 120
 # The servers tests start run one worker unless a module asks for more (the multi-worker tests
-# set 2): per-worker bounds and logs are then exact. The default (one per CPU) is what the
-# container tests and the benchmarks run.
+# set 2): per-worker bounds and logs are then exact. So do the replicas of tests/test_replicas.py
+# (deploy/replicas/compose.yaml passes MODELSERVE_WORKERS on: three replicas of two workers each
+# were six model-loading processes per start on two cores). The default (one per CPU) is what
+# the container tests (docker run) and the benchmarks run.
 os.environ.setdefault("MODELSERVE_WORKERS", "1")
 SERVER_PLAN = pytest.StashKey[list[tuple[str, ServerSpec]]]()
 
