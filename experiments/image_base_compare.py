@@ -20,7 +20,7 @@ of them (125 cats + 125 dogs; `--all` in `onnx` uses all 1,000).
     python -m experiments.image_base_compare cost efficientnet_lite0:224 efficientnet_lite2:260 v3=models/image_classifier/3/model.onnx
     python -m experiments.image_base_compare table
 
-`cost` gives each candidate's model file size and its bare fp32 session's img/s at batch 1
+`cost` gives each candidate's model file size and its bare session's img/s (fp32 or INT8 file) at batch 1
 and 8 (as benchmarks/image_models.py measures versions), in alternating rounds.
 
 Features and decoded shifts are cached under $IMAGE_COMPARE_CACHE (default /tmp/image_compare);
@@ -384,7 +384,7 @@ COST_BATCHES = (1, 8)
 
 
 def command_cost(items: list[str], rounds: int, seconds: float) -> None:
-    """File size and the bare fp32 session's img/s at batch 1 and 8 of each candidate, in alternating rounds (median).
+    """File size and the bare session's img/s at batch 1 and 8 of each candidate, in alternating rounds (median).
 
     An item is BASE:SIZE (the trainer's model of that base, `full_model`) or LABEL=FILE.onnx.
     Sessions are opened as benchmarks/image_models.py opens them (the service's options, every
@@ -424,7 +424,7 @@ def command_cost(items: list[str], rounds: int, seconds: float) -> None:
     for label, path in files.items():
         row = {
             "candidate": label,
-            "kind": "serving cost (fp32 session)",
+            "kind": "serving cost (bare session)",
             "file_bytes": path.stat().st_size,
             **{f"img_per_s_batch{b}": round(rates[(label, b)], 1) for b in COST_BATCHES},
             **{f"cost_per_image_vs_first_batch{b}": round(rates[(first, b)] / rates[(label, b)], 2) for b in COST_BATCHES},
