@@ -13,10 +13,15 @@ of them (125 cats + 125 dogs; `--all` in `onnx` uses all 1,000).
 
     nice -n 10 python -m experiments.image_base_compare features mobilenet 224
     nice -n 10 python -m experiments.image_base_compare features efficientnet_lite0 224
-    nice -n 10 python -m experiments.image_base_compare heads
+    nice -n 10 python -m experiments.image_base_compare features efficientnet_lite2 260
+    nice -n 10 python -m experiments.image_base_compare heads [--features efficientnet_lite2_260] [--only NAME]
     nice -n 10 python -m experiments.image_base_compare finetune NAME -- --base efficientnet_lite0 ...  (trainer options)
     nice -n 10 python -m experiments.image_base_compare onnx models/image_classifier/2/model.onnx v2 [--all]
+    python -m experiments.image_base_compare cost efficientnet_lite0:224 efficientnet_lite2:260 v3=models/image_classifier/3/model.onnx
     python -m experiments.image_base_compare table
+
+`cost` gives each candidate's model file size and its bare session's img/s (fp32 or INT8 file) at batch 1
+and 8 (as benchmarks/image_models.py measures versions), in alternating rounds.
 
 Features and decoded shifts are cached under $IMAGE_COMPARE_CACHE (default /tmp/image_compare);
 results accumulate in experiments/results/image_base_compare.json, which `table` prints.
@@ -193,9 +198,11 @@ def train_head(x: np.ndarray, y: np.ndarray, hidden: int, dropout: float, smooth
     return head
 
 
-def command_heads(only: str | None) -> None:
+def command_heads(only: str | None, features: list[str] | None) -> None:
     for path in sorted(CACHE.glob("ft_*_validation.npy")):
         base_name, size = path.name.removeprefix("ft_").removesuffix("_validation.npy").rsplit("_", 1)
+        if features and f"{base_name}_{size}" not in features:
+            continue
         feats = {
             p.name.removeprefix(f"ft_{base_name}_{size}_").removesuffix(".npy"): np.load(p)
             for p in CACHE.glob(f"ft_{base_name}_{size}_*.npy")
@@ -244,13 +251,29 @@ def command_onnx(path: Path, label: str, everything: bool, seconds: float | None
     save_result(row | (extra or {}))
 
 
-def command_finetune(name: str, trainer_args: list[str]) -> None:
-    """The trainer's own models and two phases on train (+ photo copies), validated on validation; no test split."""
+def epoch_clock() -> Any:
+    """A Keras callback that logs and keeps each epoch's seconds (its validation included)."""
     import keras
 
-    from training.export import TensorSpec, export_onnx
-    from training.kinds.image import add_arguments, build_models, default_image_size, fit_two_phases
-    from training.photo_augment import augmented_copies as copies_of
+    class EpochClock(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self._started = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.seconds.append(time.monotonic() - self._started)
+            log(f"epoch {epoch + 1}: {self.seconds[-1]:.0f}s, val_accuracy {(logs or {}).get('val_accuracy', float('nan')):.4f}")
+
+    return EpochClock()
+
+
+def trainer_namespace(trainer_args: list[str]) -> argparse.Namespace:
+    """The image kind's options (training/kinds/image.py) parsed as its trainer parses them; no data folder is read."""
+    from training.kinds.image import add_arguments, default_image_size
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
@@ -258,26 +281,159 @@ def command_finetune(name: str, trainer_args: list[str]) -> None:
     args = parser.parse_args(["--data", "unused", *trainer_args])
     args.name = "base-compare"  # the Keras models' name
     args.image_size = args.image_size or default_image_size(args.base)
+    return args
+
+
+def command_finetune(name: str, trainer_args: list[str]) -> None:
+    """The trainer's models and two phases on train (+ photo copies), validated on validation; no test split.
+
+    With `--phase1 features` and at most one photo copy, phase 1 trains the trainer's top as the
+    trainer does (Adam at --learning-rate, --epochs, --batch-size, shuffled) but on the cached ONNX
+    features of the same frozen base (`features` command: train, train_aug, validation) rather than
+    running the base again in Keras; the photo copy is then the cached one (seed AUGMENT_SEED), the
+    images those features came from. Phase 2 is the trainer's own: the top --fine-tune-layers of
+    the base unfrozen but BatchNorm, its in-graph augmentation, Adam at --fine-tune-learning-rate.
+    Each phase-2 epoch's seconds are logged and kept.
+    """
+    import keras
+
+    from training.export import TensorSpec, export_onnx
+    from training.kinds import image as trainer
+
+    args = trainer_namespace(trainer_args)
+    size = args.image_size
     keras.utils.set_random_seed(args.seed)
     started = time.monotonic()
-    sets = decoded_sets(args.image_size, ("train", "validation"))
-    spec = ImageSpec(args.image_size, args.image_size)
+    (train_px, train_labels), (val_px, val_labels) = decoded(size, "train"), decoded(size, "validation")
     train_paths, _ = split_paths("train")
-    x, y = np.asarray(sets["train"][0]), sets["train"][1]
-    extra = [copies_of(train_paths, spec, seed=args.seed * 1000 + c) for c in range(args.photo_copies)]
-    x, y = np.concatenate([x, *extra]), np.concatenate([y] * (1 + len(extra)))
-    models = build_models(args, 2)
-    inference = models.inference
-    history, layers = fit_two_phases(args, models, (x, y), (np.asarray(sets["validation"][0]), sets["validation"][1]))
+    copies = [np.asarray(decoded(size, "train_aug")[0])][: args.photo_copies]
+    copies += [augmented_copies(train_paths, ImageSpec(size, size), AUGMENT_SEED + c) for c in range(1, args.photo_copies)]
+    x, y = np.concatenate([np.asarray(train_px), *copies]), np.concatenate([train_labels] * (1 + len(copies)))
+    validation = (np.asarray(val_px), val_labels)
+    models = trainer.build_models(args, 2)
+    feature_files = [CACHE / f"ft_{args.base}_{size}_{n}.npy" for n in ("train", "train_aug")[: 1 + args.photo_copies]]
+    feature_files.append(CACHE / f"ft_{args.base}_{size}_validation.npy")
+    clock = epoch_clock()
+    if args.phase1 == "features" and args.photo_copies <= 1 and all(f.exists() for f in feature_files):
+        *train_features, val_features = (np.load(f) for f in feature_files)
+        log(f"phase 1: the top on cached features of {args.base} {size}px, {args.epochs} epochs")
+        trainer._compile(models.top, args.learning_rate)
+        fitted = models.top.fit(
+            np.concatenate(train_features),
+            y,
+            validation_data=(val_features, val_labels),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            shuffle=True,
+            verbose=0,
+        )
+        history = fitted.history
+        log(f"phase 1: val_accuracy {history['val_accuracy'][-1]:.4f}")
+        layers = 0
+        phase2_started = time.monotonic()
+        if args.fine_tune_epochs > 0:
+            layers = trainer._unfreeze_top(models.base, args.fine_tune_layers)
+            trainer._compile(models.training, args.fine_tune_learning_rate)
+            log(f"phase 2: top {args.fine_tune_layers} base layers ({layers} with weights) at lr {args.fine_tune_learning_rate}")
+            more = models.training.fit(
+                trainer._dataset(x, y, args.batch_size, True, args.seed),
+                validation_data=trainer._dataset(*validation, args.batch_size, False, args.seed),
+                epochs=args.fine_tune_epochs,
+                verbose=2,
+                callbacks=[clock],
+            ).history
+            history = {key: history[key] + more[key] for key in history}
+        phase2_seconds = time.monotonic() - phase2_started
+    else:
+        history, layers = trainer.fit_two_phases(args, models, (x, y), validation)
+        phase2_seconds = float("nan")
     seconds = time.monotonic() - started
-    path = CACHE / f"finetune_{name.replace(' ', '_')}.onnx"
-    export_onnx(inference, TensorSpec("image", "uint8", (None, args.image_size, args.image_size, 3)), "probabilities", path)
+    path = CACHE / f"finetune_{name.replace(' ', '_').replace('/', '_')}.onnx"
+    export_onnx(models.inference, TensorSpec("image", "uint8", (None, size, size, 3)), "probabilities", path)
     extra_info = {
         "trainer_args": trainer_args,
         "val_accuracy_per_epoch": [round(v, 4) for v in history["val_accuracy"]],
         "layers_with_weights": layers,
+        "phase2_seconds": None if np.isnan(phase2_seconds) else round(phase2_seconds),
+        "phase2_epoch_seconds": [round(v) for v in clock.seconds],
+        "onnx": str(path),
     }
     command_onnx(path, name, everything=False, seconds=seconds, extra=extra_info)
+
+
+def full_model(base_name: str, size: int) -> Path:
+    """The trainer's inference model (uint8 pixels -> probabilities) of a base, head untrained, exported to ONNX (cached).
+
+    A file's size and a session's cost do not depend on the head's weights.
+    """
+    path = CACHE / f"full_{base_name}_{size}.onnx"
+    if path.exists():
+        return path
+    from training.export import TensorSpec, export_onnx
+    from training.kinds.image import build_models
+
+    args = trainer_namespace(["--base", base_name, "--weights", str(WEIGHTS[base_name]), "--image-size", str(size)])
+    if base_name == "mobilenet":
+        args.alpha = 0.75
+    models = build_models(args, 2)
+    export_onnx(models.inference, TensorSpec("image", "uint8", (None, size, size, 3)), "probabilities", path)
+    return path
+
+
+COST_BATCHES = (1, 8)
+
+
+def command_cost(items: list[str], rounds: int, seconds: float) -> None:
+    """File size and the bare session's img/s at batch 1 and 8 of each candidate, in alternating rounds (median).
+
+    An item is BASE:SIZE (the trainer's model of that base, `full_model`) or LABEL=FILE.onnx.
+    Sessions are opened as benchmarks/image_models.py opens them (the service's options, every
+    core); the photos are validation photos decoded at each model's size. The cost per image is
+    against the first item.
+    """
+    import onnx
+
+    from benchmarks.int8 import images_per_second
+    from service.core.sessions import SessionConfig, open_session
+
+    files: dict[str, Path] = {}
+    for item in items:
+        if "=" in item:
+            label, file = item.split("=", 1)
+            files[label] = Path(file)
+        else:
+            base_name, size = item.split(":")
+            files[f"{base_name} {size}px"] = full_model(base_name, int(size))
+    threads, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    sessions = {
+        label: open_session(path, SessionConfig(("CPUExecutionProvider",)), "", threads, spin=True) for label, path in files.items()
+    }
+    photos = {}
+    for label, path in files.items():
+        size = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+        photos[label] = np.asarray(decoded(size, "validation")[0][:16])
+    samples: dict[tuple[str, int], list[float]] = {}
+    for round_ in range(rounds):
+        for batch in COST_BATCHES:
+            for label in list(files) if round_ % 2 == 0 else reversed(list(files)):
+                inputs = np.ascontiguousarray(photos[label][np.arange(batch) % 16])
+                samples.setdefault((label, batch), []).append(images_per_second(sessions[label], inputs, seconds))
+    rates = {key: float(np.median(values)) for key, values in samples.items()}
+    note = f"{rounds} alternating rounds of {seconds:g}s, {threads} cores, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    first = next(iter(files))
+    for label, path in files.items():
+        row = {
+            "candidate": label,
+            "kind": "serving cost (bare session)",
+            "file_bytes": path.stat().st_size,
+            **{f"img_per_s_batch{b}": round(rates[(label, b)], 1) for b in COST_BATCHES},
+            **{f"cost_per_image_vs_first_batch{b}": round(rates[(first, b)] / rates[(label, b)], 2) for b in COST_BATCHES},
+            "first": first,
+            "measured": note,
+        }
+        rows = [r for r in load_results() if r["candidate"] != label or r["kind"] != row["kind"]] + [row]
+        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+        log(f"{label}: {row['file_bytes'] / 1e6:.1f} MB, " + ", ".join(f"batch {b} {rates[(label, b)]:.1f} img/s" for b in COST_BATCHES))
 
 
 def command_table() -> None:
@@ -285,10 +441,23 @@ def command_table() -> None:
     print("| candidate | kind | validation (1,000) | shift mean (12 x 250) | weakest shifts | train time |")
     print("|---|---|---|---|---|---|")
     for row in rows:
+        if "validation" not in row:
+            continue
         shifts = row.get("shifts") or {}
         weakest = ", ".join(f"{k} {v:.3f}" for k, v in sorted(shifts.items(), key=lambda kv: kv[1])[:2])
         seconds = f"{row['train_seconds'] / 60:.0f} min" if "train_seconds" in row else ""
         print(f"| {row['candidate']} | {row['kind']} | {row['validation']:.4f} | {row['shift_mean']:.4f} | {weakest} | {seconds} |")
+    costs = [row for row in rows if row["kind"].startswith("serving cost")]
+    if costs:
+        print()
+        print(f"| model file | MB | img/s batch 1 | img/s batch 8 | cost per image vs {costs[0]['first']}, batch 1 | batch 8 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row in costs:
+            print(
+                f"| {row['candidate']} | {row['file_bytes'] / 1e6:.1f} | {row['img_per_s_batch1']:.1f} | {row['img_per_s_batch8']:.1f} | "
+                f"{row['cost_per_image_vs_first_batch1']:.2f}x | {row['cost_per_image_vs_first_batch8']:.2f}x |"
+            )
+        print(f"\n({costs[0]['measured']})")
 
 
 def main(argv: list[str]) -> None:
@@ -300,6 +469,7 @@ def main(argv: list[str]) -> None:
     features.add_argument("--sets", nargs="*", help="only these sets (train, train_aug, validation, a shift name)")
     heads = commands.add_parser("heads")
     heads.add_argument("--only", help="only the heads whose name contains this")
+    heads.add_argument("--features", nargs="*", help="only these cached bases, e.g. efficientnet_lite2_260")
     finetune = commands.add_parser("finetune")
     finetune.add_argument("name")
     finetune.add_argument("trainer_args", nargs=argparse.REMAINDER)
@@ -307,16 +477,22 @@ def main(argv: list[str]) -> None:
     onnx_cmd.add_argument("path", type=Path)
     onnx_cmd.add_argument("label")
     onnx_cmd.add_argument("--all", action="store_true", help="shifts on all 1,000 validation photos")
+    cost = commands.add_parser("cost")
+    cost.add_argument("items", nargs="+", help="BASE:SIZE (the trainer's model, e.g. efficientnet_lite0:224) or LABEL=FILE.onnx")
+    cost.add_argument("--rounds", type=int, default=3)
+    cost.add_argument("--seconds", type=float, default=3.0)
     commands.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "features":
         command_features(args.base, args.size, args.sets)
     elif args.command == "heads":
-        command_heads(args.only)
+        command_heads(args.only, args.features)
     elif args.command == "finetune":
         command_finetune(args.name, [a for a in args.trainer_args if a != "--"])
     elif args.command == "onnx":
         command_onnx(args.path, args.label, args.all)
+    elif args.command == "cost":
+        command_cost(args.items, args.rounds, args.seconds)
     else:
         command_table()
 
