@@ -8,12 +8,12 @@ A module declares the server it talks to at module level:
 and asks for the `server` fixture (tests/conftest.py). Modules that declare the same
 settings on the shipped models share one process (they only read it). Starting a server
 takes 4-5 s on a quiet 2-core machine and 13-16 s on a busy one, most of it importing and
-loading models in a process of its own, so the next module's server is started in the background as soon as a module
-takes its own: its start overlaps with this module's tests instead of adding to the run.
-A server stops after the last module that uses it. In a run of `pytest -n 2` the plan is
-the worker's own shard (tests/shards.py): the first module that takes a server narrows it.
-Modules whose server needs more than a
-registry and settings (a registry trained by TensorFlow) start it in their own fixture.
+loading models in a process of its own, so the next module's server is started in the
+background as soon as a module takes its own: its start overlaps with this module's tests
+instead of adding to the run. A server stops after the last module that uses it. In a run
+of `pytest -n 2` the plan is the worker's own shard (tests/shards.py): the first module that
+takes a server narrows it. Modules whose server needs more than a registry and settings (a
+registry trained by TensorFlow) start it in their own fixture.
 """
 
 from __future__ import annotations

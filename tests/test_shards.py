@@ -29,11 +29,6 @@ def test_the_shards_are_balanced_by_measured_seconds() -> None:
         assert max(load) - min(load) <= max(biggest, max(SECONDS.values())), (count, load)
 
 
-def test_the_assignment_depends_on_the_collection_only() -> None:
-    assert assign(SUITE, 2) == assign(list(SUITE), 2)
-    assert assign(SUITE[:5], 2) == assign(SUITE[:5], 2)
-
-
 def test_the_table_is_read_from_a_durations_report(tmp_path: Path) -> None:
     report = tmp_path / "durations.log"
     report.write_text(
