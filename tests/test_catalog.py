@@ -17,7 +17,10 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ import pytest
 
 from benchmarks.launch import ROOT, Server, start_server
 from service.batch import cli as batch_cli
+from service.core import errors as codes
 from service.core.registry import MODEL_FILE, Registry
 from tests.eager import eager_tensorflow
 from tests.generate import (
@@ -42,6 +46,7 @@ from tests.generate import (
     write_reviews_csv,
     write_tickets_csv,
 )
+from tests.sparkconf import conf_args
 from training.__main__ import main as train_main
 from training.redeploy import main as redeploy_main
 
@@ -322,38 +327,39 @@ def test_per_model_series_on_metrics(client: httpx.Client) -> None:
     assert series(client, "modelserve_predicted_value_count", model=TABLE, version="1") >= 2
 
 
-def test_the_spark_engine_scores_a_model_of_your_own(served_root: Path, tmp_path: Path) -> None:
-    """Spark reads the categorical column as text and the answers equal the single-machine scorer's."""
-    pytest.importorskip("pyspark", reason="pip install -e '.[spark]'")
+def test_spark_submit_scores_a_model_of_your_own(served_root: Path, tmp_path: Path) -> None:
+    """`spark-submit service/batch/spark.py` as a user runs it: the categorical column is read as text, a cell that is no
+    number is refused with the HTTP reason, and the answers equal the single-machine scorer's."""
+    pyspark = pytest.importorskip("pyspark", reason="pip install -e '.[spark]'")
     if shutil.which("java") is None:
         pytest.skip("Spark needs Java 17+ (bash .ci/run installs it)")
     rows, _ = crop_rows(12, seed=4)
+    rows[5]["rain_mm"] = "lots"
     with open(tmp_path / "crops.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    command = [str(submit), "--master", "local[1]", *conf_args(), str(ROOT / "service" / "batch" / "spark.py")]
+    command += [TABLE, str(tmp_path / "crops.csv"), "-o", str(tmp_path / "spark.jsonl"), "--model-root", str(served_root)]
+    env = os.environ | {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr  # spark-submit passes the Python driver's stderr on as its stdout
+    assert done.returncode == codes.EXIT_ROWS_FAILED, output[-3000:]
+    assert "12 rows in = 11 scored + 1 failed" in output, output[-3000:]
+    local = ["--model-root", str(served_root), "--executor", "thread"]
+    assert (
+        batch_cli.main([TABLE, str(tmp_path / "crops.csv"), "-o", str(tmp_path / "local.jsonl"), *local], stream=io.StringIO())
+        == codes.EXIT_ROWS_FAILED
+    )
     outputs = {}
-    for engine, extra in (("spark", ["--master", "local[1]", "--conf", "spark.ui.enabled=false"]), ("local", ["--executor", "thread"])):
-        out = tmp_path / (f"{engine}.out" if engine == "spark" else "local.jsonl")
-        stream = io.StringIO()
-        args = [
-            TABLE,
-            str(tmp_path / "crops.csv"),
-            "-o",
-            str(out),
-            "--model-root",
-            str(served_root),
-            "--engine",
-            engine,
-            "--format",
-            "jsonl",
-            *extra,
-        ]
-        assert batch_cli.main(args, stream=stream) == 0, stream.getvalue()
+    for engine, out in (("spark", tmp_path / "spark.jsonl"), ("local", tmp_path / "local.jsonl")):
         files = sorted(out.glob("part-*")) if out.is_dir() else [out]
         outputs[engine] = sorted((json.loads(line) for f in files for line in f.read_text().splitlines()), key=lambda r: r["row"])
     assert [r["yield_t_ha"] for r in outputs["spark"]] == pytest.approx([r["yield_t_ha"] for r in outputs["local"]], abs=TOLERANCE)
-    assert len(outputs["spark"]) == 12
+    assert len(outputs["spark"]) == 11
+    errors = [json.loads(line) for f in sorted((tmp_path / "spark.errors.jsonl").glob("part-*")) for line in f.read_text().splitlines()]
+    assert [(e["row"], e["reason"]) for e in errors] == [(5, "row: feature rain_mm must be a number, got str")], errors
 
 
 def test_the_playground_has_a_panel_for_each_model_trained_here(server: Server, client: httpx.Client) -> None:

@@ -2,8 +2,8 @@
 
 One SparkSession for the module (starting a JVM costs ~15 s here); each test runs the
 batch command line in this process with `--engine spark`, which uses that session, and
-compares with the single-machine scorer on the same generated input. One test runs
-`spark-submit` itself.
+compares with the single-machine scorer on the same generated input. `spark-submit`
+itself is run by tests/test_catalog.py, on a model trained there (one JVM fewer).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from service.core import errors as codes
 from service.core.registry import Registry
 from service.core.runtime import load_model
 from tests.generate import class_image, housing_rows, image_bytes, review
+from tests.sparkconf import TEST_CONF
 from tests.test_int8 import disagreeing, photos, tiny_registry, with_variant
 from training.datasets import BOSTON_FEATURES
 
@@ -47,12 +47,6 @@ MODEL_ROOT = ROOT / "models"
 SERVED = {name: Registry(MODEL_ROOT).current_version(name) for name in ("imdb_sentiment", "boston_housing")}
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-6
-SESSION_CONF = {
-    "spark.ui.enabled": "false",  # no port to take on a shared machine
-    "spark.ui.showConsoleProgress": "false",
-    "spark.sql.shuffle.partitions": "4",
-    "spark.log.level": "ERROR",
-}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def session() -> Iterator[Any]:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master("local[2]").appName("modelserve tests")
-    for key, value in SESSION_CONF.items():
+    for key, value in TEST_CONF.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     yield session
@@ -293,23 +287,17 @@ def test_parquet_house_rows_with_nan_null_and_negative_crim(tmp_path: Path, sess
         assert "feature NOX is nan" in errors[5] and "missing features ['RM']" in errors[9] and "feature CRIM must be >= 0" in errors[11]
 
 
-def test_spark_submit_scores_a_csv_of_houses_with_a_string(tmp_path: Path, session: Any) -> None:
-    """The module as spark-submit runs it; a CSV cell that is no number is refused as over HTTP."""
+def test_a_csv_cell_that_is_no_number_is_refused_as_over_http(tmp_path: Path, session: Any) -> None:
+    """CSV cells are text to Spark: one that is no number is a refused row with the HTTP reason, the rest are scored."""
     columns = house_columns(30, seed=4)
     columns["rm"][2] = "seven"
     columns["CRIM"][3] = -1.0
     source = tmp_path / "houses.csv"
     names = list(columns)
     source.write_text(",".join(names) + "\n" + "".join(",".join(str(columns[c][i]) for c in names) + "\n" for i in range(30)))
-    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    conf = [arg for key, value in SESSION_CONF.items() for arg in ("--conf", f"{key}={value}")]
-    command = [str(submit), "--master", "local[2]", *conf, str(ROOT / "service" / "batch" / "spark.py")]
-    command += ["boston_housing", str(source), "-o", str(tmp_path / "prices.parquet"), "--model-root", str(MODEL_ROOT)]
-    env = os.environ | {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr  # spark-submit passes the Python driver's stderr on as its stdout
-    assert done.returncode == codes.EXIT_ROWS_FAILED, output[-3000:]
-    assert "30 rows in = 28 scored + 2 failed" in output, output[-3000:]
+    status, log = score("spark", "boston_housing", str(source), "-o", str(tmp_path / "prices.parquet"))
+    assert status == codes.EXIT_ROWS_FAILED, log
+    assert "30 rows in = 28 scored + 2 failed" in log, log
     score("local", "boston_housing", str(source), "-o", str(tmp_path / "local.parquet"))
     assert_same_answers(by_key(read(tmp_path / "prices.parquet"), "row"), by_key(read(tmp_path / "local.parquet"), "row"))
     errors = {r["row"]: r["reason"] for r in read(tmp_path / "prices.errors.parquet")}
