@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -108,7 +109,14 @@ def main() -> None:
                 print(f"keeper: {container[:12]} was killed and not stopped; started again ({status} {answer or ''})".rstrip(), flush=True)
 
 
+def stop(signum: int, frame: Any) -> None:
+    """SIGTERM (docker stop, docker-compose down; compose.yaml sets it as the stop signal): exit now. The keeper is
+    PID 1 of its container, and the kernel ignores a signal PID 1 has no handler for."""
+    raise SystemExit(0)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
     try:
         main()
     except KeyboardInterrupt:
