@@ -18,7 +18,7 @@ from PIL import Image
 from service.batch import cli as batch_cli
 from service.core.config import Settings
 from service.core.cpu import cpu_report
-from service.core.int8_reference import Int8Bounds, decode_inputs, encode_inputs
+from service.core.int8_reference import Int8Bounds, compare, decode_inputs, encode_inputs
 from service.core.preprocessing import ImageSpec, decode_image
 from service.core.registry import INT8_FILE, INT8_REFERENCE_FILE, METADATA_FILE, MODEL_FILE, ModelVersion, Registry, sha256_file
 from service.core.runtime import ModelRuntime, choose_model_file, load_model
@@ -139,6 +139,26 @@ def test_the_reference_set_is_stored_losslessly() -> None:
     assert np.array_equal(decode_inputs(encode_inputs(inputs), 5), inputs)
 
 
+def test_a_label_swap_where_fp32_itself_is_within_the_bound_is_not_a_disagreement() -> None:
+    """What an AMD EPYC with AVX-512 VNNI did to the shipped variant's reference set: fp32 0.475 / 0.525, int8 0.500 /
+    0.500 (argmax: the other class), every answer within 0.035. A swap where fp32's top two are closer than 0.1 is not
+    counted; one where fp32 leads by more is refused, the probability bound loosened or not, and so is any answer
+    beyond the bound."""
+    expected = np.array([[0.4753, 0.5247], [0.9, 0.1], [0.2, 0.8], [0.999, 0.001]], np.float32)
+    tie_swapped = np.array([[0.5000, 0.5000], [0.88, 0.12], [0.21, 0.79], [0.999, 0.001]], np.float32)
+    check = compare(tie_swapped, expected, Int8Bounds())
+    assert check.passed and (check.samples, check.sure, check.same_label) == (4, 3, 3), check.summary()
+    assert "same label as fp32 on 3 of 3 reference inputs" in check.summary() and "1 of 4 closer than 0.1" in check.summary()
+    sure_swapped = tie_swapped.copy()
+    sure_swapped[1] = [0.45, 0.55]  # fp32 0.9 / 0.1, then beyond the bound too
+    assert not compare(sure_swapped, expected, Int8Bounds()).passed
+    loose = Int8Bounds(min_label_agreement=0.99, max_prob_diff=0.46)  # the probability bound loosened: sure labels still count
+    assert compare(sure_swapped, expected, loose).label_agreement < 0.99 and not compare(sure_swapped, expected, loose).passed
+    off = tie_swapped.copy()
+    off[3] = [0.9, 0.1]  # same label, 0.099 away
+    assert not compare(off, expected, Int8Bounds()).passed
+
+
 def test_a_variant_too_far_from_fp32_is_refused_and_the_refusal_recorded(registry: Registry) -> None:
     """Calibrated on black images, the activation ranges are wrong: the check sees it and nothing is written."""
     test_inputs, test_labels = photos(300, seed=2)
@@ -250,8 +270,9 @@ def test_a_version_without_a_reference_set_does_not_run_int8(registry: Registry)
 
 def test_the_shipped_int8_variant_is_checked_on_this_cpu_and_agrees_with_fp32() -> None:
     """Whatever CPU runs this: the shipped variant passed its export check on both kernel paths, passes its
-    reference check here, and answers the fixture photos like fp32. Where this CPU's int8 kernels are
-    exact (VNNI, AMX), the check here gives what exact int8 arithmetic gave at export."""
+    reference check here, and answers the fixture photos like fp32. (Exact int32 sums (VNNI, AMX) do not
+    make the answers those of the export's float emulation: the fused kernels requantize in their own way,
+    up to 0.036 apart on an AMD EPYC with AVX-512 VNNI; the check's bounds hold on every path.)"""
     version = SHIPPED.current(NAME)
     metadata = version.verify()
     variant = metadata["variants"]["int8"]
@@ -264,10 +285,7 @@ def test_the_shipped_int8_variant_is_checked_on_this_cpu_and_agrees_with_fp32() 
     assert int8.model_file.cpu == kernels["int8_kernels"]
     assert int8.model_file.precision == "int8", f"on this CPU ({kernels['int8_kernels']}): {int8.model_file.note}"
     here = int8.model_file.check
-    assert here is not None and here["passed"] and here["label_agreement"] == 1.0
-    if kernels["int8_exact"]:
-        exact = variant["reference"]["at_export"]["exact_int8"]
-        assert abs(here["max_prob_diff"] - exact["max_prob_diff"]) < 0.01, (here, exact)
+    assert here is not None and here["passed"] and here["label_agreement"] == 1.0 and here["labels_compared"] >= 12
     spec = ImageSpec.from_json(metadata["preprocessing"])
     images = [decode_image((FIXTURES / name).read_bytes(), spec) for name in ("cat.jpg", "dog.jpg")]
     answers, reference = int8.predict(images), fp32.predict(images)

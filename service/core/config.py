@@ -117,7 +117,9 @@ class Settings:
         "run a version's INT8 variant on the CPU provider where, at load, it answers its reference set like fp32 (the two bounds below); GPUs always run model.onnx",
     )
     int8_min_label_agreement: float = setting(
-        0.99, "the INT8 variant serves only if it gives fp32's label on at least this share of its reference inputs on this CPU"
+        0.99,
+        "the INT8 variant serves only if it gives fp32's label on at least this share of its reference inputs on this CPU "
+        "(those where fp32's top two classes are more than 0.1 apart; a swap closer than that is not counted)",
     )
     int8_max_prob_diff: float = setting(
         0.05, "... and no probability on them differs from fp32's by more than this; else model.onnx serves and GET /models says why"

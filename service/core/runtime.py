@@ -83,7 +83,7 @@ class ModelFile:
         if self.precision == "int8" and self.check is not None:
             return (
                 f"{self.path.name} (int8, checked on this CPU: same label on {self.check['label_agreement']:.0%} of "
-                f"{self.check['samples']} reference inputs, max |prob diff| {self.check['max_prob_diff']:.3f}; {self.cpu})"
+                f"{self.check['labels_compared']} reference inputs fp32 is sure of ({self.check['samples']} in all), max |prob diff| {self.check['max_prob_diff']:.3f}; {self.cpu})"
             )
         return f"{self.path.name} ({self.precision}{f': {self.note}' if self.note else ''})"
 
