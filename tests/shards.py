@@ -16,14 +16,22 @@ the 2-core machine (SECONDS; a module not listed counts DEFAULT_S per test). The
 modules stay in one shard: they build and run the same image tag on one daemon. The
 controller and every worker compute the same assignment from the same collection. `-n`
 with `--dist loadfile` (or any other mode named explicitly) keeps xdist's own scheduling.
-To refresh the table after the suite changes:
+The table is from a machine that had run the suite before. A clean machine (CI) also
+builds the Docker image from nothing (deploy/build-image.sh: a debootstrap base and every
+layer, 99 s with one core busy) and makes the venvs of Triton's and KServe's gRPC clients
+(tests/test_grpc.py, about 40 s); `first_run_seconds` sees which of these a run will do and
+counts them, so that a clean machine's shards balance too (they ended 67 s apart when it did
+not). To refresh the table after the suite changes:
 
     python -m pytest -q -p no:xdist --durations=0 > durations.log; python -m tests.shards durations.log
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -62,6 +70,8 @@ SECONDS: dict[str, float] = {
     "tests/test_patches.py": 5,
     "tests/test_executor.py": 3,
 }
+DOCKER_IMAGE, DOCKER_BUILD_S = "modelserve:cpu", 100  # the image the Docker modules build (tests/test_container.py)
+CLIENT_VENVS, CLIENT_VENVS_S = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelserve" / "client-venvs", 40
 DEFAULT_S = 0.05  # per test of a module not in SECONDS (the unlisted ones are unit modules of a second or two)
 TOGETHER = (("tests/test_container.py", "tests/test_replicas.py", "tests/faults/test_fault_container.py"),)
 SHARDED = "modelserve_shards"  # workerinput key: this worker runs one shard of a sharded run
@@ -72,8 +82,33 @@ def module_of(nodeid: str) -> str:
     return nodeid.split("::")[0]
 
 
-def assign(nodeids: Iterable[str], count: int) -> dict[str, int]:
-    """Module path -> shard: units (a module, or a TOGETHER group) longest first, each to the shard with the least so far."""
+def first_run_seconds() -> dict[str, float]:
+    """Module path -> seconds it will spend on work a machine does once (module docstring); empty on a machine that did it."""
+    extra: dict[str, float] = {}
+    if not os.environ.get("MODELSERVE_TEST_IMAGE") and _docker_lacks(DOCKER_IMAGE):
+        extra[TOGETHER[0][0]] = DOCKER_BUILD_S
+    if not any(CLIENT_VENVS.glob("kserve-*/bin/python")):
+        extra["tests/test_grpc.py"] = CLIENT_VENVS_S
+    return extra
+
+
+def _docker_lacks(image: str) -> bool:
+    """A Docker daemon answers and does not have `image` (no daemon: the Docker modules skip, nothing is built)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode == 0:
+            return False
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def assign(nodeids: Iterable[str], count: int, first_run: dict[str, float] | None = None) -> dict[str, int]:
+    """Module path -> shard: units (a module, or a TOGETHER group) longest first, each to the shard with the least so far.
+
+    `first_run`: seconds to add to modules on this machine (first_run_seconds)."""
+    first_run = first_run or {}
     tests_per_module = Counter(module_of(nodeid) for nodeid in nodeids)
     units: list[list[str]] = [[m for m in group if m in tests_per_module] for group in TOGETHER]
     units = [unit for unit in units if unit]
@@ -81,7 +116,7 @@ def assign(nodeids: Iterable[str], count: int) -> dict[str, int]:
     units += [[module] for module in tests_per_module if module not in grouped]
 
     def seconds(unit: list[str]) -> float:
-        return sum(SECONDS.get(module, DEFAULT_S * tests_per_module[module]) for module in unit)
+        return sum(SECONDS.get(module, DEFAULT_S * tests_per_module[module]) + first_run.get(module, 0.0) for module in unit)
 
     load = [0.0] * count
     shard_of: dict[str, int] = {}
@@ -112,7 +147,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def schedule(self) -> None:
             if self.collection is None and self.registered_collections:
-                self.shard_of = assign(next(iter(self.registered_collections.values())), len(self.nodes))
+                self.shard_of = assign(next(iter(self.registered_collections.values())), len(self.nodes), first_run_seconds())
             super().schedule()
 
         def _split_scope(self, nodeid: str) -> str:
@@ -131,7 +166,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     workerinput = getattr(session.config, "workerinput", {})
     if not workerinput.get(SHARDED):
         return
-    shard_of = assign((item.nodeid for item in session.items), int(workerinput["workercount"]))
+    shard_of = assign((item.nodeid for item in session.items), int(workerinput["workercount"]), first_run_seconds())
     session.config.stash[SHARD_OF] = {
         item.module.__name__: shard_of[module_of(item.nodeid)]  # type: ignore[attr-defined]
         for item in session.items

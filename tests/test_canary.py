@@ -227,7 +227,7 @@ def test_redeploy_shadow_rolls_back_a_model_trained_on_shuffled_labels_and_canar
     good = write_reviews_csv(tmp_path / "good.csv", n=600, seed=2)
     with Traffic(server.url, "/sentiment", [{"texts": [t]} for t in texts(200, seed=11)]) as traffic:
         # The small model trained here is no match for the shipped one offline (the gate): the live phase is under test.
-        live = ["--canary", "50", "--watch", "20s", "--max-p99-increase", "10", "--tolerance", "0.5"]
+        live = ["--canary", "50", "--watch", "12s", "--max-p99-increase", "10", "--tolerance", "0.5"]
         assert redeploy_main([TEXT, "--data", str(good), *live, *common]) == 0
     promoted = int((root / TEXT / CURRENT_FILE).read_text())
     assert promoted > 3 and not (root / TEXT / CANDIDATE_FILE).exists()

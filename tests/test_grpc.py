@@ -43,6 +43,7 @@ from service.grpc import inference_pb2_grpc as pb_grpc
 from service.grpc.server import SERVICE_NAME, InferenceServicer, rpc
 from tests.grpc_interop import describe
 from tests.servers import ServerSpec
+from tests.shards import CLIENT_VENVS
 from tests.test_request_path import IMAGE_PIXELS, big_png
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ SERVER_ENV = {
 SERVER = ServerSpec(env=SERVER_ENV, grpc=True)
 # The other projects' clients, each in a venv of its own (their protobuf pins are not ours), cached by requirement.
 CLIENTS = {"triton": "tritonclient[grpc]==2.73.0", "kserve": "kserve==0.21.0"}
-VENV_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelserve" / "client-venvs"
+VENV_CACHE = CLIENT_VENVS  # tests/shards.py counts the minute a clean machine spends making them
 NUMPY = {"BYTES": object, "UINT8": np.uint8, "FP32": np.float32}
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
 

@@ -29,6 +29,19 @@ def test_the_shards_are_balanced_by_measured_seconds() -> None:
         assert max(load) - min(load) <= max(biggest, max(SECONDS.values())), (count, load)
 
 
+def test_what_a_clean_machine_does_once_is_counted_where_it_happens() -> None:
+    """A clean CI machine builds the Docker image from nothing in the Docker group: its shard takes fewer other modules."""
+    docker = TOGETHER[0]
+    warm, clean = assign(SUITE, 2), assign(SUITE, 2, {docker[0]: 100})
+
+    def others(shard_of: dict[str, int]) -> float:
+        return sum(SECONDS.get(m, 0.0) for m, shard in shard_of.items() if shard == shard_of[docker[0]] and m not in docker)
+
+    assert others(clean) < others(warm) - 30, (others(clean), others(warm))
+    load = [sum(SECONDS.get(m, 0.0) for m, shard in clean.items() if shard == k) + 100 * (k == clean[docker[0]]) for k in (0, 1)]
+    assert abs(load[0] - load[1]) <= max(SECONDS.values()), load
+
+
 def test_the_table_is_read_from_a_durations_report(tmp_path: Path) -> None:
     report = tmp_path / "durations.log"
     report.write_text(
