@@ -1,8 +1,9 @@
 """Three replicas of the serving image behind HAProxy (deploy/replicas/compose.yaml), as deployed.
 
 Needs a Docker daemon, docker-compose and hey (skipped, with the reason shown, where any is
-missing: CI has no daemon). Builds modelserve:cpu with deploy/build-image.sh (cached layers:
-seconds) unless MODELSERVE_TEST_IMAGE names an image. About 75 s here: one replica is
+missing; .ci/run installs and starts them). Builds modelserve:cpu with deploy/build-image.sh
+(cached layers: seconds) unless MODELSERVE_TEST_IMAGE names an image. About 46 s on the
+2-core AVX2 machine, 33 s on an AVX-512 one (`-n 2`, after the image): one replica is
 killed under 32 clients of load, a new version is promoted in the shared registry, and one
 replica is scaled away (SIGTERM, drain), each under 32 clients of load. The 32 clients stop
 2 s after a kill; a paced load (40 requests/s) sees the replica come back, so its restart
