@@ -73,9 +73,9 @@ SERVER_ENV = {
     "MODELSERVE_MAX_JSON_VALUES": str(400_000),  # the REST side of a comparison sends two photos' pixels as JSON numbers
 }
 SERVER = ServerSpec(env=SERVER_ENV, grpc=True)
-# The other projects' clients, each in a venv of its own (their protobuf pins are not ours), cached by requirement.
+# The other projects' clients, each in a venv of its own (their protobuf pins are not ours), cached by requirement under
+# CLIENT_VENVS (tests/shards.py counts the minute a clean machine spends making them).
 CLIENTS = {"triton": "tritonclient[grpc]==2.73.0", "kserve": "kserve==0.21.0"}
-VENV_CACHE = CLIENT_VENVS  # tests/shards.py counts the minute a clean machine spends making them
 NUMPY = {"BYTES": object, "UINT8": np.uint8, "FP32": np.float32}
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
 
@@ -447,7 +447,7 @@ def test_server_serves_on_and_logged_no_error(stub: pb_grpc.GRPCInferenceService
 def client_python(which: str) -> Path:
     """The python of a cached venv with the client installed (made on first use: pip from the package index)."""
     requirement = CLIENTS[which]
-    venv = VENV_CACHE / f"{which}-{hashlib.sha256(requirement.encode()).hexdigest()[:12]}"
+    venv = CLIENT_VENVS / f"{which}-{hashlib.sha256(requirement.encode()).hexdigest()[:12]}"
     python = venv / "bin" / "python"
     if python.exists():
         return python

@@ -11,9 +11,9 @@ Labels are compared only where fp32 is sure: its top class ahead of the next by 
 TIE_MARGIN (0.1, twice the default probability bound). Closer than that, kernels that stay
 within the bound can swap the two, so those inputs count for the probability bound only. The
 margin is fixed, not twice the configured bound: loosening MODELSERVE_INT8_MAX_PROB_DIFF must
-not stop labels from counting. Seen on an AMD EPYC with AVX-512 VNNI: the shipped image variant's fused int8
-kernels give one reference photo (fp32: 0.475 cat) 0.500, while every answer stays within
-0.035 of fp32; counting that swap refused a variant that was right on this CPU.
+not stop labels from counting. Seen on an AMD EPYC with AVX-512 VNNI: the shipped image
+variant's fused int8 kernels give one reference photo (fp32: 0.475 cat) 0.500, while every
+answer stays within 0.035 of fp32; counting that swap refused a variant right on that CPU.
 
 The inputs are stored losslessly as one WebP image, the inputs stacked top to bottom: for 16
 photos at 224x224, 0.78 MB against 2.4 MB raw, 1.17 MB as PNG, 0.77 MB with WebP's slowest
