@@ -5,10 +5,10 @@ belongs to the arbiter and stays open until every worker has exited (1.8-2.8 s
 measured). The workers stop accepting at SIGTERM, so every connection made during the
 drain waited in the kernel's backlog, was never read, and was reset when the socket
 finally closed: 32-34 requests sent and lost under 32 clients, 6 under 4
-(benchmarks/drain.py). Here Arbiter.stop first shrinks the listening sockets' backlog to
-nothing (the kernel then drops new connection attempts instead of queueing them: the
-client retries its SYN and is refused once the socket is closed, nothing sent) and
-closes its own copy of them. The workers' side of the drain is uvicorn_drain.py.
+(benchmarks/drain.py). Here Arbiter.stop first stops the kernel from starting new
+connections on the listening sockets (service/http/listener.py: new connection attempts
+are dropped instead of queued; the client retries its SYN and is refused once the
+socket is closed, nothing sent) and closes its own copy of them. The workers' side of the drain is uvicorn_drain.py.
 No circus or BentoML setting does this: BentoML's `--backlog` sizes the queue, it
 cannot empty it at shutdown.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from service.http.listener import refuse_new_connections
 from service.patches import Pin, check_signature, check_source, mark_active
 
 PIN = Pin(
@@ -57,7 +58,7 @@ def close_listeners_first() -> None:
 
     def stop(self: Any, *args: Any, **kwargs: Any) -> Any:
         for sock in self.sockets.values():  # circus closes them again at the end: closing twice is harmless
-            sock.listen(0)  # the socket is shared with the workers: no new connection is queued on it from now on
+            refuse_new_connections(sock)  # the socket is shared with the workers: no new connection is queued on it from now on
             sock.close()
         log.info("stopping: the listening sockets are closed, new connections are refused; requests begun are answered")
         return original_stop(self, *args, **kwargs)

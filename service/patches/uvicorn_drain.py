@@ -7,8 +7,10 @@ including one accepted a moment before whose request was on its way: 3-4 request
 flight lost, 4-6 reset under 4 clients and 32-34 under 32 with the queued ones
 (benchmarks/drain.py). Two patches of uvicorn 0.54.0, made at import:
 
-- Server.shutdown accepts every connection still queued on the socket before it closes
-  it, so that a request sent on a connection the kernel had accepted is answered, not reset;
+- Server.shutdown stops the kernel from starting new connections on the socket
+  (service/http/listener.py), then accepts every connection still queued on it before it
+  closes it, so that a request sent on a connection the kernel had accepted is answered,
+  not reset;
 - a connection's shutdown closes only a connection idle between requests (nothing begun,
   nothing waiting unread in its socket); one that is new, is receiving a request's
   headers, or has a next request unread is answered, with `Connection: close`, and the
@@ -26,6 +28,7 @@ import os
 import socket
 from typing import Any
 
+from service.http.listener import refuse_new_connections
 from service.patches import Pin, check_signature, check_source, mark_active
 from service.patches.uvicorn_keep_alive import bytes_waiting
 
@@ -104,7 +107,7 @@ async def _take_queued(server: Any, loop: asyncio.AbstractEventLoop, fd: int) ->
 
     listener = socket.socket(fileno=os.dup(fd))
     try:
-        listener.listen(0)  # no new connection is queued while these are taken
+        refuse_new_connections(listener)  # no new connection is queued while these are taken (the arbiter did it already)
         listener.setblocking(False)
         taken = 0
         while True:
