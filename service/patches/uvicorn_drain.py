@@ -7,10 +7,10 @@ including one accepted a moment before whose request was on its way: 3-4 request
 flight lost, 4-6 reset under 4 clients and 32-34 under 32 with the queued ones
 (benchmarks/drain.py). Two patches of uvicorn 0.54.0, made at import:
 
-- Server.shutdown stops the kernel from starting new connections on the socket
-  (service/http/listener.py), then accepts every connection still queued on it before it
-  closes it, so that a request sent on a connection the kernel had accepted is answered,
-  not reset;
+- Server.shutdown accepts every connection still queued on the socket, then fills the
+  queue's last place with a connection of its own before it closes it
+  (service/http/listener.py), so that a request sent on a connection the kernel had
+  accepted is answered, not reset;
 - a connection's shutdown closes only a connection idle between requests (nothing begun,
   nothing waiting unread in its socket); one that is new, is receiving a request's
   headers, or has a next request unread is answered, with `Connection: close`, and the
@@ -28,7 +28,7 @@ import os
 import socket
 from typing import Any
 
-from service.http.listener import refuse_new_connections
+from service.http.listener import plug, take_queued
 from service.patches import Pin, check_signature, check_source, mark_active
 from service.patches.uvicorn_keep_alive import bytes_waiting
 
@@ -41,6 +41,7 @@ PIN = Pin(
 )
 _PATCHED_FLAG = "_modelserve_drains"
 log = logging.getLogger("modelserve.drain")
+PLUG_ATTEMPTS = 20  # clients that take the last place first are answered, and the plug tried again
 
 
 def check() -> None:
@@ -88,9 +89,15 @@ def _accept_queued_before_closing(server_class: Any) -> None:
 
     async def shutdown(self: Any, sockets: Any = None) -> None:
         loop = asyncio.get_running_loop()
+        listeners = []
         for server in getattr(self, "servers", []):
-            for listener in server.sockets or ():
-                await _take_queued(self, loop, listener.fileno())
+            listeners += [socket.socket(fileno=os.dup(listener.fileno())) for listener in server.sockets or ()]
+            server.close()  # asyncio stops accepting (and closes its copy): from here only the drain takes from the queue
+        for listener in listeners:
+            try:
+                await _drain(self, loop, listener)
+            except Exception:  # the drain is an improvement on uvicorn's shutdown: it must never stop it
+                log.exception("stopping: draining the listening socket failed; uvicorn's shutdown goes on")
         await original_shutdown(self, sockets)
 
     shutdown.__wrapped__ = original_shutdown  # type: ignore[attr-defined]  # for `check`
@@ -98,30 +105,31 @@ def _accept_queued_before_closing(server_class: Any) -> None:
     setattr(server_class, _PATCHED_FLAG, True)
 
 
-async def _take_queued(server: Any, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """Accept every connection queued on listening socket `fd` and serve it as uvicorn serves the ones it accepts."""
+async def _drain(server: Any, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+    """Serve every connection queued on `listener` as uvicorn serves the ones it accepts, then close it with only our plug queued."""
     config = server.config
 
     def protocol() -> asyncio.Protocol:
         return config.http_protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state, _loop=loop)
 
-    listener = socket.socket(fileno=os.dup(fd))
+    held, taken = None, 0
     try:
-        refuse_new_connections(listener)  # no new connection is queued while these are taken (the arbiter did it already)
+        listener.listen(0)  # one place left in the queue (the arbiter did it already), which the plug takes
         listener.setblocking(False)
-        taken = 0
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
+        for _ in range(PLUG_ATTEMPTS):
+            for connection in take_queued(listener):
+                await loop.connect_accepted_socket(protocol, connection)
+                taken += 1
+            if held := await plug(listener):
                 break
-            connection.setblocking(False)
-            await loop.connect_accepted_socket(protocol, connection)
-            taken += 1
+        else:
+            log.warning("stopping: clients took the listening socket's last place %d times; one may be reset", PLUG_ATTEMPTS)
         if taken:
             log.info("stopping: %d connection(s) queued on the socket accepted, their requests are answered", taken)
     finally:
-        listener.close()
+        listener.close()  # resets what is queued: the plug
+        if held is not None:
+            held.close()
 
 
 def _answer_begun_requests(protocol: Any) -> None:
