@@ -120,6 +120,8 @@ async def _drain(server: Any, loop: asyncio.AbstractEventLoop, listener: socket.
             for connection in take_queued(listener):
                 await loop.connect_accepted_socket(protocol, connection)
                 taken += 1
+            if listener.family not in (socket.AF_INET, socket.AF_INET6):  # a Unix socket: no TCP acknowledgement to check a plug by
+                break
             if held := await plug(listener):
                 break
         else:
