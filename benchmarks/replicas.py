@@ -45,6 +45,7 @@ from service.core.registry import METADATA_FILE, Registry
 
 COMPOSE_FILE = ROOT / "deploy" / "replicas" / "compose.yaml"
 SERVICE = "modelserve"
+BACKENDS = ("replicas", "replicas_grpc")  # HAProxy backends in deploy/replicas/haproxy.cfg: HTTP and gRPC
 BASE_IMAGES = ("modelserve-base:bookworm-py3.11", "python:3.11-slim-bookworm")
 BUILD_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
@@ -170,18 +171,20 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                up = {s.address.split(":")[0] for s in self.servers() if s.status == "UP"}
-                if len(self.replicas()) == replicas and up == {r.ip for r in self.replicas()}:
+                ips = {r.ip for r in self.replicas()}
+                # each backend checks its servers on its own: a replica UP for HTTP may still be rising for gRPC
+                ups = [{s.address.split(":")[0] for s in self.servers(backend) if s.status == "UP"} for backend in BACKENDS]
+                if len(ips) == replicas and all(up == ips for up in ups):
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"{replicas} replicas not all UP after {timeout:.0f}s: {self.servers()}\n{self.logs()[-3000:]}")
 
-    def servers(self) -> list[ServerState]:
-        """HAProxy's view of every replica slot, from its stats page (CSV)."""
+    def servers(self, backend: str = "replicas") -> list[ServerState]:
+        """HAProxy's view of every replica slot in `backend` (HTTP: replicas, gRPC: replicas_grpc), from its stats page (CSV)."""
         text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
-        rows = [r for r in csv.DictReader(io.StringIO(text)) if r["pxname"] == "replicas" and r["svname"] != "BACKEND"]
+        rows = [r for r in csv.DictReader(io.StringIO(text)) if r["pxname"] == backend and r["svname"] != "BACKEND"]
         return [
             ServerState(r["svname"], r["status"], r["addr"], int(r["stot"] or 0), int(r["wretr"] or 0), int(r["wredis"] or 0)) for r in rows
         ]
