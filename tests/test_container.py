@@ -271,8 +271,8 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_cleanly(container: 
         payload = _dechunk(payload)
     assert len(json.loads(payload)) == 16
     assert stopped.get("rc") == 0, stopped
-    assert stopped["seconds"] < 25, f"docker stop waited {stopped['seconds']:.1f}s: SIGTERM was not handled, docker had to SIGKILL"
     state = container.state()
+    assert state["ExitCode"] != 137, f"docker had to SIGKILL it after {stopped['seconds']:.0f} s: SIGTERM did not stop it"
     assert not state["Running"] and state["ExitCode"] == 0 and not state["OOMKilled"], state
 
 
