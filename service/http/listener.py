@@ -8,10 +8,10 @@ close had its request reset (CI saw it once in tests/faults/test_fault_workers.p
 tests/test_listener.py shows it). So the worker fills that one place itself: after
 taking what is queued, it connects a socket of its own (the plug) and makes sure the
 plug is the connection queued (it sends an empty line, which HTTP servers skip; only a
-queued connection acknowledges it). From then on the kernel answers no client's handshake (their SYN is dropped,
-retried, and refused once the socket is closed: nothing sent, safe to retry), and the
-close resets the plug only. If a client took the place first, it is taken, answered,
-and the plug tried again.
+queued connection acknowledges it). From then on the kernel answers no client's
+handshake (its SYN is dropped, retried, and refused once the socket is closed: nothing
+sent, safe to retry), and the close resets the plug only. If a client took the place
+first, it is taken, answered, and the plug tried again.
 
 A socket filter that drops new SYNs would do it in one call, but attaching one to a TCP
 socket needs CAP_NET_ADMIN on recent kernels (Linux commit 5d39580f68e6): on this
@@ -50,20 +50,20 @@ async def plug(listener: socket.socket) -> socket.socket | None:
 
     The caller keeps it open until the listener is closed, then closes it."""
     loop = asyncio.get_running_loop()
-    plug = socket.socket(listener.family, socket.SOCK_STREAM)
-    plug.setblocking(False)
+    own = socket.socket(listener.family, socket.SOCK_STREAM)
+    own.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(plug, _own_address(listener)), PLACE_TAKEN_S)
-        await loop.sock_sendall(plug, b"\r\n")
+        await asyncio.wait_for(loop.sock_connect(own, _own_address(listener)), PLACE_TAKEN_S)
+        await loop.sock_sendall(own, b"\r\n")
         deadline = loop.time() + ACKNOWLEDGED_S
-        while _unacknowledged(plug):  # the handshake's last ACK was dropped: a client was queued between our SYN and it
+        while _unacknowledged(own):  # the handshake's last ACK was dropped: a client was queued between our SYN and it
             if loop.time() > deadline:
-                plug.close()
+                own.close()
                 return None
             await asyncio.sleep(0.0005)
-        return plug
+        return own
     except (TimeoutError, OSError):  # its SYN was dropped: the place is taken
-        plug.close()
+        own.close()
         return None
 
 
