@@ -76,6 +76,8 @@ DEFAULT_S = 0.05  # per test of a module not in SECONDS (the unlisted ones are u
 TOGETHER = (("tests/test_container.py", "tests/test_replicas.py", "tests/faults/test_fault_container.py"),)
 SHARDED = "modelserve_shards"  # workerinput key: this worker runs one shard of a sharded run
 SHARD_OF = pytest.StashKey[dict[str, int]]()  # in a worker of a sharded run: test module name (tests.test_v2) -> shard
+FIRST_RUN = "modelserve_first_run"  # workerinput key (and the controller's stash): first_run_seconds, looked at once
+_FIRST_RUN = pytest.StashKey[dict[str, float]]()
 
 
 def module_of(nodeid: str) -> str:
@@ -147,7 +149,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def schedule(self) -> None:
             if self.collection is None and self.registered_collections:
-                self.shard_of = assign(next(iter(self.registered_collections.values())), len(self.nodes), first_run_seconds())
+                self.shard_of = assign(next(iter(self.registered_collections.values())), len(self.nodes), _first_run(self.config))
             super().schedule()
 
         def _split_scope(self, nodeid: str) -> str:
@@ -159,6 +161,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     node.workerinput[SHARDED] = _sharding(node.config)
+    node.workerinput[FIRST_RUN] = _first_run(node.config)  # the workers assign shards as the controller does, from the same numbers
+
+
+def _first_run(config: pytest.Config) -> dict[str, float]:
+    """first_run_seconds, asked once per run (on the controller)."""
+    if _FIRST_RUN not in config.stash:
+        config.stash[_FIRST_RUN] = first_run_seconds()
+    return config.stash[_FIRST_RUN]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -166,7 +176,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     workerinput = getattr(session.config, "workerinput", {})
     if not workerinput.get(SHARDED):
         return
-    shard_of = assign((item.nodeid for item in session.items), int(workerinput["workercount"]), first_run_seconds())
+    shard_of = assign((item.nodeid for item in session.items), int(workerinput["workercount"]), workerinput[FIRST_RUN])
     session.config.stash[SHARD_OF] = {
         item.module.__name__: shard_of[module_of(item.nodeid)]  # type: ignore[attr-defined]
         for item in session.items

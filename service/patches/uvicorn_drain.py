@@ -116,13 +116,12 @@ async def _drain(server: Any, loop: asyncio.AbstractEventLoop, listener: socket.
     try:
         listener.listen(0)  # one place left in the queue (the arbiter did it already), which the plug takes
         listener.setblocking(False)
+        pluggable = listener.family in (socket.AF_INET, socket.AF_INET6)  # a Unix socket: no TCP acknowledgement to check a plug by
         for _ in range(PLUG_ATTEMPTS):
             for connection in take_queued(listener):
                 await loop.connect_accepted_socket(protocol, connection)
                 taken += 1
-            if listener.family not in (socket.AF_INET, socket.AF_INET6):  # a Unix socket: no TCP acknowledgement to check a plug by
-                break
-            if held := await plug(listener):
+            if not pluggable or (held := await plug(listener)):
                 break
         else:
             log.warning("stopping: clients took the listening socket's last place %d times; one may be reset", PLUG_ATTEMPTS)
